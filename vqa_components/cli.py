@@ -1,0 +1,231 @@
+"""The ``vqa`` command: LightningCLI subcommands plus ``list`` and ``profile``.
+
+::
+
+    vqa fit      --config recipes/quickstart.yaml     # train (LightningCLI)
+    vqa test     --config recipes/quickstart.yaml --ckpt_path best
+    vqa validate | predict ...
+    vqa list [KIND] [PATTERN]                         # registered parts
+    vqa profile  --config recipes/quickstart.yaml     # params and FLOPs, no real compute
+
+Parts in recipes and on the command line may be given by registry name (see
+:mod:`vqa_components.recipe`). Registry errors (unknown or duplicate names) are
+printed as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vqa_components.recipe import normalize_cli_args, normalize_config
+from vqa_components.registry import REGISTRIES, RegistryError, import_builtin_parts, list_parts, load_plugins
+
+CONFIG_FLAGS = ("--config", "-c")
+
+
+class CLIError(Exception):
+    """A user error reported by ``vqa`` as one line (exit status 2)."""
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _load_recipe(path: str) -> str:
+    """Read a recipe file, normalise part names, return it as a YAML string."""
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"config file not found: {path}")
+    try:
+        cfg = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise CLIError(f"{path}: invalid YAML: {exc}".replace("\n", " ")) from None
+    return yaml.safe_dump(normalize_config(cfg or {}), sort_keys=False)
+
+
+def preprocess_args(args: list[str]) -> list[str]:
+    """Normalise ``--config`` files and ``--model.<part> NAME`` arguments."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        key, eq, val = arg.partition("=")
+        if key in CONFIG_FLAGS:
+            path = val if eq else (args[i + 1] if i + 1 < len(args) else "")
+            if not eq:
+                i += 1
+            out.extend(["--config", _load_recipe(path)])
+        else:
+            out.append(arg)
+        i += 1
+    return normalize_cli_args(out)
+
+
+def find_checkpoint(root: str | Path, which: str) -> str:
+    """Resolve ``best`` or ``last`` to a checkpoint written by an earlier ``vqa fit``."""
+    ckpt_dir = Path(root) / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    if not last.is_file():
+        raise CLIError(f"--ckpt_path {which}: no checkpoint in {ckpt_dir}; run `vqa fit` with the same "
+                       f"trainer.default_root_dir first")
+    if which == "last":
+        return str(last)
+    import torch
+
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    for key, cb_state in state.get("callbacks", {}).items():
+        if str(key).startswith("ModelCheckpoint") and cb_state.get("best_model_path"):
+            best = Path(cb_state["best_model_path"])
+            if not best.is_absolute():
+                best = Path.cwd() / best
+            if best.is_file():
+                return str(best)
+            raise CLIError(f"--ckpt_path best: the best checkpoint recorded in {last} is missing: {best}")
+    return str(last)  # no monitored metric: the last checkpoint is the best we know
+
+
+# ------------------------------------------------------------------ LightningCLI
+
+
+def _build_cli_class() -> type:
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+    from lightning.pytorch.cli import LightningCLI
+
+    class TestMetricsWriter(Callback):
+        """Writes the final test metrics to ``<default_root_dir>/test_metrics.json`` and prints a table."""
+
+        def on_test_end(self, trainer: Any, pl_module: Any) -> None:
+            if not trainer.is_global_zero:
+                return
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+            path = Path(trainer.default_root_dir) / "test_metrics.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+            rows = [("overall", metrics["test/acc"])] if "test/acc" in metrics else []
+            rows += sorted((k[len("test/acc_") :], v) for k, v in metrics.items() if k.startswith("test/acc_"))
+            if rows:
+                width = max(len(r[0]) for r in rows)
+                print(f"\n{'question family'.ljust(width)}  test accuracy")
+                for name, value in rows:
+                    print(f"{name.ljust(max(width, 15))}  {100 * value:6.2f} %")
+            print(f"test metrics written to {path}")
+
+    class VQACLI(LightningCLI):
+        def add_arguments_to_parser(self, parser: Any) -> None:
+            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.set_defaults(
+                {
+                    "checkpoint.monitor": "val/acc",
+                    "checkpoint.mode": "max",
+                    "checkpoint.save_last": True,
+                    "checkpoint.filename": "best-{epoch:02d}",
+                    "checkpoint.enable_version_counter": False,
+                }
+            )
+
+        def before_instantiate_classes(self) -> None:
+            cfg = self.config[self.subcommand] if self.subcommand else self.config
+            root = cfg.trainer.default_root_dir or "runs/default"
+            cfg.trainer.default_root_dir = root
+            if cfg.checkpoint.dirpath is None:
+                cfg.checkpoint.dirpath = str(Path(root) / "checkpoints")
+            if cfg.trainer.logger is None or cfg.trainer.logger is True:
+                cfg.trainer.logger = {
+                    "class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": {"save_dir": root, "name": "logs"},
+                }
+            ckpt = cfg.get("ckpt_path")
+            if ckpt in ("best", "last") and self.subcommand in ("validate", "test", "predict"):
+                cfg.ckpt_path = find_checkpoint(root, ckpt)
+
+        def instantiate_trainer(self, **kwargs: Any) -> Any:
+            trainer = super().instantiate_trainer(**kwargs)
+            trainer.callbacks.append(TestMetricsWriter())
+            return trainer
+
+    return VQACLI
+
+
+def run_cli(args: list[str], run: bool = True) -> Any:
+    from vqa_components.data.datamodule import VideoQADataModule
+    from vqa_components.model import VideoQAModel
+
+    return _build_cli_class()(
+        VideoQAModel,
+        VideoQADataModule,
+        args=preprocess_args(args),
+        run=run,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+# ------------------------------------------------------------------ list / profile
+
+
+def cmd_list(args: list[str]) -> int:
+    kind = args[0] if args and args[0] in REGISTRIES else None
+    rest = args[1:] if kind else args
+    pattern = rest[0] if rest else "*"
+    if args and kind is None and len(args) > 1:
+        raise CLIError(f"unknown kind of part {args[0]!r}; valid kinds: {', '.join(REGISTRIES)}")
+    found = list_parts(kind, pattern)
+    for k, entries in found.items():
+        if not entries:
+            continue
+        print(f"{k}:")
+        width = max(len(e.name) for e in entries)
+        for e in entries:
+            print(f"  {e.name.ljust(width)}  {e.description}")
+    if not any(found.values()):
+        print(f"no parts match {pattern!r}")
+        return 1
+    return 0
+
+
+def cmd_profile(args: list[str]) -> int:
+    from vqa_components.profiler import profile_model
+
+    cli = run_cli(args, run=False)
+    model, dm = cli.model, cli.datamodule
+    batch = dm.example_batch(batch_size=1)
+    report = profile_model(model, batch)
+    print(report.table())
+    print(report.to_json())
+    return 0
+
+
+USAGE = """usage: vqa {fit,validate,test,predict,list,profile} ...
+
+  fit|validate|test|predict   LightningCLI subcommands (vqa fit --help)
+  list [KIND] [PATTERN]       registered parts, e.g. `vqa list fusion 'cross*'`
+  profile --config RECIPE     parameters and forward FLOPs of a recipe for one sample
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import_builtin_parts()
+        load_plugins()
+        if not argv or argv[0] in ("-h", "--help"):
+            print(USAGE)
+            return 0
+        if argv[0] == "list":
+            return cmd_list(argv[1:])
+        if argv[0] == "profile":
+            return cmd_profile(argv[1:])
+        run_cli(argv)
+        return 0
+    except (RegistryError, CLIError) as exc:
+        print(f"vqa: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""Generic video QA dataset: an annotation file plus a folder of videos.
+
+A sample is a dict::
+
+    video        (t, 3, h, w) float in [0, 1], or a tuple of such tensors (multi-stream)
+    question     str
+    answer       str
+    answer_idx   int, index of ``answer`` in ``answer_vocab`` (-1 when not in it)
+    family       str, the record's ``question_type``
+    video_id     str
+    caption      str, the record's caption or ""
+    options      list[str], only for records that have options
+    index        int, position of the record in the annotation file
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from vqa_components.data.annotations import QARecord, load_qa_annotations
+from vqa_components.data.video_io import VideoDecodeError, read_video_streams
+from vqa_components.registry import DATASETS
+
+log = logging.getLogger(__name__)
+
+#: ``answer_idx`` of an answer that is not in the vocabulary.
+NOT_IN_VOCAB = -1
+#: Frame size the example batch assumes for datasets decoded at native
+#: resolution (``frame_size=None``), whose size is unknown without opening a video.
+DEFAULT_EXAMPLE_FRAME_SIZE = 224
+GENERIC_QUESTION = "what is happening in the video?"
+BAD_VIDEO_POLICIES = ("skip", "raise")
+
+
+@dataclass
+class ExampleSpec:
+    """What a dataset's samples look like, known without touching the disk.
+
+    Attributes:
+        video_shapes: ``(t, h, w)`` of each stream (one entry when single-stream).
+        multi_stream: whether ``video`` is a tuple.
+        questions: plausible question strings.
+        answers: the answer vocabulary (may be empty if it lives in a file).
+        families: question families.
+    """
+
+    video_shapes: list[tuple[int, int, int]]
+    multi_stream: bool
+    questions: list[str] = field(default_factory=lambda: [GENERIC_QUESTION])
+    answers: list[str] = field(default_factory=list)
+    families: list[str] = field(default_factory=list)
+
+
+def normalize_streams(
+    num_frames: int, frame_size: int | None, streams: Sequence[dict[str, Any]] | None
+) -> list[tuple[int, int | None]]:
+    """``(num_frames, frame_size)`` of each stream; ``streams`` overrides the single-stream args."""
+    if streams is None:
+        specs: list[dict[str, Any]] = [{"num_frames": num_frames, "frame_size": frame_size}]
+    else:
+        specs = list(streams)
+        if not specs:
+            raise ValueError("streams must hold at least one {'num_frames': ..., 'frame_size': ...}")
+    out: list[tuple[int, int | None]] = []
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict):
+            raise TypeError(f"streams[{i}] must be a dict with num_frames and frame_size, got {spec!r}")
+        unknown = set(spec) - {"num_frames", "frame_size"}
+        if unknown:
+            raise ValueError(f"streams[{i}] has unknown keys {sorted(unknown)}; allowed: num_frames, frame_size")
+        t = spec.get("num_frames", num_frames)
+        size = spec.get("frame_size", None)
+        if not isinstance(t, int) or isinstance(t, bool) or t <= 0:
+            raise ValueError(f"streams[{i}].num_frames must be a positive int, got {t!r}")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+            raise ValueError(f"streams[{i}].frame_size must be a positive int or None, got {size!r}")
+        out.append((t, size))
+    return out
+
+
+def load_answer_vocab(vocab: Sequence[str] | str | os.PathLike) -> list[str]:
+    """An answer vocabulary from a list, a ``.json`` file (list of strings) or a text file (one per line)."""
+    if isinstance(vocab, (str, os.PathLike)):
+        path = Path(vocab)
+        if not path.is_file():
+            raise FileNotFoundError(f"answer vocabulary file not found: {path}")
+        if path.suffix.lower() == ".json":
+            items = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(items, list):
+                raise ValueError(f"{path}: an answer vocabulary must be a JSON list of strings")
+        else:
+            items = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        where = str(path)
+    else:
+        items, where = list(vocab), "answer_vocab"
+    for i, a in enumerate(items):
+        if not isinstance(a, str) or not a:
+            raise ValueError(f"{where}: entry {i} must be a non-empty string, got {a!r}")
+    dup = [a for a, c in Counter(items).items() if c > 1]
+    if dup:
+        raise ValueError(f"{where}: duplicate answers {dup[:5]}")
+    return list(items)
+
+
+def vocab_from_records(records: Sequence[QARecord], max_answers: int | None = None) -> list[str]:
+    """Answers by decreasing frequency (ties alphabetical), keeping the ``max_answers`` most frequent."""
+    counts = Counter(r.answer for r in records)
+    ranked = sorted(counts, key=lambda a: (-counts[a], a))
+    return ranked[:max_answers] if max_answers is not None else ranked
+
+
+def _for_split(value: str | os.PathLike | dict[str, str], split: str, what: str) -> Path:
+    if isinstance(value, dict):
+        if split not in value:
+            raise KeyError(f"{what} has no entry for split {split!r}; it has {sorted(value)}")
+        return Path(value[split])
+    text = os.fspath(value)
+    return Path(text.format(split=split) if "{split}" in text else text)
+
+
+@DATASETS.register("videoqa_json")
+class VideoQADataset(Dataset):
+    """Video QA from an MSRVTT-QA-style annotation file and a folder of videos.
+
+    Args:
+        annotation_file: ``.json``/``.jsonl`` annotations; may contain ``{split}``
+            (e.g. ``"anns/{split}.json"``) or be a ``{split: path}`` dict so the same
+            arguments serve every split.
+        video_dir: folder of videos (may contain ``{split}``); the video of a
+            record is ``video_dir / (video_id + video_ext)``.
+        split: which split this is (fills ``{split}``; reported for bad videos).
+        answer_vocab: list of answers, or a ``.json``/``.txt`` file of them; ``None``
+            builds it from the training annotations (``{split}`` -> ``train``) by
+            frequency, keeping ``max_answers``.
+        max_answers: size cap of a vocabulary built from annotations.
+        num_frames: frames per clip.
+        frame_size: resize frames to ``frame_size`` x ``frame_size``; ``None`` keeps
+            the native resolution (then videos must share one size to be batched).
+        streams: multi-stream decoding, ``[{"num_frames": 8, "frame_size": 224}, ...]``;
+            ``video`` is then a tuple, one tensor per stream. Overrides the two above.
+        video_ext: file extension of videos.
+        on_bad_video: ``"skip"`` returns ``None`` for a missing/corrupt video (the
+            collate function drops and counts it); ``"raise"`` raises
+            :class:`VideoDecodeError` naming the file, the record and ``video_id``.
+    """
+
+    answer_vocab: list[str]
+    families: list[str]
+
+    def __init__(
+        self,
+        annotation_file: str | dict[str, str],
+        video_dir: str,
+        split: str = "train",
+        answer_vocab: list[str] | str | None = None,
+        max_answers: int | None = None,
+        num_frames: int = 16,
+        frame_size: int | None = None,
+        streams: list[dict[str, int]] | None = None,
+        video_ext: str = ".mp4",
+        on_bad_video: str = "skip",
+    ) -> None:
+        super().__init__()
+        if on_bad_video not in BAD_VIDEO_POLICIES:
+            raise ValueError(f"on_bad_video must be one of {BAD_VIDEO_POLICIES}, got {on_bad_video!r}")
+        self.split = split
+        self.annotation_file = _for_split(annotation_file, split, "annotation_file")
+        self.video_dir = _for_split(video_dir, split, "video_dir")
+        self.video_ext = video_ext if not video_ext or video_ext.startswith(".") else "." + video_ext
+        self.on_bad_video = on_bad_video
+        self.streams = normalize_streams(num_frames, frame_size, streams)
+        self.multi_stream = streams is not None
+        self.records: list[QARecord] = load_qa_annotations(self.annotation_file)
+        if not self.records:
+            log.warning("%s: no records for split %r", self.annotation_file, split)
+
+        if answer_vocab is not None:
+            self.answer_vocab = load_answer_vocab(answer_vocab)
+        else:
+            train_file = _for_split(annotation_file, "train", "annotation_file")
+            train_records = (
+                self.records if train_file == self.annotation_file else load_qa_annotations(train_file)
+            )
+            self.answer_vocab = vocab_from_records(train_records, max_answers)
+        self._answer_to_idx = {a: i for i, a in enumerate(self.answer_vocab)}
+        self.families = sorted({r.question_type for r in self.records})
+
+    # ---------------------------------------------------------------- access
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def video_path(self, index: int) -> Path:
+        """The video file of record ``index``."""
+        return self.video_dir / f"{self.records[index].video_id}{self.video_ext}"
+
+    def answer_index(self, answer: str) -> int:
+        """Index of ``answer`` in ``answer_vocab``, or ``-1``."""
+        return self._answer_to_idx.get(answer, NOT_IN_VOCAB)
+
+    def _read_video(self, index: int) -> tuple[Tensor, ...]:
+        """Decode the clip of record ``index``: one ``(t, 3, h, w)`` tensor per stream."""
+        return read_video_streams(self.video_path(index), self.streams)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        if index < 0:
+            index += len(self.records)
+        rec = self.records[index]
+        try:
+            videos = self._read_video(index)
+        except VideoDecodeError as exc:
+            if self.on_bad_video == "raise":
+                raise VideoDecodeError(
+                    exc.path,
+                    f"{exc.reason} (record {index} of {self.annotation_file}, field 'video_id'={rec.video_id!r})",
+                ) from exc
+            log.debug("skipping record %d (video_id=%r) of split %r: %s", index, rec.video_id, self.split, exc)
+            return None
+        sample: dict[str, Any] = {
+            "video": videos if self.multi_stream else videos[0],
+            "question": rec.question,
+            "answer": rec.answer,
+            "answer_idx": self.answer_index(rec.answer),
+            "family": rec.question_type,
+            "video_id": rec.video_id,
+            "caption": rec.caption or "",
+            "index": index,
+        }
+        if rec.options is not None:
+            sample["options"] = list(rec.options)
+        return sample
+
+    # ------------------------------------------------------- shapes, no disk
+    @classmethod
+    def example_spec(cls, **kwargs: Any) -> ExampleSpec:
+        """Sample shapes for these constructor arguments, without reading any file.
+
+        With ``frame_size=None`` the native size is unknown;
+        :data:`DEFAULT_EXAMPLE_FRAME_SIZE` is assumed.
+        """
+        streams = normalize_streams(kwargs.get("num_frames", 16), kwargs.get("frame_size"), kwargs.get("streams"))
+        vocab = kwargs.get("answer_vocab")
+        answers = list(vocab) if isinstance(vocab, (list, tuple)) else []
+        return ExampleSpec(
+            video_shapes=[(t, s or DEFAULT_EXAMPLE_FRAME_SIZE, s or DEFAULT_EXAMPLE_FRAME_SIZE) for t, s in streams],
+            multi_stream=kwargs.get("streams") is not None,
+            answers=answers,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(split={self.split!r}, records={len(self)}, "
+            f"answers={len(self.answer_vocab)}, streams={self.streams})"
+        )

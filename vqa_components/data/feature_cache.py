@@ -1,0 +1,263 @@
+"""On-disk cache of a frozen backbone's per-frame features.
+
+A frozen image tower (VideoDistill's CLIP ViT-B/16) maps the same frames to the
+same features in every epoch, so a recipe can compute them once and train from
+memory-mapped ``.npy`` files afterwards::
+
+    root/
+      <fingerprint>/                 one folder per (backbone class, config, weights)
+        meta.json                    what the fingerprint stands for (for humans)
+        ab/                          first two characters of the key
+          ab12...ef/                 one entry = one folder, created by one rename
+            tokens.npy               (t, n, d)
+            cls.npy                  (t, d)
+        .tmp-<key>-<pid>-<rand>/     an entry being written (ignored, cleaned)
+
+* **Fingerprint** = sha256 over the backbone's class qualname, its ``config``
+  dict (``repr`` when it has none) and the name, dtype, shape and bytes of every
+  state-dict tensor. Changed weights or settings give a new folder; nothing
+  stale is ever read.
+* **Keys** name a video and how it was decoded: :func:`video_content_key`
+  hashes the file's bytes together with the decoding arguments.
+* **Atomic writes**: an entry is written into a temporary folder and renamed
+  into place (``os.replace``). A reader sees the whole entry or none. A writer
+  that dies leaves only a ``.tmp-*`` folder, which :meth:`FeatureCache.has`
+  ignores and :meth:`FeatureCache.clean` removes. Two processes that write the
+  same entry both succeed; the first rename wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+FORMAT_VERSION = 1
+_TMP_PREFIX = ".tmp-"
+_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
+_CHUNK = 1 << 20
+
+# --------------------------------------------------------------------- keys
+
+_content_memo: dict[tuple[str, int, int], str] = {}
+_memo_lock = threading.Lock()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (read in 1 MB chunks), memoised by (path, size, mtime_ns)."""
+    p = Path(path).resolve()
+    st = p.stat()
+    memo_key = (str(p), st.st_size, st.st_mtime_ns)
+    with _memo_lock:
+        hit = _content_memo.get(memo_key)
+    if hit is not None:
+        return hit
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    digest = h.hexdigest()
+    with _memo_lock:
+        _content_memo[memo_key] = digest
+    return digest
+
+
+def video_content_key(path: str | Path, **decode_args: Any) -> str:
+    """Cache key of a video file decoded with ``decode_args`` (e.g. ``num_frames=8, size=224``).
+
+    sha256 over the file's content hash and the sorted decoding arguments: the
+    same bytes at another path give the same key; edited bytes or other
+    arguments give another.
+    """
+    args = json.dumps(decode_args, sort_keys=True, default=repr)
+    return hashlib.sha256(f"{file_sha256(path)}\n{args}".encode()).hexdigest()
+
+
+def backbone_fingerprint(backbone: nn.Module) -> str:
+    """sha256 over class qualname, ``config`` (or ``repr``) and every state-dict tensor."""
+    h = hashlib.sha256()
+    cls = type(backbone)
+    h.update(f"vqa_components.feature_cache/v{FORMAT_VERSION}\n{cls.__module__}.{cls.__qualname__}\n".encode())
+    config = getattr(backbone, "config", None)
+    desc = json.dumps(config, sort_keys=True, default=repr) if isinstance(config, dict) else repr(backbone)
+    h.update(desc.encode())
+    for name, t in sorted(backbone.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"\n{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+# -------------------------------------------------------------------- cache
+
+
+class FeatureCache:
+    """Per-video ``(tokens (t, n, d), cls (t, d))`` of one frozen backbone, stored under ``root``.
+
+    Args:
+        root: cache root; entries go to ``root/<fingerprint>/``.
+        backbone: the frozen backbone whose outputs are cached (no parameter
+            may require grad; ``cacheable`` must not be ``False``).
+        dtype: storage precision, ``"float16"`` (half the disk and I/O) or
+            ``"float32"`` (bitwise identical to the backbone's output).
+        stale_after: seconds after which a leftover ``.tmp-*`` folder counts as
+            abandoned and is removed when the cache opens.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        backbone: nn.Module,
+        dtype: Literal["float16", "float32"] = "float16",
+        stale_after: float = 3600.0,
+    ) -> None:
+        if dtype not in ("float16", "float32"):
+            raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
+        if getattr(backbone, "cacheable", True) is False:
+            raise ValueError(f"{type(backbone).__name__} is not cacheable (its forward is not a pure function)")
+        trainable = [n for n, p in backbone.named_parameters() if p.requires_grad]
+        if trainable:
+            raise ValueError(
+                f"FeatureCache needs a frozen backbone; {type(backbone).__name__} has trainable "
+                f"parameters ({', '.join(trainable[:3])}{' ...' if len(trainable) > 3 else ''})"
+            )
+        self.backbone = backbone
+        self.dtype = dtype
+        self.fingerprint = backbone_fingerprint(backbone)
+        self.root = Path(root)
+        self.path = self.root / self.fingerprint
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._write_meta()
+        self.clean(max_age=stale_after)
+
+    def __repr__(self) -> str:
+        return f"FeatureCache({str(self.path)!r}, dtype={self.dtype!r})"
+
+    # --------------------------------------------------------------- layout
+    def _entry(self, key: str) -> Path:
+        if not isinstance(key, str) or not _KEY_RE.match(key):
+            raise ValueError(
+                f"cache key {key!r} must be 1-200 characters of [A-Za-z0-9_.-] not starting with '.' "
+                f"(use video_content_key)"
+            )
+        return self.path / key[:2] / key
+
+    def _write_meta(self) -> None:
+        meta_file = self.path / "meta.json"
+        if meta_file.exists():
+            return
+        cls = type(self.backbone)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "backbone": f"{cls.__module__}.{cls.__qualname__}",
+            "config": getattr(self.backbone, "config", None),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        tmp = self.path / f"{_TMP_PREFIX}meta-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=repr))
+        os.replace(tmp, meta_file)
+
+    # ------------------------------------------------------------------ API
+    def has(self, key: str) -> bool:
+        entry = self._entry(key)
+        return (entry / "tokens.npy").is_file() and (entry / "cls.npy").is_file()
+
+    def load(self, key: str, dtype: torch.dtype | None = torch.float32) -> tuple[Tensor, Tensor]:
+        """``(tokens (t, n, d), cls (t, d))``, memory-mapped; cast to ``dtype`` (``None``: as stored)."""
+        entry = self._entry(key)
+        if not self.has(key):
+            raise KeyError(f"no cached features for {key!r} in {self.path}")
+        out = []
+        for name in ("tokens.npy", "cls.npy"):
+            # copy-on-write map: pages are read lazily, and torch gets a writable array
+            t = torch.from_numpy(np.load(entry / name, mmap_mode="c"))
+            out.append(t if dtype is None or t.dtype == dtype else t.to(dtype))
+        return out[0], out[1]
+
+    def save(self, key: str, tokens: Tensor, cls: Tensor) -> None:
+        """Store one video's features; atomic (the entry appears whole or not at all)."""
+        entry = self._entry(key)
+        if tokens.ndim != 3 or cls.ndim != 2 or tokens.shape[0] != cls.shape[0]:
+            raise ValueError(f"save expects tokens (t, n, d) and cls (t, d); got {tuple(tokens.shape)}, {tuple(cls.shape)}")
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = entry.parent / f"{_TMP_PREFIX}{key}-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp.mkdir()
+        try:
+            for name, t in (("tokens.npy", tokens), ("cls.npy", cls)):
+                arr = t.detach().to("cpu", getattr(torch, self.dtype)).contiguous().numpy()
+                with open(tmp / name, "wb") as f:
+                    np.save(f, arr)
+                    f.flush()
+                    os.fsync(f.fileno())
+            try:
+                os.replace(tmp, entry)
+            except OSError:
+                if self.has(key):  # another writer got there first: its entry is as good as ours
+                    return
+                shutil.rmtree(entry, ignore_errors=True)  # a damaged entry (edited by hand): replace it
+                os.replace(tmp, entry)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def get_or_compute(self, key: str, frames: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
+        """Cached features of ``key``; on a miss run the backbone on ``frames()`` ``(t, 3, h, w)`` and store them."""
+        if self.has(key):
+            return self.load(key)
+        video = frames()
+        with torch.no_grad():
+            feats = self.backbone(video.unsqueeze(0))
+        tokens, cls = feats.tokens[0], feats.cls[0]
+        self.save(key, tokens, cls)
+        return self.load(key)
+
+    def delete(self, key: str) -> None:
+        shutil.rmtree(self._entry(key), ignore_errors=True)
+
+    def keys(self) -> list[str]:
+        return sorted(
+            e.name
+            for shard in self.path.iterdir()
+            if shard.is_dir() and not shard.name.startswith(".")
+            for e in shard.iterdir()
+            if not e.name.startswith(".") and (e / "tokens.npy").is_file() and (e / "cls.npy").is_file()
+        )
+
+    def __contains__(self, key: str) -> bool:
+        return self.has(key)
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def clean(self, max_age: float = 0.0) -> int:
+        """Remove ``.tmp-*`` leftovers of interrupted writes older than ``max_age`` seconds; returns how many.
+
+        ``max_age=0`` removes all of them: only do that when no other process is writing.
+        """
+        now = time.time()
+        removed = 0
+        candidates = list(self.path.glob(f"{_TMP_PREFIX}*")) + list(self.path.glob(f"*/{_TMP_PREFIX}*"))
+        for tmp in candidates:
+            try:
+                if now - tmp.stat().st_mtime < max_age:
+                    continue
+            except FileNotFoundError:
+                continue
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+            removed += 1
+        return removed

@@ -1,0 +1,3 @@
+"""Heads: FusionOutput -> :class:`~vqa_components.interfaces.HeadOutput`."""
+
+from vqa_components.heads import answer_classifier  # noqa: F401

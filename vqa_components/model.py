@@ -1,0 +1,336 @@
+"""The generic LightningModule that assembles a VideoQA model from parts.
+
+Each part is a constructor argument, so a LightningCLI recipe names it (by
+registry name or ``class_path``) and any mix of compatible parts trains::
+
+    model = VideoQAModel(
+        backbone=create("backbone", "frame_cnn", dim=128),
+        text_encoder=create("text_encoder", "small_transformer", dim=128),
+        fusion=create("fusion", "cross_attention", video_dim=128, text_dim=128, dim=128),
+        head=create("head", "answer_classifier", in_dim=128, num_answers=16),
+        objectives=[create("objective", "answer_cross_entropy")],
+    )
+
+Multi-stage training (E-ViLM trains its tokenizer first): ``init_from`` loads
+the weights of named parts from an earlier checkpoint (or a plain state dict);
+``freeze`` lists parts whose weights stay fixed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from vqa_components.interfaces import (
+    Backbone,
+    Fusion,
+    FusionOutput,
+    Head,
+    ModelOutput,
+    Objective,
+    Sampler,
+    SamplerOutput,
+    TextEncoder,
+    TextFeatures,
+    VideoFeatures,
+)
+
+log = logging.getLogger(__name__)
+
+PART_NAMES = ("backbone", "text_encoder", "sampler", "fusion", "head", "objectives")
+
+
+class VideoQAModel(pl.LightningModule):
+    """A VideoQA model assembled from parts.
+
+    Args:
+        backbone: video -> per-frame features.
+        text_encoder: question (or caption) strings -> token features.
+        fusion: joins video and text features.
+        head: fused features -> answer scores.
+        objectives: training losses, summed with their ``weight``.
+        sampler: optional frame selection between backbone and fusion.
+        optimizer: a callable ``params -> Optimizer`` (LightningCLI:
+            ``optimizer: {class_path: torch.optim.AdamW, init_args: {lr: ...}}``).
+        scheduler: optional callable ``optimizer -> LRScheduler`` stepped per
+            optimizer step.
+        text_field: the batch key the text encoder reads (``question`` for QA,
+            ``caption`` for caption pretraining).
+        freeze: parts (``backbone``, ``text_encoder``, ...) whose weights stay fixed;
+            a frozen part also runs in eval mode.
+        init_from: a checkpoint (``.ckpt``) or state-dict file to load weights from.
+        init_parts: the parts to load from ``init_from`` (default: all parts
+            present in the file). Used to chain training stages.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        text_encoder: TextEncoder,
+        fusion: Fusion,
+        head: Head,
+        objectives: Sequence[Objective],
+        sampler: Sampler | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        text_field: str = "question",
+        freeze: Sequence[str] = (),
+        init_from: str | None = None,
+        init_parts: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone", "text_encoder", "fusion", "head", "objectives", "sampler"])
+        self.backbone = backbone
+        self.text_encoder = text_encoder
+        self.sampler = sampler
+        self.fusion = fusion
+        self.head = head
+        self.objectives = nn.ModuleList(objectives)
+        if not len(self.objectives):
+            raise ValueError("VideoQAModel needs at least one objective (e.g. answer_cross_entropy)")
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.text_field = text_field
+        self.frozen_parts = tuple(freeze)
+        for name in self.frozen_parts:
+            part = self._part(name)
+            if part is None:
+                raise ValueError(f"freeze: model has no part {name!r}; parts: {', '.join(PART_NAMES)}")
+            part.requires_grad_(False)
+        if init_from:
+            self.load_parts(init_from, init_parts)
+        self.answer_vocab: list[str] = []
+        self.families: list[str] = []
+        self._acc: dict[str, nn.ModuleDict] = {}
+        self.skipped_samples: list[Any] = []
+
+    # ------------------------------------------------------------- assembly
+    def _part(self, name: str) -> nn.Module | None:
+        if name not in PART_NAMES:
+            return None
+        return getattr(self, name)
+
+    def load_parts(self, path: str, parts: Sequence[str] | None = None) -> list[str]:
+        """Load the weights of ``parts`` from a Lightning checkpoint or a state dict."""
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"init_from: no such checkpoint file: {path}")
+        state = torch.load(p, map_location="cpu", weights_only=False)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        wanted = list(parts) if parts else sorted({k.split(".", 1)[0] for k in state} & set(PART_NAMES))
+        loaded = []
+        for name in wanted:
+            part = self._part(name)
+            if part is None:
+                raise ValueError(f"init_parts: model has no part {name!r}; parts: {', '.join(PART_NAMES)}")
+            sub = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
+            if not sub:
+                raise KeyError(f"init_from: {path} holds no weights for part {name!r}")
+            part.load_state_dict(sub)
+            loaded.append(name)
+        log.info("loaded %s from %s", ", ".join(loaded), path)
+        return loaded
+
+    def train(self, mode: bool = True) -> VideoQAModel:
+        super().train(mode)
+        for name in self.frozen_parts:
+            self._part(name).eval()  # type: ignore[union-attr]
+        return self
+
+    # -------------------------------------------------------------- forward
+    def encode_text(self, texts: Sequence[str]) -> TextFeatures:
+        return self.text_encoder.encode(list(texts))
+
+    def encode_video(self, video: Tensor | tuple[Tensor, ...], batch: dict[str, Any] | None = None) -> VideoFeatures:
+        if "backbone" in self.frozen_parts:
+            with torch.no_grad():
+                return self.backbone(video)
+        return self.backbone(video)
+
+    def fuse(self, video: VideoFeatures, text: TextFeatures) -> tuple[SamplerOutput | None, FusionOutput]:
+        sampled = self.sampler(video, text) if self.sampler is not None else None
+        fused = self.fusion(sampled.video if sampled is not None else video, text)
+        return sampled, fused
+
+    def forward_features(self, video: VideoFeatures, text: TextFeatures) -> ModelOutput:
+        sampled, fused = self.fuse(video, text)
+        return ModelOutput(video=video, text=text, fused=fused, head=self.head(fused, text), sampled=sampled)
+
+    def forward(self, batch: dict[str, Any]) -> ModelOutput:
+        video = self.encode_video(batch["video"], batch)
+        if self.head.task == "multiple_choice":
+            return self._forward_multiple_choice(video, batch)
+        return self.forward_features(video, self.encode_text(batch[self.text_field]))
+
+    def _forward_multiple_choice(self, video: VideoFeatures, batch: dict[str, Any]) -> ModelOutput:
+        """Score each (question, option) pair; logits come back as ``(b, options)``."""
+        options: list[list[str]] = batch["options"]
+        n = len(options[0])
+        if any(len(o) != n for o in options):
+            raise ValueError("multiple choice: every question in a batch needs the same number of options")
+        texts = [f"{q} {o}" for q, opts in zip(batch["question"], options) for o in opts]
+        rep = video.replace(
+            tokens=video.tokens.repeat_interleave(n, 0),
+            cls=video.cls.repeat_interleave(n, 0),
+            frame_mask=None if video.frame_mask is None else video.frame_mask.repeat_interleave(n, 0),
+        )
+        out = self.forward_features(rep, self.encode_text(texts))
+        out.head.logits = out.head.logits.reshape(len(options), n)
+        return out
+
+    # ------------------------------------------------------------- training
+    def _loss(self, batch: dict[str, Any], out: ModelOutput, stage: str) -> Tensor:
+        total = out.logits.new_zeros(())
+        for obj in self.objectives:
+            name = obj.registry_name or type(obj).__name__
+            parts = obj(self, batch, out)
+            total = total + obj.weight * parts["loss"]
+            for k, v in parts.items():
+                key = f"{stage}/{name}" if k == "loss" else f"{stage}/{name}_{k}"
+                self.log(key, v.detach().float(), batch_size=_batch_size(batch), sync_dist=stage != "train")
+        return total
+
+    def _record_skips(self, batch: dict[str, Any]) -> None:
+        if batch.get("num_skipped"):
+            self.skipped_samples.extend(batch.get("skipped", []))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        self._record_skips(batch)
+        if _batch_size(batch) == 0:
+            return None
+        out = self(batch)
+        loss = self._loss(batch, out, "train")
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=_batch_size(batch))
+        if self._has_answers(batch):
+            acc = (out.logits.argmax(-1) == batch["answer_idx"]).float().mean()
+            self.log("train/acc", acc, prog_bar=True, batch_size=_batch_size(batch))
+        return loss
+
+    def _has_answers(self, batch: dict[str, Any]) -> bool:
+        return "answer_idx" in batch and self.head.task in ("classify", "multiple_choice")
+
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        self._record_skips(batch)
+        if _batch_size(batch) == 0:
+            return
+        out = self(batch)
+        loss = self._loss(batch, out, stage)
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=_batch_size(batch), sync_dist=True)
+        if self._has_answers(batch):
+            correct = (out.logits.argmax(-1) == batch["answer_idx"]).float()
+            metrics = self._accuracy_metrics(stage)
+            metrics["all"].update(correct)
+            for fam in set(batch.get("family", [])):
+                key = _family_key(fam)
+                if key not in metrics:
+                    metrics[key] = MeanMetric().to(self.device)
+                sel = torch.tensor([f == fam for f in batch["family"]], device=correct.device)
+                metrics[key].update(correct[sel])
+
+    def _accuracy_metrics(self, stage: str) -> nn.ModuleDict:
+        if stage not in self._acc:
+            metrics = nn.ModuleDict({"all": MeanMetric()})
+            for fam in self.families:  # known families first, so every rank has the same metrics
+                metrics[_family_key(fam)] = MeanMetric()
+            self._acc[stage] = metrics.to(self.device)
+        return self._acc[stage]
+
+    def _log_accuracy(self, stage: str) -> None:
+        metrics = self._acc.pop(stage, None)
+        if metrics is None:
+            return
+        for key, metric in metrics.items():
+            if metric.update_count == 0 and key != "all":
+                continue
+            name = f"{stage}/acc" if key == "all" else f"{stage}/acc_{key}"
+            self.log(name, metric.compute(), prog_bar=key == "all", sync_dist=False)
+        self._report_skips(stage)
+
+    def _report_skips(self, stage: str) -> None:
+        if self.skipped_samples:
+            n = len(self.skipped_samples)
+            shown = "; ".join(str(s) for s in self.skipped_samples[:5])
+            log.warning("%s epoch: skipped %d unreadable video(s): %s%s", stage, n, shown, " ..." if n > 5 else "")
+            self.log(f"{stage}/skipped_videos", float(n), sync_dist=True, reduce_fx="sum")
+            self.skipped_samples = []
+
+    def on_train_epoch_end(self) -> None:
+        self._report_skips("train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_accuracy("val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_accuracy("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        out = self(batch)
+        if out.head.predictions is not None:
+            preds = out.head.predictions
+        else:
+            idx = out.logits.argmax(-1).tolist()
+            if self.head.task == "multiple_choice":
+                preds = [opts[i] for opts, i in zip(batch["options"], idx)]
+            else:
+                preds = [self.answer_vocab[i] if i < len(self.answer_vocab) else str(i) for i in idx]
+        return [
+            {"video_id": v, "question": q, "prediction": p}
+            for v, q, p in zip(batch.get("video_id", []), batch["question"], preds)
+        ]
+
+    # ----------------------------------------------------------------- setup
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None:
+            return
+        vocab = list(getattr(dm, "answer_vocab", []) or [])
+        if vocab:
+            self.answer_vocab = vocab
+            n = getattr(self.head, "num_answers", None)
+            if self.head.task == "classify" and n is not None and n != len(vocab):
+                raise ValueError(
+                    f"head.num_answers={n} but the dataset has {len(vocab)} answers; "
+                    f"set model.head.init_args.num_answers: {len(vocab)} in the recipe"
+                )
+        self.families = list(getattr(dm, "families", []) or [])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["answer_vocab"] = self.answer_vocab
+        checkpoint["families"] = self.families
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.answer_vocab = checkpoint.get("answer_vocab", [])
+        self.families = checkpoint.get("families", [])
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _family_key(family: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in str(family).lower())
+
+
+def _batch_size(batch: dict[str, Any]) -> int:
+    video = batch["video"]
+    if isinstance(video, (tuple, list)):
+        video = video[0]
+    return int(video.shape[0])

