@@ -84,22 +84,18 @@ def test_plugin_auto_loading_can_be_turned_off(installed_plugin):
     assert "plugin_concat_fusion" not in res.stdout
 
 
-def test_plugin_fusion_trains_from_yaml_by_name(installed_plugin, tmp_path):
+def test_plugin_fusion_trains_from_yaml_by_name(installed_plugin, tmp_path, tiny_data):
     res = subprocess.run(
         [sys.executable, "-m", "vqa_components.cli", "fit", "--config", str(ROOT / "recipes/quickstart.yaml"),
          "--model.fusion", "plugin_concat_fusion",
          "--trainer.fast_dev_run=1", f"--trainer.default_root_dir={tmp_path}",
-         "--data.dataset_args.root", str(tmp_path / "data"), "--data.num_workers=0"] + TINY_DATA,
+         "--data.dataset_args.root", str(tmp_path / "data")] + tiny_data,
         capture_output=True, text=True, env=_env(installed_plugin), cwd=ROOT,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "PluginConcatFusion" in res.stdout + res.stderr
 
 
-TINY_DATA = [
-    "--data.dataset_args.num_train=32", "--data.dataset_args.num_val=16", "--data.dataset_args.num_test=16",
-    "--data.dataset_args.clip_frames=16", "--data.dataset_args.num_frames=4", "--data.batch_size=4",
-]
 
 
 def test_broken_plugin_warns_by_name_and_the_rest_works(monkeypatch):

@@ -109,10 +109,10 @@ def _build_cli_class() -> type:
             rows = [("overall", metrics["test/acc"])] if "test/acc" in metrics else []
             rows += sorted((k[len("test/acc_") :], v) for k, v in metrics.items() if k.startswith("test/acc_"))
             if rows:
-                width = max(len(r[0]) for r in rows)
+                width = max(15, *(len(r[0]) for r in rows))
                 print(f"\n{'question family'.ljust(width)}  test accuracy")
                 for name, value in rows:
-                    print(f"{name.ljust(max(width, 15))}  {100 * value:6.2f} %")
+                    print(f"{name.ljust(width)}  {100 * value:12.2f} %")
             print(f"test metrics written to {path}")
 
     class VQACLI(LightningCLI):
@@ -155,13 +155,18 @@ def run_cli(args: list[str], run: bool = True) -> Any:
     from vqa_components.data.datamodule import VideoQADataModule
     from vqa_components.model import VideoQAModel
 
-    return _build_cli_class()(
-        VideoQAModel,
-        VideoQADataModule,
-        args=preprocess_args(args),
-        run=run,
-        save_config_kwargs={"overwrite": True},
-    )
+    saved_argv = sys.argv
+    sys.argv = sys.argv[:1]  # the arguments come from ``args`` only
+    try:
+        return _build_cli_class()(
+            VideoQAModel,
+            VideoQADataModule,
+            args=preprocess_args(args),
+            run=run,
+            save_config_kwargs={"overwrite": True},
+        )
+    finally:
+        sys.argv = saved_argv
 
 
 # ------------------------------------------------------------------ list / profile

@@ -287,9 +287,10 @@ class VideoQAModel(pl.LightningModule):
                 preds = [opts[i] for opts, i in zip(batch["options"], idx)]
             else:
                 preds = [self.answer_vocab[i] if i < len(self.answer_vocab) else str(i) for i in idx]
+        video_ids = batch.get("video_id") or [None] * len(preds)
         return [
             {"video_id": v, "question": q, "prediction": p}
-            for v, q, p in zip(batch.get("video_id", []), batch["question"], preds)
+            for v, q, p in zip(video_ids, batch["question"], preds, strict=True)
         ]
 
     # ----------------------------------------------------------------- setup
@@ -330,6 +331,8 @@ def _family_key(family: str) -> str:
 
 
 def _batch_size(batch: dict[str, Any]) -> int:
+    if "batch_size" in batch:
+        return int(batch["batch_size"])
     video = batch["video"]
     if isinstance(video, (tuple, list)):
         video = video[0]

@@ -42,6 +42,23 @@ GENERIC_QUESTION = "what is happening in the video?"
 BAD_VIDEO_POLICIES = ("skip", "raise")
 
 
+@dataclass(frozen=True)
+class SkippedSample:
+    """What a dataset returns instead of a sample whose video it cannot read (``on_bad_video="skip"``).
+
+    The collate function drops it from the batch and lists it in ``batch["skipped"]``;
+    the model reports the count and the files at the end of the epoch.
+    """
+
+    index: int
+    video_id: str
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path} (record {self.index}, video_id={self.video_id!r}): {self.reason}"
+
+
 @dataclass
 class ExampleSpec:
     """What a dataset's samples look like, known without touching the disk.
@@ -149,8 +166,8 @@ class VideoQADataset(Dataset):
         streams: multi-stream decoding, ``[{"num_frames": 8, "frame_size": 224}, ...]``;
             ``video`` is then a tuple, one tensor per stream. Overrides the two above.
         video_ext: file extension of videos.
-        on_bad_video: ``"skip"`` returns ``None`` for a missing/corrupt video (the
-            collate function drops and counts it); ``"raise"`` raises
+        on_bad_video: ``"skip"`` returns a :class:`SkippedSample` for a missing/corrupt
+            video (the collate function drops and counts it); ``"raise"`` raises
             :class:`VideoDecodeError` naming the file, the record and ``video_id``.
     """
 
@@ -211,7 +228,7 @@ class VideoQADataset(Dataset):
         """Decode the clip of record ``index``: one ``(t, 3, h, w)`` tensor per stream."""
         return read_video_streams(self.video_path(index), self.streams)
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
+    def __getitem__(self, index: int) -> dict[str, Any] | SkippedSample:
         if index < 0:
             index += len(self.records)
         rec = self.records[index]
@@ -224,7 +241,7 @@ class VideoQADataset(Dataset):
                     f"{exc.reason} (record {index} of {self.annotation_file}, field 'video_id'={rec.video_id!r})",
                 ) from exc
             log.debug("skipping record %d (video_id=%r) of split %r: %s", index, rec.video_id, self.split, exc)
-            return None
+            return SkippedSample(index=index, video_id=rec.video_id, path=exc.path, reason=exc.reason)
         sample: dict[str, Any] = {
             "video": videos if self.multi_stream else videos[0],
             "question": rec.question,

@@ -1,0 +1,89 @@
+"""The DataModule: batches, skipped videos, example batches without disk access."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vqa_components.data.datamodule import SkippedSample, VideoQADataModule, collate_videoqa
+from vqa_components.data.dataset import VideoQADataset
+from vqa_components.data.video_io import VideoDecodeError, write_video
+
+SMALL = dict(num_train=32, num_val=16, num_test=16, clip_frames=32, clip_size=32, num_frames=4)
+
+
+def _sample(i, video=None):
+    return {
+        "video": torch.full((4, 3, 8, 8), float(i)) if video is None else video,
+        "question": f"q{i}",
+        "answer_idx": i,
+        "family": "f",
+    }
+
+
+def test_collate_stacks_and_counts_skips():
+    skipped = SkippedSample(index=1, video_id="v1", path="/data/v1.mp4", reason="corrupt video data")
+    batch = collate_videoqa([_sample(0), skipped, None, _sample(2)])
+    assert batch["video"].shape == (2, 4, 3, 8, 8)
+    assert batch["answer_idx"].tolist() == [0, 2]
+    assert batch["question"] == ["q0", "q2"]
+    assert batch["num_skipped"] == 2 and batch["batch_size"] == 2
+    assert "/data/v1.mp4" in batch["skipped"][0] and "record 1" in batch["skipped"][0]
+
+
+def test_collate_multi_stream_and_empty():
+    two = (torch.zeros(8, 3, 16, 16), torch.zeros(2, 3, 32, 32))
+    batch = collate_videoqa([_sample(0, two), _sample(1, two)])
+    assert isinstance(batch["video"], tuple)
+    assert batch["video"][0].shape == (2, 8, 3, 16, 16) and batch["video"][1].shape == (2, 2, 3, 32, 32)
+    empty = collate_videoqa([None, None])
+    assert empty["batch_size"] == 0 and empty["num_skipped"] == 2 and "video" not in empty
+
+
+def test_synthetic_datamodule_serves_batches(tmp_path):
+    dm = VideoQADataModule("synthetic_vqa", {**SMALL, "root": str(tmp_path)}, batch_size=8, num_workers=0)
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["video"].shape == (8, 4, 3, 32, 32)
+    assert len(batch["question"]) == 8 and batch["answer_idx"].dtype == torch.long
+    assert len(dm.answer_vocab) == 16 and dm.families == ["spatial", "motion", "counting", "needle"]
+    # the example batch has the same shapes and needs no file
+    ex = VideoQADataModule("synthetic_vqa", {**SMALL, "root": str(tmp_path / "never")}).example_batch(2)
+    assert ex["video"].shape == (2, 4, 3, 32, 32)
+    assert not (tmp_path / "never").exists()
+
+
+def _videoqa_folder(tmp_path, n=6, broken=(2,)):
+    vids = tmp_path / "videos"
+    vids.mkdir()
+    recs = []
+    for i in range(n):
+        write_video(vids / f"v{i}.mp4", np.full((8, 16, 16, 3), 30 * i, dtype=np.uint8))
+        recs.append({"video_id": f"v{i}", "question": "what?", "answer": "a" if i % 2 else "b",
+                     "question_type": "what"})
+    for i in broken:
+        (vids / f"v{i}.mp4").write_bytes(b"garbage" * 10)
+    ann = tmp_path / "train.json"
+    ann.write_text(json.dumps(recs))
+    return ann, vids
+
+
+def test_bad_video_raise_names_file_record_and_field(tmp_path):
+    ann, vids = _videoqa_folder(tmp_path)
+    ds = VideoQADataset(str(ann), str(vids), on_bad_video="raise", num_frames=2)
+    with pytest.raises(VideoDecodeError) as err:
+        ds[2]
+    msg = str(err.value)
+    assert "v2.mp4" in msg and "record 2" in msg and "video_id" in msg and "train.json" in msg
+
+
+def test_bad_video_skip_is_counted_per_epoch(tmp_path):
+    ann, vids = _videoqa_folder(tmp_path, broken=(2, 5))
+    ds = VideoQADataset(str(ann), str(vids), on_bad_video="skip", num_frames=2)
+    batch = collate_videoqa([ds[i] for i in range(len(ds))])
+    assert batch["batch_size"] == 4 and batch["num_skipped"] == 2
+    assert any("v2.mp4" in s for s in batch["skipped"]) and any("v5.mp4" in s for s in batch["skipped"])

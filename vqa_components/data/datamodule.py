@@ -1,0 +1,191 @@
+"""The LightningDataModule that serves any registered VideoQA dataset.
+
+A recipe names the dataset by its registry name and passes its arguments::
+
+    data:
+      dataset: synthetic_vqa
+      dataset_args: {num_frames: 16, frame_size: 64}
+      batch_size: 32
+
+Batches are dicts (see :func:`collate_videoqa`). Samples a dataset could not
+read (``None``, or a :class:`SkippedSample`) are dropped from the batch and
+counted in ``batch["num_skipped"]`` / ``batch["skipped"]``; the model reports
+them at the end of the epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from vqa_components.data.dataset import SkippedSample
+from vqa_components.registry import DATASETS, import_builtin_parts
+
+log = logging.getLogger(__name__)
+
+
+def collate_videoqa(samples: Sequence[dict[str, Any] | SkippedSample | None]) -> dict[str, Any]:
+    """Stack samples into a batch dict.
+
+    Tensors are stacked (a multi-stream ``video`` becomes a tuple of stacked
+    streams), ints become a long tensor, everything else a list. Unreadable
+    samples are dropped and listed in ``skipped`` (``num_skipped`` counts them);
+    a batch may therefore be empty (``video`` with batch size 0 is then absent
+    and ``batch_size`` is 0).
+    """
+    kept = [s for s in samples if isinstance(s, dict)]
+    skipped = [s for s in samples if not isinstance(s, dict)]
+    batch: dict[str, Any] = {"num_skipped": len(skipped), "skipped": [str(s) for s in skipped], "batch_size": len(kept)}
+    if not kept:
+        return batch
+    for key in kept[0]:
+        values = [s[key] for s in kept]
+        first = values[0]
+        if isinstance(first, Tensor):
+            batch[key] = torch.stack(values)
+        elif isinstance(first, tuple) and first and isinstance(first[0], Tensor):
+            batch[key] = tuple(torch.stack([v[i] for v in values]) for i in range(len(first)))
+        elif isinstance(first, bool) or not isinstance(first, int):
+            batch[key] = values
+        else:
+            batch[key] = torch.tensor(values, dtype=torch.long)
+    return batch
+
+
+class VideoQADataModule(pl.LightningDataModule):
+    """Train/val/test/predict loaders over one registered dataset.
+
+    Args:
+        dataset: registry name of the dataset (``vqa list dataset``).
+        dataset_args: constructor arguments of the dataset, shared by every split
+            (``split`` is filled in per loader).
+        batch_size: training batch size.
+        eval_batch_size: validation/test/predict batch size (default ``batch_size``).
+        num_workers: DataLoader worker processes.
+        pin_memory: pin host memory (useful with a GPU).
+        train_split, val_split, test_split, predict_split: split names passed to
+            the dataset; ``None`` disables that loader.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "synthetic_vqa",
+        dataset_args: dict[str, Any] | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        train_split: str | None = "train",
+        val_split: str | None = "val",
+        test_split: str | None = "test",
+        predict_split: str | None = "test",
+    ) -> None:
+        super().__init__()
+        import_builtin_parts()
+        self.dataset_name = dataset
+        self.dataset_cls = DATASETS.get(dataset)
+        self.dataset_args = dict(dataset_args or {})
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.splits = {"fit": train_split, "validate": val_split, "test": test_split, "predict": predict_split}
+        self.datasets: dict[str, Dataset] = {}
+
+    # ------------------------------------------------------------ datasets
+    def dataset(self, split: str) -> Dataset:
+        """The dataset of ``split`` (built once)."""
+        if split not in self.datasets:
+            self.datasets[split] = self.dataset_cls(split=split, **self.dataset_args)
+        return self.datasets[split]
+
+    def prepare_data(self) -> None:
+        # Called on one process per node: generates/validates files (synthetic_vqa) once.
+        split = self.splits["fit"] or self.splits["test"]
+        if split is not None:
+            self.dataset_cls(split=split, **self.dataset_args)
+
+    def setup(self, stage: str) -> None:
+        wanted = {
+            "fit": ("fit", "validate"),
+            "validate": ("validate",),
+            "test": ("test",),
+            "predict": ("predict",),
+        }.get(stage, ())
+        for key in wanted:
+            if self.splits[key] is not None:
+                self.dataset(self.splits[key])
+
+    @property
+    def _reference(self) -> Dataset | None:
+        for key in ("fit", "test", "validate", "predict"):
+            if self.splits[key] is not None and self.splits[key] in self.datasets:
+                return self.datasets[self.splits[key]]
+        return None
+
+    @property
+    def answer_vocab(self) -> list[str]:
+        """Answer vocabulary of the training data (what a classifier head predicts)."""
+        ref = self._reference
+        if ref is None:
+            ref = self.dataset(self.splits["fit"] or self.splits["test"] or "train")
+        return list(getattr(ref, "answer_vocab", []))
+
+    @property
+    def families(self) -> list[str]:
+        """Question families (accuracy is reported for each)."""
+        ref = self._reference
+        return list(getattr(ref, "families", [])) if ref is not None else []
+
+    # ------------------------------------------------------------- loaders
+    def _loader(self, key: str, shuffle: bool) -> DataLoader:
+        split = self.splits[key]
+        if split is None:
+            raise ValueError(f"data: no split configured for {key} ({key}_split is null)")
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.batch_size if key == "fit" else self.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            collate_fn=collate_videoqa,
+            persistent_workers=self.num_workers > 0 and key == "fit",
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("fit", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validate", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", shuffle=False)
+
+    # ----------------------------------------------------------- profiling
+    def example_batch(self, batch_size: int = 1) -> dict[str, Any]:
+        """A batch shaped like this data, built without touching the disk (for ``vqa profile``).
+
+        Pixels are random; text is a plausible question of the dataset.
+        """
+        spec = self.dataset_cls.example_spec(**self.dataset_args)
+        videos = tuple(torch.rand(batch_size, t, 3, h, w) for t, h, w in spec.video_shapes)
+        questions = [spec.questions[i % len(spec.questions)] for i in range(batch_size)]
+        batch: dict[str, Any] = {
+            "video": videos if spec.multi_stream else videos[0],
+            "question": questions,
+            "caption": questions,
+            "answer_idx": torch.zeros(batch_size, dtype=torch.long),
+            "family": [spec.families[0] if spec.families else "all"] * batch_size,
+            "batch_size": batch_size,
+        }
+        return batch
