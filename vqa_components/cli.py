@@ -7,6 +7,7 @@
     vqa validate | predict ...
     vqa list [KIND] [PATTERN]                         # registered parts
     vqa profile  --config recipes/quickstart.yaml     # params and FLOPs, no real compute
+    vqa explain  --config RECIPE --ckpt_path best     # PNG: chosen frames and gate values
 
 Parts in recipes and on the command line may be given by registry name (see
 :mod:`vqa_components.recipe`). Registry errors (unknown or duplicate names) are
@@ -204,11 +205,60 @@ def cmd_profile(args: list[str]) -> int:
     return 0
 
 
-USAGE = """usage: vqa {fit,validate,test,predict,list,profile} ...
+def _pop_option(args: list[str], name: str, default: str | None) -> str | None:
+    """Remove ``--name VALUE`` / ``--name=VALUE`` from ``args`` and return VALUE."""
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+            del args[i : i + 2]
+            return value
+        if arg.startswith(name + "="):
+            del args[i]
+            return arg.split("=", 1)[1]
+    return default
+
+
+def cmd_explain(args: list[str]) -> int:
+    """``vqa explain --config R [--ckpt_path best] [--split test] [--index 0] [--out explain.png]``."""
+    import torch
+
+    from vqa_components.data.datamodule import collate_videoqa
+    from vqa_components.viz import explain
+
+    args = list(args)
+    ckpt = _pop_option(args, "--ckpt_path", None)
+    split = _pop_option(args, "--split", "test")
+    index = int(_pop_option(args, "--index", "0") or 0)
+    out = _pop_option(args, "--out", None)
+    cli = run_cli(args, run=False)
+    model, dm = cli.model, cli.datamodule
+    root = cli.trainer.default_root_dir
+    if ckpt is not None:
+        path = find_checkpoint(root, ckpt) if ckpt in ("best", "last") else ckpt
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["state_dict"])
+        model.on_load_checkpoint(state)
+    dataset = dm.dataset(split)
+    if not 0 <= index < len(dataset):
+        raise CLIError(f"--index {index}: split {split!r} has {len(dataset)} samples")
+    batch = collate_videoqa([dataset[index]])
+    if batch["batch_size"] == 0:
+        raise CLIError(f"sample {index} of split {split!r} could not be read: {batch['skipped'][0]}")
+    out_path = Path(out) if out else Path(root) / f"explain_{split}_{index}.png"
+    result = explain(model, batch, out_path)
+    print(f"selected frames: {result['selected']}")
+    print(f"prediction: {result['prediction']}  answer: {result['answer']}")
+    print(f"figure written to {out_path}")
+    return 0
+
+
+USAGE = """usage: vqa {fit,validate,test,predict,list,profile,explain} ...
 
   fit|validate|test|predict   LightningCLI subcommands (vqa fit --help)
   list [KIND] [PATTERN]       registered parts, e.g. `vqa list fusion 'cross*'`
   profile --config RECIPE     parameters and forward FLOPs of a recipe for one sample
+  explain --config RECIPE [--ckpt_path best] [--split test] [--index 0] [--out PNG]
+                              figure of the frames a sampler chose and the LA-Gate values
 """
 
 
@@ -225,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_list(argv[1:])
         if argv[0] == "profile":
             return cmd_profile(argv[1:])
+        if argv[0] == "explain":
+            return cmd_explain(argv[1:])
         run_cli(argv)
         return 0
     except (RegistryError, CLIError) as exc:

@@ -1,0 +1,39 @@
+"""Learning-rate schedules that recipes can name by ``class_path``.
+
+``VideoQAModel`` steps its scheduler after every optimizer step, so the
+lengths below are in optimizer steps.
+"""
+
+from __future__ import annotations
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+class LinearWarmupDecay(LambdaLR):
+    """Linear warm-up from 0 to the base rate over ``warmup_steps``, then linear decay to 0 at ``total_steps``.
+
+    The schedule VideoDistill uses (Appendix B: "linear decay learning rate
+    schedule with a warm-up strategy"). ``warmup_steps`` may also be given as a
+    fraction of ``total_steps`` (a float below 1).
+
+    Args:
+        optimizer: the wrapped optimizer.
+        total_steps: steps at which the rate reaches 0 (it stays 0 after).
+        warmup_steps: steps (int) or fraction of ``total_steps`` (float < 1) of warm-up.
+    """
+
+    def __init__(self, optimizer: Optimizer, total_steps: int, warmup_steps: int | float = 0.1) -> None:
+        if total_steps <= 0:
+            raise ValueError(f"total_steps must be positive, got {total_steps}")
+        warm = int(warmup_steps * total_steps) if isinstance(warmup_steps, float) and warmup_steps < 1 else int(warmup_steps)
+        if not 0 <= warm <= total_steps:
+            raise ValueError(f"warmup_steps must be in [0, total_steps], got {warmup_steps}")
+        self.total_steps, self.warmup_steps = total_steps, warm
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return max(0.0, (total_steps - step) / max(1, total_steps - warm))
+
+        super().__init__(optimizer, factor)
