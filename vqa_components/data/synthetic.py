@@ -329,12 +329,12 @@ def generate_sample(cfg: SyntheticConfig, split: str, index: int) -> tuple[np.nd
     return frames, rec
 
 
-def _write_one(args: tuple[SyntheticConfig, str, int, str]) -> tuple[str, str]:
+def _write_one(args: tuple[SyntheticConfig, str, int, str]) -> tuple[str, str, QARecord]:
     cfg, split, index, folder = args
     frames, rec = generate_sample(cfg, split, index)
     path = Path(folder) / f"{rec.video_id}.mp4"
     write_video(path, frames, fps=cfg.fps, threads=1)
-    return rec.video_id, _sha256(path)
+    return rec.video_id, _sha256(path), rec
 
 
 def _sha256(path: Path) -> str:
@@ -380,6 +380,7 @@ def ensure_generated(cfg: SyntheticConfig, root: str | os.PathLike | None = None
         files: dict[str, str] = dict(manifest.get("files", {}))
         videos = folder / "videos"
         todo: list[tuple[SyntheticConfig, str, int, str]] = []
+        fresh: dict[str, QARecord] = {}  # records of the clips generated now (no need to draw them again)
         for split in SPLITS:
             for i in range(cfg.size(split)):
                 vid = video_id(split, i)
@@ -400,14 +401,17 @@ def ensure_generated(cfg: SyntheticConfig, root: str | os.PathLike | None = None
                     results = list(pool.map(_write_one, todo, chunksize=16))
             else:
                 results = [_write_one(a) for a in todo]
-            for vid, digest in results:
+            for vid, digest, rec in results:
                 files[f"videos/{vid}.mp4"] = digest
+                fresh[vid] = rec
         for split in SPLITS:
             rel = f"{split}.json"
             path = folder / rel
             if rel in files and path.is_file() and _sha256(path) == files[rel]:
                 continue
-            records = [generate_sample_record(cfg, split, i) for i in range(cfg.size(split))]
+            records = [
+                fresh.get(video_id(split, i)) or generate_sample_record(cfg, split, i) for i in range(cfg.size(split))
+            ]
             tmp = path.with_suffix(".json.tmp")
             tmp.write_bytes(annotations_to_bytes(records))
             os.replace(tmp, path)
