@@ -29,6 +29,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from vqa_components.data.feature_cache import FeatureCache
 from vqa_components.interfaces import (
     Backbone,
     Fusion,
@@ -69,6 +70,13 @@ class VideoQAModel(pl.LightningModule):
         init_from: a checkpoint (``.ckpt``) or state-dict file to load weights from.
         init_parts: the parts to load from ``init_from`` (default: all parts
             present in the file). Used to chain training stages.
+        feature_cache: folder of an on-disk cache of the backbone's features
+            (:class:`~vqa_components.data.feature_cache.FeatureCache`); the
+            backbone must be frozen and ``cacheable``. Give the dataset the same
+            folder (``feature_cache``) so that later epochs skip decoding too
+            (``docs/parts/feature_cache.md``).
+        feature_cache_dtype: storage precision of the cache, ``"float32"``
+            (exact) or ``"float16"`` (half the disk).
     """
 
     def __init__(
@@ -85,6 +93,8 @@ class VideoQAModel(pl.LightningModule):
         freeze: Sequence[str] = (),
         init_from: str | None = None,
         init_parts: Sequence[str] | None = None,
+        feature_cache: str | None = None,
+        feature_cache_dtype: str = "float32",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "text_encoder", "fusion", "head", "objectives", "sampler"])
@@ -107,6 +117,9 @@ class VideoQAModel(pl.LightningModule):
             part.requires_grad_(False)
         if init_from:
             self.load_parts(init_from, init_parts)
+        self.feature_cache: FeatureCache | None = None
+        if feature_cache:  # after init_from: the fingerprint covers the final weights
+            self.feature_cache = FeatureCache(feature_cache, self.backbone, dtype=feature_cache_dtype)  # type: ignore[arg-type]
         self.answer_vocab: list[str] = []
         self.families: list[str] = []
         self._acc: dict[str, nn.ModuleDict] = {}
@@ -150,6 +163,10 @@ class VideoQAModel(pl.LightningModule):
         return self.text_encoder.encode(list(texts))
 
     def encode_video(self, video: Tensor | tuple[Tensor, ...], batch: dict[str, Any] | None = None) -> VideoFeatures:
+        if self.feature_cache is not None:
+            keys = batch.get("video_key") if batch is not None else None
+            if keys is not None or isinstance(video, list):
+                return self.feature_cache.encode(video, keys, device=self.device)
         if "backbone" in self.frozen_parts:
             with torch.no_grad():
                 return self.backbone(video)
@@ -166,7 +183,7 @@ class VideoQAModel(pl.LightningModule):
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         video = self.encode_video(batch["video"], batch)
-        if self.head.task == "multiple_choice":
+        if self.head.task == "multiple_choice" and "options" in batch:
             return self._forward_multiple_choice(video, batch)
         return self.forward_features(video, self.encode_text(batch[self.text_field]))
 
@@ -215,7 +232,9 @@ class VideoQAModel(pl.LightningModule):
         return loss
 
     def _has_answers(self, batch: dict[str, Any]) -> bool:
-        return "answer_idx" in batch and self.head.task in ("classify", "multiple_choice")
+        if self.head.task == "multiple_choice":
+            return "answer_idx" in batch and "options" in batch
+        return "answer_idx" in batch and self.head.task == "classify"
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
         self._record_skips(batch)

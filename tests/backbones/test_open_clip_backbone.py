@@ -141,3 +141,26 @@ def test_vit_b16_builds_and_runs_one_frame():
     assert bb.out_dim == 512 and bb.image_size == (224, 224)
     out = bb(torch.rand(1, 1, 3, 224, 224))
     assert out.tokens.shape == (1, 1, 196, 512) and out.cls.shape == (1, 1, 512)
+
+
+def test_frozen_backbone_stays_frozen_inside_a_training_model():
+    """VideoQAModel.train() (what Lightning calls every epoch) must not switch the frozen tower to train mode."""
+    from vqa_components import create
+    from vqa_components.model import VideoQAModel
+
+    bb = tiny()
+    model = VideoQAModel(
+        backbone=bb,
+        text_encoder=create("text_encoder", "small_transformer", dim=32, num_layers=1, num_heads=2),
+        fusion=create("fusion", "cross_attention", video_dim=32, text_dim=32, dim=32, num_layers=1, num_heads=2),
+        head=create("head", "answer_classifier", in_dim=32, num_answers=3),
+        objectives=[create("objective", "answer_cross_entropy")],
+    )
+    model.train()
+    assert model.fusion.training and not bb.training and not any(m.training for m in bb.modules())
+    opt = model.configure_optimizers()
+    assert not {id(p) for g in opt.param_groups for p in g["params"]} & {id(p) for p in bb.parameters()}
+    batch = {"video": torch.rand(2, 2, 3, 32, 32), "question": ["a?", "b?"], "answer_idx": torch.tensor([0, 1])}
+    model._loss(batch, model(batch), "train").backward()
+    assert all(p.grad is None for p in bb.parameters())
+    assert model.text_encoder.embed.weight.grad is not None

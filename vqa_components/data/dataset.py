@@ -11,6 +11,12 @@ A sample is a dict::
     caption      str, the record's caption or ""
     options      list[str], only for records that have options
     index        int, position of the record in the annotation file
+    video_key    str, only with ``feature_cache``: content key of the video file
+                 and its decoding arguments (:func:`~vqa_components.data.feature_cache.video_content_key`)
+
+With ``feature_cache`` and a known backbone fingerprint, ``video`` is a
+:class:`~vqa_components.data.feature_cache.CachedClip` instead: the cached
+features (the file is not decoded) or, on a miss, the decoded pixels.
 """
 
 from __future__ import annotations
@@ -28,6 +34,13 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vqa_components.data.annotations import QARecord, load_qa_annotations
+from vqa_components.data.feature_cache import (
+    CachedClip,
+    active_fingerprint,
+    has_entry,
+    load_entry,
+    video_content_key,
+)
 from vqa_components.data.video_io import VideoDecodeError, read_video_streams
 from vqa_components.registry import DATASETS
 
@@ -169,6 +182,12 @@ class VideoQADataset(Dataset):
         on_bad_video: ``"skip"`` returns a :class:`SkippedSample` for a missing/corrupt
             video (the collate function drops and counts it); ``"raise"`` raises
             :class:`VideoDecodeError` naming the file, the record and ``video_id``.
+        feature_cache: root of a frozen backbone's feature cache (the same folder
+            as ``VideoQAModel(feature_cache=...)``). Samples get ``video_key``; once
+            the backbone's fingerprint is known, cached clips are served as
+            features without decoding (see ``docs/parts/feature_cache.md``).
+        feature_cache_fingerprint: the backbone's fingerprint; default: the one
+            the model published in this process for ``feature_cache``.
     """
 
     answer_vocab: list[str]
@@ -186,6 +205,8 @@ class VideoQADataset(Dataset):
         streams: list[dict[str, int]] | None = None,
         video_ext: str = ".mp4",
         on_bad_video: str = "skip",
+        feature_cache: str | None = None,
+        feature_cache_fingerprint: str | None = None,
     ) -> None:
         super().__init__()
         if on_bad_video not in BAD_VIDEO_POLICIES:
@@ -211,6 +232,49 @@ class VideoQADataset(Dataset):
             self.answer_vocab = vocab_from_records(train_records, max_answers)
         self._answer_to_idx = {a: i for i, a in enumerate(self.answer_vocab)}
         self.families = sorted({r.question_type for r in self.records})
+        self.enable_feature_cache(feature_cache, feature_cache_fingerprint)
+
+    # ----------------------------------------------------------- feature cache
+    def enable_feature_cache(self, root: str | os.PathLike | None, fingerprint: str | None = None) -> None:
+        """Serve a backbone's feature cache (``root=None`` turns it off); see ``feature_cache`` above."""
+        self.feature_cache = None if root is None else Path(root)
+        self.feature_cache_fingerprint = fingerprint
+        if self.feature_cache is not None and fingerprint is None:
+            self.feature_cache_fingerprint = active_fingerprint(self.feature_cache)
+
+    def decode_args(self) -> dict[str, Any]:
+        """What, besides the file's bytes, determines the decoded pixels (part of ``video_key``)."""
+        return {"reader": "read_video_streams", "streams": [list(s) for s in self.streams]}
+
+    def video_key(self, index: int) -> str:
+        """Feature-cache key of record ``index``: file content + :meth:`decode_args` (file hash memoised)."""
+        return video_content_key(self.video_path(index), **self.decode_args())
+
+    def _feature_folder(self) -> Path | None:
+        if self.feature_cache is None:
+            return None
+        if self.feature_cache_fingerprint is None:  # the model may have been built after this dataset
+            self.feature_cache_fingerprint = active_fingerprint(self.feature_cache)
+        if self.feature_cache_fingerprint is None:
+            return None
+        return self.feature_cache / self.feature_cache_fingerprint
+
+    def _cached_video(self, index: int) -> tuple[str, Any]:
+        """``(video_key, video)`` with the feature cache on: features if cached, else decoded pixels."""
+        try:
+            key = self.video_key(index)
+        except OSError as exc:
+            raise VideoDecodeError(self.video_path(index), f"cannot read the file: {exc}") from exc
+        folder = self._feature_folder()
+        if folder is not None and has_entry(folder, key):
+            try:
+                tokens, cls = load_entry(folder, key)
+                return key, CachedClip(key, folder.name, tokens=tokens, cls=cls)
+            except (OSError, ValueError, KeyError) as exc:  # removed or damaged meanwhile: decode instead
+                log.debug("feature cache entry %s unreadable (%s); decoding the video", key, exc)
+        videos = self._read_video(index)
+        video = videos if self.multi_stream else videos[0]
+        return key, video if folder is None else CachedClip(key, folder.name, video=video)
 
     # ---------------------------------------------------------------- access
     def __len__(self) -> int:
@@ -232,8 +296,13 @@ class VideoQADataset(Dataset):
         if index < 0:
             index += len(self.records)
         rec = self.records[index]
+        key = None
         try:
-            videos = self._read_video(index)
+            if self.feature_cache is not None:
+                key, video = self._cached_video(index)
+            else:
+                videos = self._read_video(index)
+                video = videos if self.multi_stream else videos[0]
         except VideoDecodeError as exc:
             if self.on_bad_video == "raise":
                 raise VideoDecodeError(
@@ -243,7 +312,7 @@ class VideoQADataset(Dataset):
             log.debug("skipping record %d (video_id=%r) of split %r: %s", index, rec.video_id, self.split, exc)
             return SkippedSample(index=index, video_id=rec.video_id, path=exc.path, reason=exc.reason)
         sample: dict[str, Any] = {
-            "video": videos if self.multi_stream else videos[0],
+            "video": video,
             "question": rec.question,
             "answer": rec.answer,
             "answer_idx": self.answer_index(rec.answer),
@@ -254,6 +323,8 @@ class VideoQADataset(Dataset):
         }
         if rec.options is not None:
             sample["options"] = list(rec.options)
+        if key is not None:
+            sample["video_key"] = key
         return sample
 
     # ------------------------------------------------------- shapes, no disk

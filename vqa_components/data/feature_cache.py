@@ -24,6 +24,21 @@ memory-mapped ``.npy`` files afterwards::
   that dies leaves only a ``.tmp-*`` folder, which :meth:`FeatureCache.has`
   ignores and :meth:`FeatureCache.clean` removes. Two processes that write the
   same entry both succeed; the first rename wins.
+
+Training from the cache (see ``docs/parts/feature_cache.md``):
+
+* ``VideoQAModel(..., feature_cache=root)`` opens a :class:`FeatureCache` for its
+  frozen, cacheable backbone and *publishes* ``root -> fingerprint`` in this
+  process (:func:`active_fingerprint`).
+* ``VideoQADataset(..., feature_cache=root)`` adds ``video_key`` to every sample
+  and, once it knows the fingerprint (published, or
+  ``feature_cache_fingerprint``), returns ``video`` as a :class:`CachedClip`:
+  the memory-mapped features when the entry exists (no decoding), else the
+  decoded pixels.
+* ``VideoQAModel.encode_video`` hands the batch to :meth:`FeatureCache.encode`,
+  which uses served features, loads hits, and runs the backbone only on misses
+  (one clip at a time) and stores them. So every epoch after the first skips
+  both the decoding and the backbone.
 """
 
 from __future__ import annotations
@@ -36,13 +51,17 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from vqa_components.interfaces import VideoFeatures
 
 FORMAT_VERSION = 1
 _TMP_PREFIX = ".tmp-"
@@ -96,8 +115,83 @@ def backbone_fingerprint(backbone: nn.Module) -> str:
     for name, t in sorted(backbone.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"\n{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
     return h.hexdigest()
+
+
+# ---------------------------------------------- fingerprints of this process
+
+_active: dict[str, str] = {}
+
+
+def _root_id(root: str | Path) -> str:
+    return str(Path(root).expanduser().resolve())
+
+
+def publish_fingerprint(root: str | Path, fingerprint: str) -> None:
+    """Record that the backbone whose cache lives in ``root`` has ``fingerprint`` (latest wins)."""
+    with _memo_lock:
+        _active[_root_id(root)] = fingerprint
+
+
+def active_fingerprint(root: str | Path) -> str | None:
+    """The fingerprint last published for ``root`` in this process (by a model's cache), or ``None``."""
+    with _memo_lock:
+        return _active.get(_root_id(root))
+
+
+# ------------------------------------------------------- read-only entries
+
+
+def entry_dir(folder: str | Path, key: str) -> Path:
+    """Folder of entry ``key`` inside a fingerprint folder (``root/<fingerprint>``)."""
+    if not isinstance(key, str) or not _KEY_RE.match(key):
+        raise ValueError(
+            f"cache key {key!r} must be 1-200 characters of [A-Za-z0-9_.-] not starting with '.' "
+            f"(use video_content_key)"
+        )
+    return Path(folder) / key[:2] / key
+
+
+def has_entry(folder: str | Path, key: str) -> bool:
+    """Whether the complete entry ``key`` exists (a ``.tmp-*`` folder never counts)."""
+    entry = entry_dir(folder, key)
+    return (entry / "tokens.npy").is_file() and (entry / "cls.npy").is_file()
+
+
+def load_entry(folder: str | Path, key: str, dtype: torch.dtype | None = torch.float32) -> tuple[Tensor, Tensor]:
+    """``(tokens (t, n, d), cls (t, d))`` of entry ``key``, memory-mapped; cast to ``dtype`` (``None``: as stored)."""
+    entry = entry_dir(folder, key)
+    if not has_entry(folder, key):
+        raise KeyError(f"no cached features for {key!r} in {folder}")
+    out = []
+    for name in ("tokens.npy", "cls.npy"):
+        # copy-on-write map: pages are read lazily, and torch gets a writable array
+        t = torch.from_numpy(np.load(entry / name, mmap_mode="c"))
+        out.append(t if dtype is None or t.dtype == dtype else t.to(dtype))
+    return out[0], out[1]
+
+
+@dataclass
+class CachedClip:
+    """One sample's ``video`` when its dataset serves a feature cache.
+
+    Either ``tokens``/``cls`` are set (read from the cache: the clip was not
+    decoded) or ``video`` holds the decoded pixels (a miss: the model runs the
+    backbone and stores the result under ``key``). ``fingerprint`` names the
+    backbone the features belong to. The collate function keeps these in a list.
+    """
+
+    key: str
+    fingerprint: str
+    tokens: Tensor | None = None
+    cls: Tensor | None = None
+    video: Tensor | tuple[Tensor, ...] | None = None
+
+    @property
+    def cached(self) -> bool:
+        return self.tokens is not None
 
 
 # -------------------------------------------------------------------- cache
@@ -141,18 +235,17 @@ class FeatureCache:
         self.path.mkdir(parents=True, exist_ok=True)
         self._write_meta()
         self.clean(max_age=stale_after)
+        #: ``served`` (features read by the dataset: no decoding, no backbone),
+        #: ``hits`` (read here from pixels' keys: no backbone), ``misses`` (computed and stored).
+        self.stats: Counter[str] = Counter()
+        publish_fingerprint(self.root, self.fingerprint)
 
     def __repr__(self) -> str:
         return f"FeatureCache({str(self.path)!r}, dtype={self.dtype!r})"
 
     # --------------------------------------------------------------- layout
     def _entry(self, key: str) -> Path:
-        if not isinstance(key, str) or not _KEY_RE.match(key):
-            raise ValueError(
-                f"cache key {key!r} must be 1-200 characters of [A-Za-z0-9_.-] not starting with '.' "
-                f"(use video_content_key)"
-            )
-        return self.path / key[:2] / key
+        return entry_dir(self.path, key)
 
     def _write_meta(self) -> None:
         meta_file = self.path / "meta.json"
@@ -171,20 +264,11 @@ class FeatureCache:
 
     # ------------------------------------------------------------------ API
     def has(self, key: str) -> bool:
-        entry = self._entry(key)
-        return (entry / "tokens.npy").is_file() and (entry / "cls.npy").is_file()
+        return has_entry(self.path, key)
 
     def load(self, key: str, dtype: torch.dtype | None = torch.float32) -> tuple[Tensor, Tensor]:
         """``(tokens (t, n, d), cls (t, d))``, memory-mapped; cast to ``dtype`` (``None``: as stored)."""
-        entry = self._entry(key)
-        if not self.has(key):
-            raise KeyError(f"no cached features for {key!r} in {self.path}")
-        out = []
-        for name in ("tokens.npy", "cls.npy"):
-            # copy-on-write map: pages are read lazily, and torch gets a writable array
-            t = torch.from_numpy(np.load(entry / name, mmap_mode="c"))
-            out.append(t if dtype is None or t.dtype == dtype else t.to(dtype))
-        return out[0], out[1]
+        return load_entry(self.path, key, dtype)
 
     def save(self, key: str, tokens: Tensor, cls: Tensor) -> None:
         """Store one video's features; atomic (the entry appears whole or not at all)."""
@@ -222,6 +306,77 @@ class FeatureCache:
         tokens, cls = feats.tokens[0], feats.cls[0]
         self.save(key, tokens, cls)
         return self.load(key)
+
+    def compute(self, video: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        """Backbone features of one clip ``(t, 3, h, w)`` (or a tuple of streams): ``tokens (t, n, d), cls (t, d)``."""
+        dev = next((p.device for p in self.backbone.parameters()), None)
+        if isinstance(video, (tuple, list)):
+            clip: Tensor | tuple[Tensor, ...] = tuple(v.unsqueeze(0).to(dev) for v in video)
+        else:
+            clip = video.unsqueeze(0).to(dev)
+        with torch.no_grad():
+            feats = self.backbone(clip)
+        if feats.streams is not None or feats.frame_mask is not None or feats.extras:
+            raise ValueError(
+                f"{type(self.backbone).__name__} returns streams/frame_mask/extras, which the feature cache "
+                f"does not store; it cannot be cached"
+            )
+        return feats.tokens[0], feats.cls[0]
+
+    def encode(
+        self,
+        video: Tensor | tuple[Tensor, ...] | Sequence[CachedClip],
+        keys: Sequence[str] | None = None,
+        device: torch.device | str | None = None,
+    ) -> VideoFeatures:
+        """The backbone's features of a batch, through the cache.
+
+        ``video`` is either a list of :class:`CachedClip` (a dataset serving this
+        cache) or a pixel batch ``(b, t, 3, h, w)`` (or tuple of streams) with
+        one ``key`` per clip. Misses are computed one clip at a time (so a
+        clip's features do not depend on the batch it came in) and stored; the
+        returned features are the stored values (cast to float32), identical in
+        every epoch.
+        """
+        items: list[CachedClip]
+        if isinstance(video, (list, tuple)) and video and isinstance(video[0], CachedClip):
+            items = list(video)  # type: ignore[arg-type]
+        else:
+            if keys is None:
+                raise ValueError("FeatureCache.encode: a pixel batch needs one key per clip (batch['video_key'])")
+            streams = tuple(video) if isinstance(video, (tuple, list)) else (video,)
+            if len(keys) != streams[0].shape[0]:
+                raise ValueError(f"FeatureCache.encode: {len(keys)} keys for a batch of {streams[0].shape[0]} clips")
+            items = [
+                CachedClip(key=k, fingerprint=self.fingerprint, video=tuple(s[i] for s in streams) if len(streams) > 1 else streams[0][i])
+                for i, k in enumerate(keys)
+            ]
+        tokens, cls = [], []
+        storage = getattr(torch, self.dtype)
+        for item in items:
+            if item.cached:
+                if item.fingerprint != self.fingerprint:
+                    raise ValueError(
+                        f"the dataset served cached features of backbone {item.fingerprint[:12]} but the model's "
+                        f"backbone is {self.fingerprint[:12]} (weights or config changed after the dataset was "
+                        f"built?); rebuild the dataset or pass feature_cache_fingerprint={self.fingerprint!r}"
+                    )
+                tok, c = item.tokens, item.cls
+                self.stats["served"] += 1
+            elif self.has(item.key):
+                tok, c = self.load(item.key)
+                self.stats["hits"] += 1
+            else:
+                if item.video is None:
+                    raise ValueError(f"FeatureCache.encode: clip {item.key} has neither features nor pixels")
+                tok, c = self.compute(item.video)
+                self.save(item.key, tok, c)
+                # what later epochs will read (rounded to the storage dtype)
+                tok, c = tok.to(storage).float(), c.to(storage).float()
+                self.stats["misses"] += 1
+            tokens.append(tok.to(device=device, dtype=torch.float32))  # type: ignore[union-attr]
+            cls.append(c.to(device=device, dtype=torch.float32))  # type: ignore[union-attr]
+        return VideoFeatures(tokens=torch.stack(tokens), cls=torch.stack(cls))
 
     def delete(self, key: str) -> None:
         shutil.rmtree(self._entry(key), ignore_errors=True)

@@ -1,3 +1,8 @@
 """Fusions: (VideoFeatures, TextFeatures) -> :class:`~vqa_components.interfaces.FusionOutput`."""
 
-from vqa_components.fusion import concat_self_attention, cross_attention  # noqa: F401
+from vqa_components.fusion import (  # noqa: F401
+    concat_self_attention,
+    cross_attention,
+    la_gate,
+    vision_refinement,
+)

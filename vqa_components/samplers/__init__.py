@@ -1,3 +1,3 @@
 """Frame samplers: choose k of t frames, possibly using the question."""
 
-from vqa_components.samplers import uniform  # noqa: F401
+from vqa_components.samplers import gumbel_topk, soft, uniform  # noqa: F401

@@ -25,6 +25,7 @@ tokens (``pooling="mean"``, the sentence-transformers convention).
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,7 +52,18 @@ def load_tokenizer(path: str | Path) -> Any:
 
     p = _local_dir(path, "tokenizer_path")
     if p.is_file():
-        return BertTokenizerFast(vocab_file=str(p))
+        # transformers >= 5 takes ``vocab`` (a dict or file) and silently ignores ``vocab_file``;
+        # 4.x takes ``vocab_file``. Pass what this version understands.
+        params = inspect.signature(BertTokenizerFast.__init__).parameters
+        lines = p.read_text(encoding="utf-8").splitlines()
+        vocab = {tok: i for i, tok in enumerate(line.rstrip("\r") for line in lines) if tok}
+        if "vocab" in params:
+            tok = BertTokenizerFast(vocab=vocab)
+        else:
+            tok = BertTokenizerFast(vocab_file=str(p))
+        if len(tok) < len(vocab):
+            raise ValueError(f"hf_transformer: {p} has {len(vocab)} tokens but the tokenizer built from it has {len(tok)}")
+        return tok
     return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
 
 

@@ -66,7 +66,9 @@ class OpenClipTextEncoder(TextEncoder):
         checkpoint: local weights file or folder (a full CLIP state dict or a
             text-only one); ``None`` keeps the random init.
         frozen: no gradients and eval mode (VideoDistill trains it: default ``False``).
-        context_length: maximum tokens, SOT and EOT included (CLIP: 77).
+        context_length: maximum tokens, SOT and EOT included; default the
+            model's own (CLIP: 77). A shorter one truncates a loaded
+            position embedding (exact, the tower is causal).
         project: apply ``text_projection`` to every position (joint space).
         model_config: a custom open_clip config dict instead of a named one.
 
@@ -78,7 +80,7 @@ class OpenClipTextEncoder(TextEncoder):
         model_name: str = "ViT-B-16",
         checkpoint: str | None = None,
         frozen: bool = False,
-        context_length: int = 77,
+        context_length: int | None = None,
         project: bool = True,
         model_config: dict[str, Any] | None = None,
     ) -> None:

@@ -1,0 +1,102 @@
+"""VideoDistill vision refinement: LA-Gates interleaved with divided space-time attention over the selected frames."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vqa_components.interfaces import Fusion, FusionOutput, TextFeatures, VideoFeatures
+from vqa_components.layers.divided_space_time import DividedSpaceTimeBlock
+from vqa_components.layers.la_gate import GATES, build_gate, gate_text
+from vqa_components.registry import FUSIONS
+from vqa_components.samplers._frame_scorer import resize_table
+
+
+@FUSIONS.register("vision_refinement")
+class VisionRefinement(Fusion):
+    """Language-aware refinement of the K selected frames into a video token ``v_cls*`` (VideoDistill 3.4).
+
+    ::
+
+        v_* = [v_cls*; P(v_patch^K) + T_k + S_p]        P: Linear(video_dim -> dim); T: temporal, S: spatial
+                                                        learnable embeddings; v_cls*: learnable token
+        v_* = DividedSpaceTime_l(Gate_l(v_*, t_cls))    l = 1..L; Gate = LA-Gate (v + W_o(g * W_v(LN(v))))
+        pooled = LN(v_*)[0]                             the final v_cls*  (b, dim)
+        tokens = LN(v_*)                                (b, 1 + K*n, dim)
+
+    Each block first distills the visual tokens by the question (LA-Gate: every token, the
+    video CLS included, is scaled by its cosine similarity to ``t_cls``; no text is added),
+    then lets them interact by divided space-time attention (Frozen in Time): temporal
+    attention among tokens at the same spatial position, spatial attention within each
+    frame, the CLS attending to every token. Only the last block's ``v_cls*`` is pooled.
+
+    The embeddings are added once, at the input of the first block (Appendix B): ``T`` has
+    ``max_frames`` rows and ``S`` ``max_tokens_per_frame`` rows; longer inputs use the
+    tables linearly interpolated. The CLS token gets no position embedding. Tokens of padded
+    frames (``frame_mask`` False) are never attended to and are masked in the output.
+
+    Args:
+        video_dim: width of the (selected) frames' tokens.
+        text_dim: width of the text features.
+        dim: width ``D`` of the blocks (``out_dim``).
+        num_layers: ``L`` refinement blocks.
+        num_heads: heads of the gates and of the space-time attention.
+        max_frames: rows of the temporal embedding (``K``).
+        max_tokens_per_frame: rows of the spatial embedding (``n``).
+        gate: ``"la_gate"`` (paper); ``"cross_attention"``: V2T cross-attention over the text
+            tokens instead (Table 4 e); ``"none"``: no language in the blocks.
+        dropout: dropout in the space-time blocks and cross-attention gates.
+
+    ``extras["gates"]``: list (one per block) of LA-Gate importances ``(b, heads, 1 + K*n)``,
+    the first token being ``v_cls*``; an empty list for the other gates.
+    """
+
+    def __init__(
+        self,
+        video_dim: int,
+        text_dim: int,
+        dim: int = 1024,
+        num_layers: int = 3,
+        num_heads: int = 8,
+        max_frames: int = 64,
+        max_tokens_per_frame: int = 256,
+        gate: str = "la_gate",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if gate not in GATES:
+            raise ValueError(f"unknown gate {gate!r}; choose one of {', '.join(GATES)}")
+        self.out_dim = dim
+        self.video_proj = nn.Linear(video_dim, dim)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.temporal_embed = nn.Parameter(torch.zeros(max_frames, dim))
+        self.spatial_embed = nn.Parameter(torch.zeros(max_tokens_per_frame, dim))
+        for p in (self.cls, self.temporal_embed, self.spatial_embed):
+            nn.init.trunc_normal_(p, std=0.02)
+        self.gates = nn.ModuleList(
+            nn.Identity() if (g := build_gate(gate, dim, text_dim, num_heads, dropout)) is None else g
+            for _ in range(num_layers)
+        )
+        self.blocks = nn.ModuleList(DividedSpaceTimeBlock(dim, num_heads, dropout=dropout) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, video: VideoFeatures, text: TextFeatures) -> FusionOutput:
+        b, k, n, _ = video.tokens.shape
+        x = self.video_proj(video.tokens)
+        x = x + resize_table(self.temporal_embed, k).to(x.dtype)[:, None] + resize_table(self.spatial_embed, n).to(x.dtype)
+        x = torch.cat([self.cls.expand(b, -1, -1).to(x.dtype), x.reshape(b, k * n, -1)], dim=1)
+        frame_mask = video.frame_mask
+        all_gates = []
+        for gate, block in zip(self.gates, self.blocks):
+            if not isinstance(gate, nn.Identity):
+                t, t_mask = gate_text(gate, text.cls, text.tokens, text.mask)
+                x, g = gate(x, t, t_mask, return_gates=True)
+                if g is not None:
+                    all_gates.append(g)
+            x = block(x, k, frame_mask)
+        x = self.norm(x)
+        mask = None
+        if frame_mask is not None:
+            real = frame_mask.bool().repeat_interleave(n, dim=1)
+            mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=real.device), real], dim=1)
+        return FusionOutput(pooled=x[:, 0], tokens=x, mask=mask, extras={"gates": all_gates})

@@ -1,0 +1,175 @@
+"""Video-text matching (VTM) pretraining objective (VideoDistill section 3.5, eq. 7).
+
+Also home of :func:`matched_pairs`, which the VideoDistill objectives (``vtm``,
+``vg_mlm``, ``contrastive``) use to find the matched video-text pairs of a forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vqa_components.heads.vtm_choice import VTMHead
+from vqa_components.interfaces import ModelOutput, Objective, VideoFeatures
+from vqa_components.registry import OBJECTIVES
+
+
+def matched_pairs(model: nn.Module, batch: dict[str, Any], out: ModelOutput) -> tuple[Tensor, list[str]]:
+    """The rows of ``out`` that are matched video-text pairs, and the text of each.
+
+    Default forward: every row, with the texts ``batch[model.text_field]``.
+    Multiple-choice forward (the head's ``task`` is ``multiple_choice`` and the
+    batch has ``options``; ``out`` then holds ``b * options`` pairs): the row of
+    each question's correct option (``answer_idx``), with the text the model
+    encoded for it, ``f"{question} {option}"``; questions without an answer
+    (``answer_idx < 0`` or no ``answer_idx``) are left out.
+
+    Returns:
+        ``rows`` ``(p,)`` long indices into ``out``'s batch dimension, and ``p`` texts.
+    """
+    device = out.fused.pooled.device
+    if getattr(model.head, "task", None) == "multiple_choice" and "options" in batch:
+        options: list[list[str]] = batch["options"]
+        n = len(options[0]) if options else 0
+        answers = batch.get("answer_idx")
+        answers = [-1] * len(options) if answers is None else [int(a) for a in answers]
+        rows, texts = [], []
+        for i, (q, opts, a) in enumerate(zip(batch["question"], options, answers)):
+            if 0 <= a < len(opts):
+                rows.append(i * n + a)
+                texts.append(f"{q} {opts[a]}")
+        return torch.tensor(rows, dtype=torch.long, device=device), texts
+    texts = [str(t) for t in batch[model.text_field]]
+    if len(texts) != out.fused.pooled.shape[0]:
+        raise ValueError(
+            f"{len(texts)} texts in batch[{model.text_field!r}] but the forward has "
+            f"{out.fused.pooled.shape[0]} video-text pairs"
+        )
+    return torch.arange(len(texts), device=device), texts
+
+
+def select_video(video: VideoFeatures, rows: Tensor) -> VideoFeatures:
+    """The ``rows`` of a :class:`VideoFeatures` batch (streams too; a stream with ``1/k`` of the
+    rows, as the multiple-choice path leaves them, is indexed by ``rows // k``)."""
+    full = video.tokens.shape[0]
+
+    def pick(v: VideoFeatures) -> VideoFeatures:
+        r = rows if v.tokens.shape[0] == full else rows // (full // v.tokens.shape[0])
+        return v.replace(
+            tokens=v.tokens[r],
+            cls=v.cls[r],
+            frame_mask=None if v.frame_mask is None else v.frame_mask[r],
+            streams=None if v.streams is None else tuple(pick(s) for s in v.streams),
+        )
+
+    return pick(video)
+
+
+def swap_annotations(
+    texts: Sequence[str], swap_prob: float, generator: torch.Generator | None = None
+) -> tuple[list[str], Tensor]:
+    """Exchange the texts of randomly chosen pairs; return the new texts and matched labels.
+
+    Each pair is chosen independently with probability ``swap_prob``. The chosen
+    pairs pass their texts around one random cycle (a derangement), so a chosen
+    pair never keeps its own text; a single chosen pair borrows the text of a
+    random other pair (which keeps its own). A pair whose new text equals its
+    old one (duplicate captions in the batch) is still matched.
+
+    Returns:
+        ``(new_texts, labels)``; ``labels`` ``(b,)`` long, 1 = matched, 0 = not matched.
+    """
+    texts = [str(t) for t in texts]
+    b = len(texts)
+    new = list(texts)
+    if b >= 2 and swap_prob > 0:
+        chosen = torch.nonzero(torch.rand(b, generator=generator) < swap_prob).flatten()
+        if len(chosen) == 1:
+            i = int(chosen[0])
+            j = int(torch.randint(b - 1, (1,), generator=generator))
+            new[i] = texts[j + (j >= i)]
+        elif len(chosen) > 1:
+            cycle = chosen[torch.randperm(len(chosen), generator=generator)].tolist()
+            for k, i in enumerate(cycle):
+                new[i] = texts[cycle[(k + 1) % len(cycle)]]
+    labels = torch.tensor([int(a == o) for a, o in zip(new, texts)], dtype=torch.long)
+    return new, labels
+
+
+@OBJECTIVES.register("vtm")
+class VideoTextMatching(Objective):
+    """Video-text matching: is this (video, text) pair matched? Two-class CE on ``v_cls*`` (eq. 7).
+
+    ::
+
+        L_VTM = -E log p(y | v_cls*),   p(y | v_cls*) = softmax(W v_cls* + b)_y
+
+    where ``y = 1`` for a matched pair and ``0`` for an unmatched one. Unmatched
+    pairs are made by exchanging annotations inside the batch
+    (:func:`swap_annotations`, probability ``swap_prob`` per pair, the paper's
+    0.5). Only the changed pairs run again, and only from the text on: the
+    swapped texts are re-encoded (``model.encode_text``) and
+    ``model.forward_features`` re-runs sampler and fusion on the **backbone
+    output already computed** (``out.video``), so the language-aware ``v_cls*``
+    is distilled for the wrong text. Matched pairs reuse ``out.fused.pooled``.
+
+    Texts come from ``batch[model.text_field]``; in the multiple-choice forward
+    the matched pairs are (video, "question correct-option") (see
+    :func:`matched_pairs`).
+
+    The two-class layer: with ``share_head=True`` and a ``vtm_choice`` model head,
+    the head's ``proj`` (so pretraining trains the head that later scores
+    options); otherwise this objective's own ``nn.Linear(in_dim, 2)``.
+
+    Exchanges happen in evaluation too, so ``val/vtm_acc`` measures matching.
+    Returns ``{"loss", "acc"}`` (``acc``: matching accuracy).
+
+    Args:
+        in_dim: width of ``FusionOutput.pooled``.
+        weight: scale of this loss in the total.
+        swap_prob: probability that a pair's text is exchanged.
+        share_head: use the model's ``VTMHead.proj`` when there is one.
+    """
+
+    def __init__(
+        self, in_dim: int, weight: float = 1.0, swap_prob: float = 0.5, share_head: bool = True
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= swap_prob <= 1.0:
+            raise ValueError(f"vtm: swap_prob must be in [0, 1], got {swap_prob}")
+        self.weight = weight
+        self.swap_prob = swap_prob
+        self.share_head = share_head
+        self.proj = nn.Linear(in_dim, 2)
+
+    def classifier(self, model: nn.Module) -> nn.Module:
+        """The two-class layer in use (the model head's when shared)."""
+        if self.share_head and isinstance(getattr(model, "head", None), VTMHead):
+            return model.head.proj
+        return self.proj
+
+    def forward(self, model: nn.Module, batch: dict[str, Any], out: ModelOutput) -> dict[str, Tensor]:
+        rows, texts = matched_pairs(model, batch, out)
+        if not texts:
+            zero = out.fused.pooled.sum() * 0.0
+            return {"loss": zero, "acc": zero.detach()}
+        pooled = out.fused.pooled[rows]
+        new_texts, labels = swap_annotations(texts, self.swap_prob)
+        labels = labels.to(pooled.device)
+        changed = torch.tensor([a != o for a, o in zip(new_texts, texts)], dtype=torch.bool)
+        if changed.any():
+            idx = torch.nonzero(changed).flatten().to(pooled.device)
+            video = select_video(out.video, rows[idx])
+            swapped = model.forward_features(video, model.encode_text([new_texts[i] for i in idx.tolist()]))
+            pooled = pooled.index_copy(0, idx, swapped.fused.pooled.to(pooled.dtype))
+        classifier = self.classifier(model)
+        logits = classifier(pooled).float()
+        loss = F.cross_entropy(logits, labels)
+        if classifier is not self.proj:  # keep the unused own layer in the graph (DDP needs every grad)
+            loss = loss + 0.0 * sum(p.sum() for p in self.proj.parameters())
+        acc = (logits.argmax(-1) == labels).float().mean()
+        return {"loss": loss, "acc": acc.detach()}

@@ -1,0 +1,135 @@
+"""Frame-sampling blocks (VideoDistill FS-Blocks) that score every frame for each of K slots.
+
+Shared by the ``gumbel_topk`` and ``soft`` samplers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vqa_components.interfaces import TextFeatures
+from vqa_components.layers.la_gate import GATES, build_gate, gate_text
+from vqa_components.layers.transformer import TransformerBlock
+
+
+def resize_table(table: Tensor, n: int) -> Tensor:
+    """First ``n`` rows of a learnable position table ``(max, d)``, or its linear interpolation to ``n``
+    rows when ``n`` exceeds the table."""
+    if n <= table.shape[0]:
+        return table[:n]
+    return F.interpolate(table.T[None], size=n, mode="linear", align_corners=True)[0].T
+
+
+class FSBlock(nn.Module):
+    """One frame-sampling block: language gate on the frame CLS tokens, then temporal self-attention.
+
+    ::
+
+        v = Gate(v, t_cls)                 LA-Gate with its own skip: v + W_o(g * W_v(LN(v)))
+        v = v + MHSA(LN(v))                inter-frame interaction
+        v = v + MLP(LN(v))
+
+    The skip form is that of the divided block of Frozen in Time (pre-norm residuals).
+    """
+
+    def __init__(self, dim: int, text_dim: int, num_heads: int, gate: str = "la_gate", dropout: float = 0.0) -> None:
+        super().__init__()
+        self.gate = build_gate(gate, dim, text_dim, num_heads, dropout)
+        self.attn = TransformerBlock(dim, num_heads, dropout=dropout)
+
+    def forward(self, v: Tensor, text: TextFeatures, pad: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        gates = None
+        if self.gate is not None:
+            t, t_mask = gate_text(self.gate, text.cls, text.tokens, text.mask)
+            v, gates = self.gate(v, t, t_mask, return_gates=True)
+        return self.attn(v, key_padding_mask=pad), gates
+
+
+class FrameScorer(nn.Module):
+    """Selection logits ``x (b, K, N)``: L FS-blocks on the frame CLS tokens, then ``W_s``.
+
+    ::
+
+        v^0 = P(v_cls) + T[1..N]               P: Linear(video_dim -> dim) (identity if equal)
+        v^l = FSBlock_l(v^{l-1}, t_cls)        l = 1..L
+        x   = (W_s LN(v^L))^T                  (b, N, K) -> (b, K, N): row x^k scores every frame for slot k
+
+    ``T`` is a learnable temporal embedding of ``max_frames`` rows; a clip of more frames uses
+    the table linearly interpolated to ``N`` rows. Logits of padded frames are ``-inf``.
+
+    Args:
+        video_dim: width of the frame CLS tokens.
+        text_dim: width of the text features.
+        num_frames: ``K``, selection slots.
+        dim: hidden width ``D`` of the blocks (default ``video_dim``).
+        num_layers: ``L``.
+        num_heads: heads of the gates and of the temporal attention.
+        max_frames: rows of the temporal embedding.
+        gate: ``"la_gate"``, ``"cross_attention"`` (V2T over the text tokens) or ``"none"``.
+        dropout: dropout in the blocks.
+
+    ``forward(cls (b, N, video_dim), text, frame_mask (b, N) True = real)`` returns
+    ``(logits (b, K, N) float32, gates: list of (b, heads, N) per block, empty without LA-Gates)``.
+    """
+
+    def __init__(
+        self,
+        video_dim: int,
+        text_dim: int,
+        num_frames: int,
+        dim: int | None = None,
+        num_layers: int = 3,
+        num_heads: int = 8,
+        max_frames: int = 128,
+        gate: str = "la_gate",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if gate not in GATES:
+            raise ValueError(f"unknown gate {gate!r}; choose one of {', '.join(GATES)}")
+        dim = dim or video_dim
+        self.num_frames = num_frames
+        self.in_proj = nn.Linear(video_dim, dim) if dim != video_dim else nn.Identity()
+        self.temporal_embed = nn.Parameter(torch.zeros(max_frames, dim))
+        nn.init.trunc_normal_(self.temporal_embed, std=0.02)
+        self.blocks = nn.ModuleList(FSBlock(dim, text_dim, num_heads, gate, dropout) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(dim)
+        self.w_s = nn.Linear(dim, num_frames)
+
+    def forward(
+        self, cls: Tensor, text: TextFeatures, frame_mask: Tensor | None = None
+    ) -> tuple[Tensor, list[Tensor]]:
+        n = cls.shape[1]
+        v = self.in_proj(cls) + resize_table(self.temporal_embed, n).to(cls.dtype)
+        valid = frame_validity(frame_mask)
+        pad = None if valid is None else ~valid
+        gates = []
+        for block in self.blocks:
+            v, g = block(v, text, pad)
+            if g is not None:
+                gates.append(g)
+        logits = self.w_s(self.norm(v)).transpose(1, 2).float()
+        if pad is not None:
+            logits = logits.masked_fill(pad[:, None, :], float("-inf"))
+        return logits, gates
+
+
+def frame_validity(frame_mask: Tensor | None) -> Tensor | None:
+    """``frame_mask`` with rows of no real frame treated as all real (so that something is selectable)."""
+    if frame_mask is None:
+        return None
+    m = frame_mask.bool()
+    return m | ~m.any(-1, keepdim=True)
+
+
+def sort_slots(order_key: Tensor, *rows: Tensor) -> tuple[Tensor, ...]:
+    """Reorder the K slots of every ``(b, K, ...)`` tensor in ``rows`` by ascending ``order_key (b, K)``
+    (stable). Gathering keeps gradients. Returns ``(permutation (b, K), *sorted rows)``."""
+    perm = order_key.argsort(dim=-1, stable=True)
+    out = []
+    for r in rows:
+        idx = perm.view(*perm.shape, *([1] * (r.ndim - 2))).expand(*perm.shape, *r.shape[2:])
+        out.append(r.gather(1, idx))
+    return (perm, *out)

@@ -1,0 +1,158 @@
+"""Differentiable sparse sampling: question-aware top-K frame selection with straight-through Gumbel-Softmax."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vqa_components.interfaces import Sampler, SamplerOutput, TextFeatures, VideoFeatures
+from vqa_components.registry import SAMPLERS
+from vqa_components.samplers._frame_scorer import FrameScorer, frame_validity, sort_slots
+
+
+def gumbel_noise(like: Tensor) -> Tensor:
+    """Samples of the standard Gumbel distribution (``mu = 0``, ``beta = 1``): ``-log(E)``, ``E ~ Exp(1)``."""
+    return -torch.empty_like(like).exponential_().log()
+
+
+def straight_through_select(
+    logits: Tensor, tau: float = 1.0, noise: bool = True, allow_repeats: bool = True
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One frame per slot from ``logits (b, K, N)``, in float32.
+
+    ::
+
+        y_soft^k = softmax((x^k + gumbels) / tau)           (no gumbels when noise=False)
+        y_hard^k = onehot(argmax(y_soft^k))
+        mask^k   = y_hard^k + (y_soft^k - stopgrad(y_soft^k))
+
+    ``mask`` equals ``y_hard`` exactly in the forward pass and has the gradient of ``y_soft``.
+    With ``allow_repeats=False`` the slots are filled in order ``k = 1..K`` and the frames taken
+    by earlier slots get logit ``-inf`` before slot ``k``'s softmax, so no frame is chosen twice
+    (if every selectable frame is taken, frames may repeat). ``-inf`` logits (padded frames)
+    are never chosen.
+
+    Returns ``(mask (b, K, N), y_soft (b, K, N), indices (b, K))``.
+    """
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        x = logits.float()
+        if noise:
+            x = x + gumbel_noise(x)
+        if allow_repeats:
+            scores = x / tau
+            idx = scores.argmax(-1)
+            y_soft = scores.softmax(-1)
+        else:
+            b, k, n = x.shape
+            taken = torch.zeros(b, n, dtype=torch.bool, device=x.device)
+            softs, idxs = [], []
+            for slot in range(k):
+                s = x[:, slot] / tau
+                finite = torch.isfinite(s)
+                avail = finite & ~taken
+                avail = torch.where(avail.any(-1, keepdim=True), avail, finite)
+                s = s.masked_fill(~avail, float("-inf"))
+                i = s.argmax(-1)
+                softs.append(s.softmax(-1))
+                idxs.append(i)
+                taken = taken | F.one_hot(i, n).bool()
+            y_soft, idx = torch.stack(softs, 1), torch.stack(idxs, 1)
+        y_hard = F.one_hot(idx, x.shape[-1]).to(y_soft.dtype)
+        mask = y_hard + (y_soft - y_soft.detach())
+    return mask, y_soft, idx
+
+
+def apply_selection(video: VideoFeatures, weights: Tensor, **extras) -> VideoFeatures:
+    """``VideoFeatures`` of the K slots: ``tokens = einsum('bkt,btnd->bknd', weights, tokens)``, same for ``cls``.
+
+    Computed in float32 (outside autocast) so that a one-hot selection copies the frames
+    exactly; the result has the input's dtype.
+    """
+    with torch.autocast(device_type=weights.device.type, enabled=False):
+        w = weights.float()
+        tokens = torch.einsum("bkt,btnd->bknd", w, video.tokens.float()).to(video.tokens.dtype)
+        cls = torch.einsum("bkt,btd->bkd", w, video.cls.float()).to(video.cls.dtype)
+    return video.replace(tokens=tokens, cls=cls, frame_mask=None, streams=None, extras={**video.extras, **extras})
+
+
+@SAMPLERS.register("gumbel_topk")
+class GumbelTopKSampler(Sampler):
+    """Question-aware top-K frame selection: FS-blocks score frames, straight-through Gumbel-Softmax picks K.
+
+    VideoDistill section 3.3::
+
+        x = FrameScorer(v_cls, t_cls)                         (b, K, N); see FrameScorer
+        training:  mask^k = onehot(argmax(y_soft^k)) + y_soft^k - stopgrad(y_soft^k),
+                   y_soft^k = softmax((x^k + gumbels) / tau)  (float32, also under autocast)
+        eval:      no noise: argmax per slot (allow_repeats) or greedy distinct top-K
+        v_patch^K = einsum('bkt,btnd->bknd', mask, v_patch)   (b, K, n, d)
+
+    The forward selection is exactly one-hot per slot; gradients reach the scorer through
+    ``y_soft``. With ``allow_repeats=False`` slot ``k`` cannot take a frame chosen by slots
+    ``1..k-1`` (their logits are ``-inf`` for slot ``k``), so the K frames are distinct; at
+    evaluation this is the greedy top-K by descending slot score.
+
+    Slot order (the paper is silent): with ``sort_by_time`` the slots are reordered by the
+    index of their chosen frame, in training and evaluation alike, so the selected frames
+    keep their temporal order for the refinement blocks' temporal embedding. The rows of
+    ``weights`` and of ``selection_logits`` are permuted together (gathering keeps gradients);
+    ``extras["slot_order"]`` holds the permutation of the ``W_s`` rows.
+
+    Args:
+        video_dim: width of the backbone's tokens and frame CLS tokens.
+        text_dim: width of the text features.
+        num_frames: ``K``, frames selected.
+        dim: hidden width of the FS-blocks (default ``video_dim``).
+        num_layers: ``L`` FS-blocks.
+        num_heads: heads of the gates and of the temporal attention.
+        tau: Gumbel-Softmax temperature.
+        allow_repeats: whether two slots may pick the same frame.
+        gate: ``"la_gate"`` (paper) or ``"cross_attention"`` (Table 4 e; V2T attention over the
+            text tokens), or ``"none"``.
+        max_frames: rows of the learnable temporal embedding; longer clips use it interpolated.
+        sort_by_time: reorder slots by chosen frame index.
+        dropout: dropout in the blocks.
+
+    Output: ``SamplerOutput(video (K frames, frame_mask None), weights = mask (b, K, N) float32,
+    indices (b, K))``; ``video.extras`` gains ``selection_logits (b, K, N)``, ``frame_gates``
+    (list of ``(b, heads, N)``, one per FS-block) and ``slot_order (b, K)``.
+    """
+
+    def __init__(
+        self,
+        video_dim: int,
+        text_dim: int,
+        num_frames: int = 16,
+        dim: int | None = None,
+        num_layers: int = 3,
+        num_heads: int = 8,
+        tau: float = 1.0,
+        allow_repeats: bool = True,
+        gate: str = "la_gate",
+        max_frames: int = 128,
+        sort_by_time: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if tau <= 0:
+            raise ValueError(f"tau must be positive, got {tau}")
+        self.num_frames = num_frames
+        self.tau = tau
+        self.allow_repeats = allow_repeats
+        self.sort_by_time = sort_by_time
+        self.scorer = FrameScorer(
+            video_dim, text_dim, num_frames, dim, num_layers, num_heads, max_frames, gate, dropout
+        )
+
+    def forward(self, video: VideoFeatures, text: TextFeatures) -> SamplerOutput:
+        n = video.cls.shape[1]
+        if not self.allow_repeats and n < self.num_frames:
+            raise ValueError(f"cannot choose {self.num_frames} distinct frames of {n}; set allow_repeats=True")
+        logits, gates = self.scorer(video.cls, text, frame_validity(video.frame_mask))
+        mask, _, idx = straight_through_select(logits, self.tau, noise=self.training, allow_repeats=self.allow_repeats)
+        order = torch.arange(self.num_frames, device=idx.device).expand_as(idx)
+        if self.sort_by_time:
+            order, idx, mask, logits = sort_slots(idx, idx, mask, logits)
+        selected = apply_selection(video, mask, selection_logits=logits, frame_gates=gates, slot_order=order)
+        return SamplerOutput(video=selected, weights=mask, indices=idx)

@@ -1,0 +1,78 @@
+"""Soft frame sampling: each of K slots is a softmax-weighted sum of all dense frames (VideoDistill Table 4 c)."""
+
+from __future__ import annotations
+
+import torch
+
+from vqa_components.interfaces import Sampler, SamplerOutput, TextFeatures, VideoFeatures
+from vqa_components.registry import SAMPLERS
+from vqa_components.samplers._frame_scorer import FrameScorer, frame_validity, sort_slots
+from vqa_components.samplers.gumbel_topk import apply_selection
+
+
+@SAMPLERS.register("soft")
+class SoftSampler(Sampler):
+    """The FS-block scores of ``gumbel_topk`` weight a sum of the dense frames instead of a hard top-K.
+
+    VideoDistill Table 4 (c), "using the weighted sum of dense frames rather than top-k selection"::
+
+        x = FrameScorer(v_cls, t_cls)                          (b, K, N), as in gumbel_topk
+        w^k = softmax(x^k / tau)                               over the N frames; no Gumbel noise, no hard step
+        v_patch^K = einsum('bkt,btnd->bknd', w, v_patch)       (b, K, n, d)
+
+    Training and evaluation compute the same thing (deterministic). Padded frames get
+    weight 0. ``indices`` is ``argmax_t w^k`` (the frame with the largest weight, for
+    inspection only). With ``sort_by_time`` the slots are reordered by that index, as
+    ``gumbel_topk`` orders its slots by the chosen frame.
+
+    Args:
+        video_dim: width of the backbone's tokens and frame CLS tokens.
+        text_dim: width of the text features.
+        num_frames: ``K``, slots produced.
+        dim: hidden width of the FS-blocks (default ``video_dim``).
+        num_layers: ``L`` FS-blocks.
+        num_heads: heads of the gates and of the temporal attention.
+        tau: softmax temperature.
+        gate: ``"la_gate"``, ``"cross_attention"`` or ``"none"``.
+        max_frames: rows of the learnable temporal embedding.
+        sort_by_time: reorder slots by their argmax frame.
+        dropout: dropout in the blocks.
+
+    Output: ``SamplerOutput(video (K slots), weights = w (b, K, N) float32, indices (b, K))``;
+    ``video.extras`` gains ``selection_logits``, ``frame_gates`` and ``slot_order`` as in ``gumbel_topk``.
+    """
+
+    def __init__(
+        self,
+        video_dim: int,
+        text_dim: int,
+        num_frames: int = 16,
+        dim: int | None = None,
+        num_layers: int = 3,
+        num_heads: int = 8,
+        tau: float = 1.0,
+        gate: str = "la_gate",
+        max_frames: int = 128,
+        sort_by_time: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if tau <= 0:
+            raise ValueError(f"tau must be positive, got {tau}")
+        self.num_frames = num_frames
+        self.tau = tau
+        self.sort_by_time = sort_by_time
+        self.scorer = FrameScorer(
+            video_dim, text_dim, num_frames, dim, num_layers, num_heads, max_frames, gate, dropout
+        )
+
+    def forward(self, video: VideoFeatures, text: TextFeatures) -> SamplerOutput:
+        logits, gates = self.scorer(video.cls, text, frame_validity(video.frame_mask))
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            weights = (logits.float() / self.tau).softmax(-1)
+        idx = weights.argmax(-1)
+        order = torch.arange(self.num_frames, device=idx.device).expand_as(idx)
+        if self.sort_by_time:
+            order, idx, weights, logits = sort_slots(idx, idx, weights, logits)
+        selected = apply_selection(video, weights, selection_logits=logits, frame_gates=gates, slot_order=order)
+        return SamplerOutput(video=selected, weights=weights, indices=idx)
