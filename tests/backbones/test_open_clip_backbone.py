@@ -7,8 +7,8 @@ import torch
 
 open_clip = pytest.importorskip("open_clip")
 
-from vqa_components.backbones.open_clip import OpenClipBackbone, build_open_clip_model  # noqa: E402
-from vqa_components.registry import BACKBONES  # noqa: E402
+from vqa_components.backbones.open_clip import OpenClipBackbone, build_open_clip_model
+from vqa_components.registry import BACKBONES
 
 TINY = {
     "embed_dim": 32,

