@@ -163,6 +163,8 @@ class VideoQAModel(pl.LightningModule):
         return self.text_encoder.encode(list(texts))
 
     def encode_video(self, video: Tensor | tuple[Tensor, ...], batch: dict[str, Any] | None = None) -> VideoFeatures:
+        """Backbone features of ``video`` (``uint8`` pixels are scaled to ``[0, 1]`` floats first)."""
+        video = pixels_to_float(video)
         if self.feature_cache is not None:
             keys = batch.get("video_key") if batch is not None else None
             if keys is not None or isinstance(video, list):
@@ -343,6 +345,15 @@ class VideoQAModel(pl.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def pixels_to_float(video: Any) -> Any:
+    """``uint8`` pixels (what datasets emit: 4x less to copy between processes) to floats in ``[0, 1]``."""
+    if isinstance(video, Tensor):
+        return video.float().div_(255.0) if video.dtype == torch.uint8 else video
+    if isinstance(video, tuple):
+        return tuple(pixels_to_float(v) for v in video)
+    return video
 
 
 def _family_key(family: str) -> str:

@@ -2,7 +2,7 @@
 
 A sample is a dict::
 
-    video        (t, 3, h, w) float in [0, 1], or a tuple of such tensors (multi-stream)
+    video        (t, 3, h, w) uint8 pixels (the model scales them to [0, 1]), or a tuple of such tensors (multi-stream)
     question     str
     answer       str
     answer_idx   int, index of ``answer`` in ``answer_vocab`` (-1 when not in it)
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -290,7 +291,7 @@ class VideoQADataset(Dataset):
 
     def _read_video(self, index: int) -> tuple[Tensor, ...]:
         """Decode the clip of record ``index``: one ``(t, 3, h, w)`` tensor per stream."""
-        return read_video_streams(self.video_path(index), self.streams)
+        return read_video_streams(self.video_path(index), self.streams, dtype=torch.uint8)
 
     def __getitem__(self, index: int) -> dict[str, Any] | SkippedSample:
         if index < 0:

@@ -197,6 +197,11 @@ class CachedClip:
 # -------------------------------------------------------------------- cache
 
 
+def _as_float(pixels: Tensor) -> Tensor:
+    """``uint8`` pixels (as datasets may emit them) to floats in ``[0, 1]``, as the model does."""
+    return pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels
+
+
 class FeatureCache:
     """Per-video ``(tokens (t, n, d), cls (t, d))`` of one frozen backbone, stored under ``root``.
 
@@ -311,9 +316,9 @@ class FeatureCache:
         """Backbone features of one clip ``(t, 3, h, w)`` (or a tuple of streams): ``tokens (t, n, d), cls (t, d)``."""
         dev = next((p.device for p in self.backbone.parameters()), None)
         if isinstance(video, (tuple, list)):
-            clip: Tensor | tuple[Tensor, ...] = tuple(v.unsqueeze(0).to(dev) for v in video)
+            clip: Tensor | tuple[Tensor, ...] = tuple(_as_float(v.unsqueeze(0).to(dev)) for v in video)
         else:
-            clip = video.unsqueeze(0).to(dev)
+            clip = _as_float(video.unsqueeze(0).to(dev))
         with torch.no_grad():
             feats = self.backbone(clip)
         if feats.streams is not None or feats.frame_mask is not None or feats.extras:
