@@ -19,6 +19,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -94,8 +95,6 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = [(TINY / f"{name}.yaml", seed) for seed in args.seeds for name in args.recipes]
     start = time.time()
-    with ThreadPoolExecutor(args.parallel) as pool:
-        runs = list(pool.map(lambda job: run_one(job[0], job[1], args.out, extra), jobs))
     device = "cpu"
     try:
         import torch
@@ -104,21 +103,34 @@ def main() -> int:
             device = torch.cuda.get_device_name(0)
     except ImportError:
         pass
-    result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": device,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "parallel_runs": args.parallel,
-        "total_wall_s": time.time() - start,
-        "runs": runs,
-    }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(result, indent=1) + "\n")
-    args.table.parent.mkdir(parents=True, exist_ok=True)
-    args.table.write_text(
-        f"<!-- written by experiments/videodistill_tiny.py on {result['date']}, device: {device} -->\n" + table(runs)
-    )
+    runs: list[dict] = []
+    lock = threading.Lock()
+
+    def write() -> None:  # after every run, so that an interrupted sweep keeps what finished
+        result = {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "device": device,
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "parallel_runs": args.parallel,
+            "total_wall_s": time.time() - start,
+            "runs": sorted(runs, key=lambda r: (r["recipe"], r["seed"])),
+        }
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(result, indent=1) + "\n")
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        args.table.write_text(
+            f"<!-- written by experiments/videodistill_tiny.py on {result['date']}, device: {device} -->\n" + table(runs)
+        )
+
+    def job(recipe_seed: tuple[Path, int]) -> None:
+        run = run_one(recipe_seed[0], recipe_seed[1], args.out, extra)
+        with lock:
+            runs.append(run)
+            write()
+
+    with ThreadPoolExecutor(args.parallel) as pool:
+        list(pool.map(job, jobs))
     print(table(runs))
     return 0 if all(r["returncode"] == 0 for r in runs) else 1
 
