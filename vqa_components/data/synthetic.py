@@ -445,8 +445,8 @@ class SyntheticVQADataset(VideoQADataset):
         clip_frames: frames per generated clip (16 fps).
         clip_size: side of the generated (square) frames, in pixels.
         families: question families to include (default: all four).
-        num_frames, frame_size, streams, on_bad_video: decoding, as in
-            :class:`~vqa_components.data.dataset.VideoQADataset`
+        num_frames, frame_size, streams, on_bad_video, feature_cache,
+            feature_cache_fingerprint: as in :class:`~vqa_components.data.dataset.VideoQADataset`
             (``frame_size=None`` keeps ``clip_size``).
     """
 
@@ -465,6 +465,8 @@ class SyntheticVQADataset(VideoQADataset):
         frame_size: int | None = None,
         streams: list[dict[str, int]] | None = None,
         on_bad_video: str = "skip",
+        feature_cache: str | None = None,
+        feature_cache_fingerprint: str | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"synthetic_vqa: split must be one of {SPLITS}, got {split!r}")
@@ -487,6 +489,8 @@ class SyntheticVQADataset(VideoQADataset):
             frame_size=frame_size or clip_size,
             streams=streams,
             on_bad_video=on_bad_video,
+            feature_cache=feature_cache,
+            feature_cache_fingerprint=feature_cache_fingerprint,
         )
         self.families = list(self.config.families)
 
