@@ -85,3 +85,20 @@ def test_ckpt_best_without_a_fit_is_a_clear_error(tmp_path, tiny_data):
               *tiny_data)
     assert res.returncode == 2
     assert "no checkpoint" in res.stderr and str(tmp_path) in res.stderr
+
+
+def test_malformed_annotation_file_is_one_line_naming_file_and_record(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    ann = tmp_path / "train.json"
+    ann.write_text(json.dumps([
+        {"video_id": "v0", "question": "what?", "answer": "a", "question_type": "what"},
+        {"video_id": "v1", "question": "what?", "question_type": "what", "id": 7},
+    ]))
+    res = vqa("fit", "--config", QUICKSTART, "--data.dataset=videoqa_json",
+              f"--data.dataset_args={{annotation_file: {ann}, video_dir: {videos}, num_frames: 4}}",
+              f"--trainer.default_root_dir={tmp_path / 'run'}")
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert "Traceback" not in res.stderr
+    assert str(ann) in lines[-1] and "record 1" in lines[-1] and "id=7" in lines[-1] and "'answer'" in lines[-1]

@@ -282,6 +282,14 @@ def main(argv: list[str] | None = None) -> int:
     except (RegistryError, CLIError) as exc:
         print(f"vqa: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # bad data: one line that names the file, record and field
+        from vqa_components.data.annotations import AnnotationError
+        from vqa_components.data.video_io import VideoDecodeError
+
+        if isinstance(exc, (AnnotationError, VideoDecodeError)):
+            print(f"vqa: error: {exc}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":
