@@ -39,7 +39,7 @@ class SmallTransformerText(TextEncoder):
         self.mask_token_id = self.tokenizer.mask_token_id
         self.special_token_ids = self.tokenizer.special_token_ids
         self.embed = nn.Embedding(self.vocab_size, dim)
-        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.embed.weight, std=1.0)  # the scale of the sinusoidal positions: words must not drown in them
         self.register_buffer("positions", sinusoidal_positions(max_length, dim), persistent=False)
         self.blocks = nn.ModuleList(TransformerBlock(dim, num_heads, dropout=dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(dim)
