@@ -124,7 +124,7 @@ def test_dataset_samples_and_family_subset(tmp_path):
     assert ds.families == ["motion", "needle"]
     s = ds[0]
     assert s["video"].shape == (8, 3, 32, 32)
-    assert 0.0 <= float(s["video"].min()) and float(s["video"].max()) <= 1.0
+    assert s["video"].dtype == torch.uint8 and int(s["video"].max()) > 100  # pixels, scaled by the model
     assert ds.answer_vocab[s["answer_idx"]] == s["answer"]
     assert s["family"] in ("motion", "needle")
 
