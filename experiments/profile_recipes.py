@@ -32,7 +32,7 @@ def main() -> int:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    recipes = sorted(args.folder.rglob("*.yaml"))
+    recipes = sorted(args.folder.resolve().rglob("*.yaml"))
     lines = [
         f"<!-- written by experiments/profile_recipes.py on {datetime.now(timezone.utc).date()} -->",
         "| recipe | params (M) | trainable (M) | GMACs | backbone GMACs | text GMACs | sampler GMACs | fusion GMACs |",
@@ -43,11 +43,11 @@ def main() -> int:
         parts = r["per_part"]
 
         def g(name: str) -> str:
-            return f"{parts[name]['gmacs']:.2f}" if name in parts else "–"
+            return f"{parts[name]['gmacs']:.4g}" if name in parts else "–"
 
         lines.append(
             f"| `{recipe.relative_to(ROOT).as_posix()}` | {r['params'] / 1e6:.1f} | {r['trainable_params'] / 1e6:.1f} "
-            f"| {r['gmacs']:.1f} | {g('backbone')} | {g('text_encoder')} | {g('sampler')} | {g('fusion')} |"
+            f"| {r['gmacs']:.5g} | {g('backbone')} | {g('text_encoder')} | {g('sampler')} | {g('fusion')} |"
         )
         print(lines[-1], flush=True)
     args.out.write_text("\n".join(lines) + "\n")
