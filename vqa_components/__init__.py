@@ -26,9 +26,9 @@ __all__ = [
     "REGISTRIES",
     "SAMPLERS",
     "TEXT_ENCODERS",
+    "__version__",
     "create",
     "get_registry",
     "list_parts",
     "load_plugins",
-    "__version__",
 ]

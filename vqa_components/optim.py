@@ -23,7 +23,7 @@ class LinearWarmupDecay(LambdaLR):
         warmup_steps: steps (int) or fraction of ``total_steps`` (float < 1) of warm-up.
     """
 
-    def __init__(self, optimizer: Optimizer, total_steps: int, warmup_steps: int | float = 0.1) -> None:
+    def __init__(self, optimizer: Optimizer, total_steps: int, warmup_steps: float = 0.1) -> None:
         if total_steps <= 0:
             raise ValueError(f"total_steps must be positive, got {total_steps}")
         warm = int(warmup_steps * total_steps) if isinstance(warmup_steps, float) and warmup_steps < 1 else int(warmup_steps)

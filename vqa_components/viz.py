@@ -44,7 +44,7 @@ def patch_gate_map(gates: list[Tensor] | Tensor, num_frames: int, grid: tuple[in
 
 
 def _grid_of(n: int) -> tuple[int, int]:
-    side = int(math.isqrt(n))
+    side = math.isqrt(n)
     if side * side != n:
         raise ValueError(f"cannot arrange {n} tokens per frame as a square grid")
     return side, side

@@ -6,7 +6,12 @@ import json
 
 import pytest
 
-from vqa_components.data.annotations import AnnotationError, QARecord, annotations_to_bytes, load_qa_annotations
+from vqa_components.data.annotations import (
+    AnnotationError,
+    QARecord,
+    annotations_to_bytes,
+    load_qa_annotations,
+)
 
 GOOD = {"video_id": "video7010", "question": "what is a man doing?", "answer": "cooking", "question_type": "what"}
 
