@@ -70,11 +70,15 @@ def test_unknown_name_suggests_closest_and_lists_all():
     assert "\n" not in msg
 
 
-def test_unknown_name_without_close_match_still_lists_valid_names():
+def test_unknown_name_without_close_match_still_names_the_nearest():
     with pytest.raises(UnknownPartError) as err:
-        FUSIONS.get("zzzzzz")
-    assert "Did you mean" not in str(err.value)
-    assert "cross_attention" in str(err.value)
+        FUSIONS.get("no_such_fusion")
+    msg = str(err.value)
+    assert "Did you mean" not in msg
+    nearest = msg.split("Closest: ")[1].split(".")[0]
+    assert 1 <= nearest.count("'") // 2 <= 3  # up to three names, quoted
+    assert all(name.strip(" '") in FUSIONS.names() for name in nearest.split(","))
+    assert "cross_attention" in msg
 
 
 def test_unknown_kind():

@@ -110,7 +110,11 @@ class Registry:
     def _unknown_message(self, name: str) -> str:
         names = sorted(self._entries)
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        if close:
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?"
+        else:  # nothing really close: still name the nearest few
+            nearest = difflib.get_close_matches(name, names, n=3, cutoff=0.0)
+            hint = f" Closest: {', '.join(repr(c) for c in nearest)}." if nearest else ""
         return f"unknown {self.kind} {name!r}.{hint} Valid {self.kind} names: {', '.join(names)}"
 
     def build(self, name: str, **kwargs: Any) -> Any:
