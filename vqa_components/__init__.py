@@ -17,6 +17,20 @@ from vqa_components.registry import (
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "VideoQAModel": "vqa_components.model",
+    "VideoQADataModule": "vqa_components.data.datamodule",
+    "profile_model": "vqa_components.profiler",
+}
+
+
+def __getattr__(name: str):  # the Lightning classes import lazily: `import vqa_components` stays light
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vqa_components' has no attribute {name!r}")
+
 __all__ = [
     "BACKBONES",
     "DATASETS",
@@ -26,9 +40,12 @@ __all__ = [
     "REGISTRIES",
     "SAMPLERS",
     "TEXT_ENCODERS",
+    "VideoQADataModule",
+    "VideoQAModel",
     "__version__",
     "create",
     "get_registry",
     "list_parts",
     "load_plugins",
+    "profile_model",
 ]
