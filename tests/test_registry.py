@@ -99,3 +99,14 @@ def test_create_builds_a_part():
     fusion = create("fusion", "cross_attention", video_dim=8, text_dim=8, dim=8, num_heads=2)
     assert fusion.out_dim == 8
     assert fusion.registry_name == "cross_attention"
+
+
+def test_top_level_exports():
+    import vqa_components
+
+    from vqa_components.model import VideoQAModel
+
+    assert vqa_components.VideoQAModel is VideoQAModel
+    assert callable(vqa_components.profile_model)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        vqa_components.nope  # noqa: B018
