@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqa_components.interfaces import TextFeatures
+from vqa_components.interfaces import Sampler, SamplerOutput, TextFeatures, VideoFeatures
 from vqa_components.layers.la_gate import GATES, build_gate, gate_text
 from vqa_components.layers.transformer import TransformerBlock
 
@@ -133,3 +133,60 @@ def sort_slots(order_key: Tensor, *rows: Tensor) -> tuple[Tensor, ...]:
         idx = perm.view(*perm.shape, *([1] * (r.ndim - 2))).expand(*perm.shape, *r.shape[2:])
         out.append(r.gather(1, idx))
     return (perm, *out)
+
+
+def apply_selection(video: VideoFeatures, weights: Tensor, **extras) -> VideoFeatures:
+    """``VideoFeatures`` of the K slots: ``tokens = einsum('bkt,btnd->bknd', weights, tokens)``, same for ``cls``.
+
+    Computed in float32 (outside autocast) so that a one-hot selection copies the frames
+    exactly; the result has the input's dtype.
+    """
+    with torch.autocast(device_type=weights.device.type, enabled=False):
+        w = weights.float()
+        tokens = torch.einsum("bkt,btnd->bknd", w, video.tokens.float()).to(video.tokens.dtype)
+        cls = torch.einsum("bkt,btd->bkd", w, video.cls.float()).to(video.cls.dtype)
+    return video.replace(tokens=tokens, cls=cls, frame_mask=None, streams=None, extras={**video.extras, **extras})
+
+
+class ScoredSampler(Sampler):
+    """Shared body of the samplers that score frames with FS-blocks (``gumbel_topk``, ``soft``).
+
+    Subclasses turn the scorer's logits ``(b, K, N)`` into selection weights; this class
+    owns the scorer, the temperature and the slot ordering.
+    """
+
+    def __init__(
+        self,
+        video_dim: int,
+        text_dim: int,
+        num_frames: int,
+        dim: int | None,
+        num_layers: int,
+        num_heads: int,
+        tau: float,
+        gate: str,
+        max_frames: int,
+        sort_by_time: bool,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        if tau <= 0:
+            raise ValueError(f"tau must be positive, got {tau}")
+        self.num_frames = num_frames
+        self.tau = tau
+        self.sort_by_time = sort_by_time
+        self.scorer = FrameScorer(
+            video_dim, text_dim, num_frames, dim, num_layers, num_heads, max_frames, gate, dropout
+        )
+
+    def score(self, video: VideoFeatures, text: TextFeatures) -> tuple[Tensor, Tensor]:
+        """Selection logits ``(b, K, N)`` and the FS-blocks' gates."""
+        return self.scorer(video.cls, text, frame_validity(video.frame_mask))
+
+    def select(self, video: VideoFeatures, weights: Tensor, idx: Tensor, logits: Tensor, gates: Tensor) -> SamplerOutput:
+        """Order the slots (by frame index with ``sort_by_time``) and gather their features."""
+        order = torch.arange(self.num_frames, device=idx.device).expand_as(idx)
+        if self.sort_by_time:
+            order, idx, weights, logits = sort_slots(idx, idx, weights, logits)
+        selected = apply_selection(video, weights, selection_logits=logits, frame_gates=gates, slot_order=order)
+        return SamplerOutput(video=selected, weights=weights, indices=idx)

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vqa_components.interfaces import Sampler, SamplerOutput, TextFeatures, VideoFeatures
+from vqa_components.interfaces import SamplerOutput, TextFeatures, VideoFeatures
 from vqa_components.registry import SAMPLERS
-from vqa_components.samplers._frame_scorer import FrameScorer, frame_validity, sort_slots
+from vqa_components.samplers._frame_scorer import ScoredSampler
 
 
 def gumbel_noise(like: Tensor) -> Tensor:
@@ -63,21 +63,8 @@ def straight_through_select(
     return mask, y_soft, idx
 
 
-def apply_selection(video: VideoFeatures, weights: Tensor, **extras) -> VideoFeatures:
-    """``VideoFeatures`` of the K slots: ``tokens = einsum('bkt,btnd->bknd', weights, tokens)``, same for ``cls``.
-
-    Computed in float32 (outside autocast) so that a one-hot selection copies the frames
-    exactly; the result has the input's dtype.
-    """
-    with torch.autocast(device_type=weights.device.type, enabled=False):
-        w = weights.float()
-        tokens = torch.einsum("bkt,btnd->bknd", w, video.tokens.float()).to(video.tokens.dtype)
-        cls = torch.einsum("bkt,btd->bkd", w, video.cls.float()).to(video.cls.dtype)
-    return video.replace(tokens=tokens, cls=cls, frame_mask=None, streams=None, extras={**video.extras, **extras})
-
-
 @SAMPLERS.register("gumbel_topk")
-class GumbelTopKSampler(Sampler):
+class GumbelTopKSampler(ScoredSampler):
     """Question-aware top-K frame selection: FS-blocks score frames, straight-through Gumbel-Softmax picks K.
 
     VideoDistill section 3.3::
@@ -134,25 +121,15 @@ class GumbelTopKSampler(Sampler):
         sort_by_time: bool = True,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
-        if tau <= 0:
-            raise ValueError(f"tau must be positive, got {tau}")
-        self.num_frames = num_frames
-        self.tau = tau
-        self.allow_repeats = allow_repeats
-        self.sort_by_time = sort_by_time
-        self.scorer = FrameScorer(
-            video_dim, text_dim, num_frames, dim, num_layers, num_heads, max_frames, gate, dropout
+        super().__init__(
+            video_dim, text_dim, num_frames, dim, num_layers, num_heads, tau, gate, max_frames, sort_by_time, dropout
         )
+        self.allow_repeats = allow_repeats
 
     def forward(self, video: VideoFeatures, text: TextFeatures) -> SamplerOutput:
         n = video.cls.shape[1]
         if not self.allow_repeats and n < self.num_frames:
             raise ValueError(f"cannot choose {self.num_frames} distinct frames of {n}; set allow_repeats=True")
-        logits, gates = self.scorer(video.cls, text, frame_validity(video.frame_mask))
+        logits, gates = self.score(video, text)
         mask, _, idx = straight_through_select(logits, self.tau, noise=self.training, allow_repeats=self.allow_repeats)
-        order = torch.arange(self.num_frames, device=idx.device).expand_as(idx)
-        if self.sort_by_time:
-            order, idx, mask, logits = sort_slots(idx, idx, mask, logits)
-        selected = apply_selection(video, mask, selection_logits=logits, frame_gates=gates, slot_order=order)
-        return SamplerOutput(video=selected, weights=mask, indices=idx)
+        return self.select(video, mask, idx, logits, gates)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from vqa_components.interfaces import Sampler, SamplerOutput, TextFeatures, VideoFeatures
+from vqa_components.interfaces import SamplerOutput, TextFeatures, VideoFeatures
 from vqa_components.registry import SAMPLERS
-from vqa_components.samplers._frame_scorer import FrameScorer, frame_validity, sort_slots
-from vqa_components.samplers.gumbel_topk import apply_selection
+from vqa_components.samplers._frame_scorer import ScoredSampler
 
 
 @SAMPLERS.register("soft")
-class SoftSampler(Sampler):
+class SoftSampler(ScoredSampler):
     """The FS-block scores of ``gumbel_topk`` weight a sum of the dense frames instead of a hard top-K.
 
     VideoDistill Table 4 (c), "using the weighted sum of dense frames rather than top-k selection"::
@@ -56,23 +55,12 @@ class SoftSampler(Sampler):
         sort_by_time: bool = True,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
-        if tau <= 0:
-            raise ValueError(f"tau must be positive, got {tau}")
-        self.num_frames = num_frames
-        self.tau = tau
-        self.sort_by_time = sort_by_time
-        self.scorer = FrameScorer(
-            video_dim, text_dim, num_frames, dim, num_layers, num_heads, max_frames, gate, dropout
+        super().__init__(
+            video_dim, text_dim, num_frames, dim, num_layers, num_heads, tau, gate, max_frames, sort_by_time, dropout
         )
 
     def forward(self, video: VideoFeatures, text: TextFeatures) -> SamplerOutput:
-        logits, gates = self.scorer(video.cls, text, frame_validity(video.frame_mask))
+        logits, gates = self.score(video, text)
         with torch.autocast(device_type=logits.device.type, enabled=False):
             weights = (logits.float() / self.tau).softmax(-1)
-        idx = weights.argmax(-1)
-        order = torch.arange(self.num_frames, device=idx.device).expand_as(idx)
-        if self.sort_by_time:
-            order, idx, weights, logits = sort_slots(idx, idx, weights, logits)
-        selected = apply_selection(video, weights, selection_logits=logits, frame_gates=gates, slot_order=order)
-        return SamplerOutput(video=selected, weights=weights, indices=idx)
+        return self.select(video, weights, weights.argmax(-1), logits, gates)
