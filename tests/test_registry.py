@@ -103,7 +103,6 @@ def test_create_builds_a_part():
 
 def test_top_level_exports():
     import vqa_components
-
     from vqa_components.model import VideoQAModel
 
     assert vqa_components.VideoQAModel is VideoQAModel

@@ -9,8 +9,6 @@ from vqa_components import create
 from vqa_components.model import VideoQAModel
 from vqa_components.viz import explain, patch_gate_map
 
-pytest.importorskip("matplotlib")
-
 D = 16
 
 

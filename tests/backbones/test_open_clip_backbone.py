@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-open_clip = pytest.importorskip("open_clip")
-
 from vqa_components.backbones.open_clip import OpenClipBackbone, build_open_clip_model
 from vqa_components.registry import BACKBONES
 

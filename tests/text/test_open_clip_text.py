@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import open_clip
 import pytest
 import torch
-
-open_clip = pytest.importorskip("open_clip")
 
 from vqa_components.backbones.open_clip import build_open_clip_model
 from vqa_components.registry import TEXT_ENCODERS
