@@ -102,3 +102,28 @@ def test_malformed_annotation_file_is_one_line_naming_file_and_record(tmp_path):
     lines = res.stderr.strip().splitlines()
     assert "Traceback" not in res.stderr
     assert str(ann) in lines[-1] and "record 1" in lines[-1] and "id=7" in lines[-1] and "'answer'" in lines[-1]
+
+
+def test_in_process_runs_free_their_model_and_fast_dev_run_writes_no_checkpoint(tmp_path, tiny_data):
+    """``main([...])`` from Python must not keep the model alive (jsonargparse caches parsers that
+    reference the CLI), or a loop of runs in one process grows without bound."""
+    import contextlib
+    import gc
+    import io
+
+    from vqa_components.cli import main
+    from vqa_components.model import VideoQAModel
+
+    def live_models() -> int:
+        gc.collect()
+        return sum(isinstance(o, VideoQAModel) for o in gc.get_objects())
+
+    before = live_models()
+    for i in range(2):
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = main(["fit", "--config", QUICKSTART, "--trainer.fast_dev_run=1", "--trainer.accelerator=cpu",
+                         f"--trainer.default_root_dir={tmp_path / str(i)}", "--trainer.enable_progress_bar=false",
+                         *tiny_data])
+        assert code == 0
+    assert live_models() == before, "a finished run's model is still referenced"
+    assert not list(tmp_path.rglob("*.ckpt")), "fast_dev_run wrote a checkpoint"

@@ -135,6 +135,10 @@ def _build_cli_class() -> type:
             cfg.trainer.default_root_dir = root
             if cfg.checkpoint.dirpath is None:
                 cfg.checkpoint.dirpath = str(Path(root) / "checkpoints")
+            if cfg.trainer.get("fast_dev_run"):
+                # fast_dev_run promises no checkpoints, but Lightning 2.6's ModelCheckpoint.on_train_end
+                # still writes last.ckpt when save_last is set (a full copy of the model on disk).
+                cfg.checkpoint.save_last = False
             if cfg.trainer.logger is None or cfg.trainer.logger is True:
                 cfg.trainer.logger = {
                     "class_path": "lightning.pytorch.loggers.CSVLogger",
@@ -170,6 +174,18 @@ def run_cli(args: list[str], run: bool = True) -> Any:
         sys.argv = saved_argv
 
 
+def release(cli: Any) -> None:
+    """Drop a finished CLI's model, data and trainer so their memory can be freed.
+
+    jsonargparse keeps the sub-parsers it builds for ``class_path`` values in a module-level cache,
+    and those parsers hold Lightning's instantiator, which holds the CLI object: without this, every
+    in-process run (``main([...])`` from Python or from a test) would keep its model alive.
+    """
+    for name in ("model", "datamodule", "trainer", "config_init"):
+        if hasattr(cli, name):
+            setattr(cli, name, None)
+
+
 # ------------------------------------------------------------------ list / profile
 
 
@@ -199,7 +215,9 @@ def cmd_profile(args: list[str]) -> int:
     cli = run_cli(args, run=False)
     model, dm = cli.model, cli.datamodule
     batch = dm.example_batch(batch_size=1)
+    release(cli)
     report = profile_model(model, batch)
+    del model, dm, batch
     print(report.table())
     print(report.to_json())
     return 0
@@ -233,6 +251,7 @@ def cmd_explain(args: list[str]) -> int:
     cli = run_cli(args, run=False)
     model, dm = cli.model, cli.datamodule
     root = cli.trainer.default_root_dir
+    release(cli)
     if ckpt is not None:
         path = find_checkpoint(root, ckpt) if ckpt in ("best", "last") else ckpt
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -277,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_profile(argv[1:])
         if argv[0] == "explain":
             return cmd_explain(argv[1:])
-        run_cli(argv)
+        release(run_cli(argv))
         return 0
     except (RegistryError, CLIError) as exc:
         print(f"vqa: error: {exc}", file=sys.stderr)
