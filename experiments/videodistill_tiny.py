@@ -8,11 +8,16 @@ Runs ``vqa fit`` then ``vqa test --ckpt_path best`` for every recipe in
   which ``docs/results/videodistill.md`` quotes.
 
     python experiments/videodistill_tiny.py --seeds 0 1 2 --parallel 7 [--accelerator gpu]
+
+A sweep can be split over several invocations (or machines): runs already in the results file
+whose recipe file, seed and extra arguments are unchanged (sha256 of the recipe) are kept and not
+run again; ``--fresh`` discards them.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -28,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "videodistill" / "tiny"
 FAMILIES = ("spatial", "motion", "counting", "needle")
+DEVICE = "cpu"  # set in main(): the GPU name when the runs use one
 LABELS = {
     "question_only": "question only (blind video)",
     "a_baseline": "(a) baseline: uniform 8 frames + 3-layer transformer",
@@ -39,10 +45,16 @@ LABELS = {
 }
 
 
-def run_one(recipe: Path, seed: int, out_root: Path, extra: list[str]) -> dict:
+def recipe_digest(recipe: Path) -> str:
+    return hashlib.sha256(recipe.read_bytes()).hexdigest()[:16]
+
+
+def run_one(recipe: Path, seed: int, out_root: Path, extra: list[str], accelerator: str) -> dict:
     name = recipe.stem
+    digest = recipe_digest(recipe)
     root = out_root / name / f"seed{seed}"
-    common = ["--config", str(recipe), f"--seed_everything={seed}", f"--trainer.default_root_dir={root}", *extra]
+    common = ["--config", str(recipe), f"--seed_everything={seed}", f"--trainer.default_root_dir={root}", *extra,
+              f"--trainer.accelerator={accelerator}"]
     cmd = [sys.executable, "-m", "vqa_components.cli"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     start = time.time()
@@ -54,7 +66,8 @@ def run_one(recipe: Path, seed: int, out_root: Path, extra: list[str]) -> dict:
     metrics_file = root / "test_metrics.json"
     metrics = json.loads(metrics_file.read_text()) if test.returncode == 0 and metrics_file.is_file() else None
     print(f"{name} seed {seed}: rc={test.returncode} {wall:.0f}s acc={metrics and metrics.get('test/acc')}", flush=True)
-    return {"recipe": name, "seed": seed, "returncode": test.returncode, "wall_s": wall, "metrics": metrics}
+    return {"recipe": name, "seed": seed, "recipe_sha256": digest, "extra": extra, "returncode": test.returncode,
+            "wall_s": wall, "device": DEVICE, "metrics": metrics}
 
 
 def mean_std(values: list[float]) -> str:
@@ -89,27 +102,36 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "videodistill_tiny")
     parser.add_argument("--results", type=Path, default=ROOT / "experiments" / "results" / "videodistill_tiny.json")
     parser.add_argument("--table", type=Path, default=ROOT / "docs" / "results" / "videodistill_table.md")
+    parser.add_argument("--fresh", action="store_true", help="ignore the runs already in the results file")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="more vqa arguments, after --")
     args = parser.parse_args()
-    extra = [a for a in args.extra if a != "--"] + [f"--trainer.accelerator={args.accelerator}"]
+    extra = [a for a in args.extra if a != "--"]  # recorded with each run; the accelerator is not
     args.out.mkdir(parents=True, exist_ok=True)
-    jobs = [(TINY / f"{name}.yaml", seed) for seed in args.seeds for name in args.recipes]
-    start = time.time()
-    device = "cpu"
+    global DEVICE
     try:
         import torch
 
         if torch.cuda.is_available() and args.accelerator != "cpu":
-            device = torch.cuda.get_device_name(0)
+            DEVICE = torch.cuda.get_device_name(0)
     except ImportError:
         pass
     runs: list[dict] = []
+    if args.results.is_file() and not args.fresh:  # keep finished runs of unchanged recipes
+        for r in json.loads(args.results.read_text()).get("runs", []):
+            recipe = TINY / f"{r['recipe']}.yaml"
+            if r.get("metrics") and recipe.is_file() and r.get("recipe_sha256") == recipe_digest(recipe) \
+                    and r.get("extra") == extra:
+                runs.append(r)
+    done = {(r["recipe"], r["seed"]) for r in runs}
+    jobs = [(TINY / f"{name}.yaml", seed) for seed in args.seeds for name in args.recipes if (name, seed) not in done]
+    print(f"{len(runs)} runs kept from {args.results}, {len(jobs)} to run", flush=True)
+    start = time.time()
     lock = threading.Lock()
 
     def write() -> None:  # after every run, so that an interrupted sweep keeps what finished
         result = {
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "device": device,
+            "devices": sorted({r.get("device", "?") for r in runs}),
             "cpu_count": os.cpu_count(),
             "python": platform.python_version(),
             "parallel_runs": args.parallel,
@@ -120,17 +142,19 @@ def main() -> int:
         args.results.write_text(json.dumps(result, indent=1) + "\n")
         args.table.parent.mkdir(parents=True, exist_ok=True)
         args.table.write_text(
-            f"<!-- written by experiments/videodistill_tiny.py on {result['date']}, device: {device} -->\n" + table(runs)
+            f"<!-- written by experiments/videodistill_tiny.py on {result['date']}, "
+            f"devices: {', '.join(result['devices'])} -->\n" + table(runs)
         )
 
     def job(recipe_seed: tuple[Path, int]) -> None:
-        run = run_one(recipe_seed[0], recipe_seed[1], args.out, extra)
+        run = run_one(recipe_seed[0], recipe_seed[1], args.out, extra, args.accelerator)
         with lock:
             runs.append(run)
             write()
 
-    with ThreadPoolExecutor(args.parallel) as pool:
+    with ThreadPoolExecutor(max(1, args.parallel)) as pool:
         list(pool.map(job, jobs))
+    write()
     print(table(runs))
     return 0 if all(r["returncode"] == 0 for r in runs) else 1
 
