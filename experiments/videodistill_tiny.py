@@ -45,6 +45,12 @@ LABELS = {
 }
 
 
+def git_commit() -> str:
+    """The library's commit, recorded with every run (``unknown`` outside a git checkout)."""
+    res = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return res.stdout.strip() or "unknown"
+
+
 def recipe_digest(recipe: Path) -> str:
     return hashlib.sha256(recipe.read_bytes()).hexdigest()[:16]
 
@@ -67,7 +73,7 @@ def run_one(recipe: Path, seed: int, out_root: Path, extra: list[str], accelerat
     metrics = json.loads(metrics_file.read_text()) if test.returncode == 0 and metrics_file.is_file() else None
     print(f"{name} seed {seed}: rc={test.returncode} {wall:.0f}s acc={metrics and metrics.get('test/acc')}", flush=True)
     return {"recipe": name, "seed": seed, "recipe_sha256": digest, "extra": extra, "returncode": test.returncode,
-            "wall_s": wall, "device": DEVICE, "metrics": metrics}
+            "wall_s": wall, "device": DEVICE, "commit": git_commit(), "metrics": metrics}
 
 
 def mean_std(values: list[float]) -> str:
