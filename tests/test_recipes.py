@@ -1,10 +1,10 @@
 """Every recipe: parses, its --print_config output re-parses to the same config, and it trains.
 
 Recipes that train on the embedded benchmark train one batch, validate one batch and save the
-checkpoint of their monitored metric, as written (with a tiny dataset). Paper-scale recipes, whose data adapters and pretrained weights are not available
-offline, run ``fast_dev_run`` on tiny synthetic data with the frame encoder's input shrunk to
-32x32 pixels (every part and width is otherwise as in the recipe) and are profiled
-(``vqa profile``) at full size.
+checkpoint of their monitored metric, as written (with a tiny dataset). Paper-scale recipes,
+whose data adapters and pretrained weights are not available offline, run ``fast_dev_run`` on
+tiny synthetic data with the frame encoder's input shrunk to 32x32 pixels (every part and width
+is otherwise as in the recipe) and are profiled (``vqa profile``) at full size.
 """
 
 from __future__ import annotations

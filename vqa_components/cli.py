@@ -217,7 +217,6 @@ def cmd_profile(args: list[str]) -> int:
     batch = dm.example_batch(batch_size=1)
     release(cli)
     report = profile_model(model, batch)
-    del model, dm, batch
     print(report.table())
     print(report.to_json())
     return 0

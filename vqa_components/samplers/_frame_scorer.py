@@ -179,11 +179,13 @@ class ScoredSampler(Sampler):
             video_dim, text_dim, num_frames, dim, num_layers, num_heads, max_frames, gate, dropout
         )
 
-    def score(self, video: VideoFeatures, text: TextFeatures) -> tuple[Tensor, Tensor]:
+    def score(self, video: VideoFeatures, text: TextFeatures) -> tuple[Tensor, list[Tensor]]:
         """Selection logits ``(b, K, N)`` and the FS-blocks' gates."""
         return self.scorer(video.cls, text, frame_validity(video.frame_mask))
 
-    def select(self, video: VideoFeatures, weights: Tensor, idx: Tensor, logits: Tensor, gates: Tensor) -> SamplerOutput:
+    def select(
+        self, video: VideoFeatures, weights: Tensor, idx: Tensor, logits: Tensor, gates: list[Tensor]
+    ) -> SamplerOutput:
         """Order the slots (by frame index with ``sort_by_time``) and gather their features."""
         order = torch.arange(self.num_frames, device=idx.device).expand_as(idx)
         if self.sort_by_time:
