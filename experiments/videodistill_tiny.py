@@ -10,8 +10,8 @@ Runs ``vqa fit`` then ``vqa test --ckpt_path best`` for every recipe in
     python experiments/videodistill_tiny.py --seeds 0 1 2 --parallel 7 [--accelerator gpu]
 
 A sweep can be split over several invocations (or machines): runs already in the results file
-whose recipe file, seed and extra arguments are unchanged (sha256 of the recipe) are kept and not
-run again; ``--fresh`` discards them.
+whose recipe file (sha256), seed, extra arguments and ``synthetic_vqa`` generator version are
+unchanged are kept and not run again; ``--fresh`` discards them.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
+
+from vqa_components.data.synthetic import GENERATOR_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "videodistill" / "tiny"
@@ -73,7 +75,8 @@ def run_one(recipe: Path, seed: int, out_root: Path, extra: list[str], accelerat
     metrics = json.loads(metrics_file.read_text()) if test.returncode == 0 and metrics_file.is_file() else None
     print(f"{name} seed {seed}: rc={test.returncode} {wall:.0f}s acc={metrics and metrics.get('test/acc')}", flush=True)
     return {"recipe": name, "seed": seed, "recipe_sha256": digest, "extra": extra, "returncode": test.returncode,
-            "wall_s": wall, "device": DEVICE, "commit": git_commit(), "metrics": metrics}
+            "wall_s": wall, "device": DEVICE, "commit": git_commit(), "generator_version": GENERATOR_VERSION,
+            "metrics": metrics}
 
 
 def mean_std(values: list[float]) -> str:
@@ -126,7 +129,7 @@ def main() -> int:
         for r in json.loads(args.results.read_text()).get("runs", []):
             recipe = TINY / f"{r['recipe']}.yaml"
             if r.get("metrics") and recipe.is_file() and r.get("recipe_sha256") == recipe_digest(recipe) \
-                    and r.get("extra") == extra:
+                    and r.get("extra") == extra and r.get("generator_version", 1) == GENERATOR_VERSION:
                 runs.append(r)
     done = {(r["recipe"], r["seed"]) for r in runs}
     jobs = [(TINY / f"{name}.yaml", seed) for seed in args.seeds for name in args.recipes if (name, seed) not in done]

