@@ -36,8 +36,10 @@ def test_explain_writes_a_png_of_the_selected_frames(tmp_path, fusion):
         objectives=[create("objective", "answer_cross_entropy")],
     )
     model.answer_vocab = ["red", "green", "blue", "yellow"]
-    batch = {"video": torch.rand(2, 8, 3, 32, 32), "question": ["what color?", "which?"], "answer": ["red", "blue"]}
+    video = torch.randint(0, 256, (2, 8, 3, 32, 32), dtype=torch.uint8)  # what datasets emit
+    batch = {"video": video, "question": ["what color?", "which?"], "answer": ["red", "blue"]}
     result = explain(model, batch, tmp_path / "fig.png", index=1)
+    assert torch.equal(result["frames"], video[1].float() / 255)  # drawn as the model sees them, not clipped
     png = (tmp_path / "fig.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert len(result["selected"]) == 3 and len(set(result["selected"])) == 3

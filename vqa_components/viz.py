@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from vqa_components.interfaces import ModelOutput
+from vqa_components.model import pixels_to_float
 
 
 def patch_gate_map(gates: list[Tensor] | Tensor, num_frames: int, grid: tuple[int, int]) -> Tensor:
@@ -111,7 +112,8 @@ def plot_explanation(
 def explain(model: Any, batch: dict[str, Any], path: str | Path, index: int = 0) -> dict[str, Any]:
     """Run ``model`` on ``batch`` (eval mode) and save the figure of sample ``index``.
 
-    Returns what was plotted: ``selected`` frame indices, ``prediction``, ``answer``,
+    Returns what was plotted: ``frames`` (``(t, 3, h, w)`` floats in ``[0, 1]``; ``uint8`` pixels,
+    as datasets emit them, are scaled), ``selected`` frame indices, ``prediction``, ``answer``,
     and ``gates`` (``(k, gh, gw)`` or ``None`` when the fusion has no gates).
     """
     was_training = model.training
@@ -121,7 +123,7 @@ def explain(model: Any, batch: dict[str, Any], path: str | Path, index: int = 0)
     finally:
         model.train(was_training)
     video = batch["video"][0] if isinstance(batch["video"], (tuple, list)) else batch["video"]
-    frames = video[index].detach().cpu().float()
+    frames = pixels_to_float(video[index].detach().cpu())
     t = frames.shape[0]
     if out.sampled is not None:
         selected = [int(i) for i in out.sampled.indices[index].tolist()]
@@ -141,4 +143,4 @@ def explain(model: Any, batch: dict[str, Any], path: str | Path, index: int = 0)
     answer = batch.get("answer", [None] * (index + 1))[index]
     title = f"Q: {batch['question'][index]}   predicted: {prediction}" + (f"   answer: {answer}" if answer else "")
     plot_explanation(frames, selected, gate_map, title, path)
-    return {"selected": selected, "prediction": prediction, "answer": answer, "gates": gate_map}
+    return {"frames": frames, "selected": selected, "prediction": prediction, "answer": answer, "gates": gate_map}

@@ -21,11 +21,16 @@ motion      a ball crossing the frame (wrapping at the edges)    frame rate: wit
             randomly jittering distractor square                 between frames aliases
 counting    a lamp that flashes 1-4 times (4-5 frames on,        counting over time: runs
             at least 6 frames off)                               of "on" frames in order
-needle      a circle, a square and a triangle, each in its own   question-aware frame
-            colour, each visible for only ~5 % of the clip;      selection: the asked shape
-            the question asks the colour of one of them          fills a short part of a
-                                                                 long clip
+needle      a circle, a square and a triangle, one in each       frame selection: the
+            third of the clip, each visible for only ~5 % of     answer fills 3 of 64
+            it; the asked shape is the only object in one of     frames, which a few
+            the four answer colours, the other two wear          evenly spaced frames
+            distractor colours                                   mostly miss
 ==========  ===================================================  ==========================
+
+Generator version 2 (2026-11-23) changed the needle family: in version 1 all three shapes wore
+answer colours, so the answer needed the asked shape bound to its colour; no tiny model learned
+that binding from scratch (docs/results/videodistill.md), so it measured nothing.
 
 The folder holds ``videos/<video_id>.mp4``, ``train.json``, ``val.json``,
 ``test.json`` and ``manifest.json`` (the generation arguments and the sha256
