@@ -16,6 +16,7 @@ from pathlib import Path
 from vqa_components.cli import main as vqa
 
 ROOT = Path(__file__).resolve().parents[1]
+MARKER = "<!-- written by experiments/profile_recipes.py"
 
 
 def profile(recipe: Path) -> dict:
@@ -34,7 +35,7 @@ def main() -> int:
     args = parser.parse_args()
     recipes = sorted(args.folder.resolve().rglob("*.yaml"))
     lines = [
-        f"<!-- written by experiments/profile_recipes.py on {datetime.now(timezone.utc).date()} -->",
+        f"{MARKER} on {datetime.now(timezone.utc).date()} -->",
         "| recipe | params (M) | trainable (M) | GMACs | backbone GMACs | text GMACs | sampler GMACs | fusion GMACs |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -50,7 +51,12 @@ def main() -> int:
             f"| {r['gmacs']:.5g} | {g('backbone')} | {g('text_encoder')} | {g('sampler')} | {g('fusion')} |"
         )
         print(lines[-1], flush=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    # keep the prose above the table (everything before the marker) when the file exists
+    head = ""
+    if args.out.is_file():
+        text = args.out.read_text()
+        head = text[: text.find(MARKER)] if MARKER in text else ""
+    args.out.write_text(head + "\n".join(lines) + "\n")
     return 0
 
 
