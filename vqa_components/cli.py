@@ -161,7 +161,9 @@ def run_cli(args: list[str], run: bool = True) -> Any:
     from vqa_components.model import VideoQAModel
 
     saved_argv = sys.argv
-    sys.argv = sys.argv[:1]  # the arguments come from ``args`` only
+    # Lightning's DDP launcher starts the other ranks by running ``sys.argv`` again: it must be this
+    # command line, whole and as the user wrote it (recipe paths included), not the caller's.
+    sys.argv = [sys.argv[0], *args]
     try:
         return _build_cli_class()(
             VideoQAModel,

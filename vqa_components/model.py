@@ -26,6 +26,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
@@ -43,6 +45,7 @@ from vqa_components.interfaces import (
     TextFeatures,
     VideoFeatures,
 )
+from vqa_components.optim import optimizer_for_precision
 
 log = logging.getLogger(__name__)
 
@@ -341,10 +344,28 @@ class VideoQAModel(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
+        if self._trainer is not None:
+            optimizer = optimizer_for_precision(optimizer, str(self.trainer.precision), self.trainer.gradient_clip_val)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Clip as Lightning does, also for a fused optimizer under ``bf16-mixed``.
+
+        Lightning's mixed-precision plugin refuses to clip for any optimizer that could unscale
+        gradients inside its step, but only ``16-mixed`` has a scaler: under ``bf16-mixed`` the
+        gradients are the true ones and the ordinary clipping is exact.
+        """
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and getattr(plugin, "scaler", True) is None:
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, gradient_clip_algorithm or GradClipAlgorithmType.NORM)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
 
 def pixels_to_float(video: Any) -> Any:

@@ -37,3 +37,19 @@ class LinearWarmupDecay(LambdaLR):
             return max(0.0, (total_steps - step) / max(1, total_steps - warm))
 
         super().__init__(optimizer, factor)
+
+
+def optimizer_for_precision(optimizer: Optimizer, precision: str, clip_val: float | None) -> Optimizer:
+    """The optimizer to train with under ``precision``: a fused one is rebuilt as ``foreach`` where it must be.
+
+    Under ``16-mixed`` a gradient scaler multiplies the loss; a fused optimizer divides the scale out
+    inside its own ``step``, so gradient clipping before the step would clip scaled gradients
+    (Lightning refuses the combination). With clipping on, the optimizer is rebuilt with the same
+    arguments and ``fused=False, foreach=True`` (one multi-tensor kernel per step, the next fastest).
+    ``bf16-mixed`` needs no scaler: a fused optimizer is kept and clipping works unchanged
+    (see :meth:`VideoQAModel.configure_gradient_clipping`). Every other case is returned as it is.
+    """
+    if not (precision.startswith("16") and clip_val and optimizer.defaults.get("fused")):
+        return optimizer
+    defaults = {**optimizer.defaults, "fused": False, "foreach": True}
+    return type(optimizer)(optimizer.param_groups, **defaults)

@@ -32,6 +32,10 @@ Generator version 2 (2026-11-23) changed the needle family: in version 1 all thr
 answer colours, so the answer needed the asked shape bound to its colour; no tiny model learned
 that binding from scratch (docs/results/videodistill.md), so it measured nothing.
 
+Generator version 3 (2026-11-29) changed only the encoding: x264's ``cpu-independent`` option, so
+that the same arguments give the same bytes on every machine with the same PyAV build (version 2
+let x264 pick algorithms by the CPU's instruction sets; two machines could differ in a few clips).
+
 The folder holds ``videos/<video_id>.mp4``, ``train.json``, ``val.json``,
 ``test.json`` and ``manifest.json`` (the generation arguments and the sha256
 of every file). On each use the manifest is checked against the files; a file
@@ -64,7 +68,7 @@ from vqa_components.registry import DATASETS
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the generator's output changes, so old caches are not reused.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 CACHE_ENV = "VQA_COMPONENTS_CACHE"
 SPLITS = ("train", "val", "test")
 

@@ -335,13 +335,15 @@ def write_video(
     crf: int = 18,
     preset: str = "veryfast",
     threads: int = 1,
+    cpu_independent: bool = True,
 ) -> Path:
     """Write ``frames`` (``(t, h, w, 3)`` uint8 RGB) as H.264 (libx264, yuv420p) MP4.
 
     The file is written to a temporary name in the same folder and moved into
     place with :func:`os.replace`, so an interrupted write never leaves a
-    half-written ``path``. With ``threads=1`` the output bytes are a pure
-    function of the input (x264 is deterministic single-threaded).
+    half-written ``path``. With ``threads=1`` and ``cpu_independent`` the output bytes are a
+    pure function of the input and of the FFmpeg/x264 build: x264 otherwise picks some
+    algorithms by the CPU's instruction sets, so two machines could write different bytes.
 
     Args:
         path: output file; its suffix picks the container (``.mp4``, ``.mkv``...).
@@ -351,6 +353,7 @@ def write_video(
         crf: x264 constant rate factor (0 = lossless, 18 ~ visually lossless).
         preset: x264 speed preset.
         threads: encoder threads.
+        cpu_independent: x264's ``cpu-independent`` option (same bytes on every CPU).
 
     Returns:
         The written path.
@@ -376,7 +379,10 @@ def write_video(
             stream = container.add_stream("libx264", rate=rate)
             stream.width, stream.height = w, h
             stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf), "preset": preset}
+            options = {"crf": str(crf), "preset": preset}
+            if cpu_independent:
+                options["x264-params"] = "cpu-independent=1"
+            stream.options = options
             stream.codec_context.thread_count = threads
             for frame in frames:
                 video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")

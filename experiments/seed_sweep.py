@@ -1,13 +1,20 @@
-"""Train and test the tiny VideoDistill ablations on synthetic_vqa over several seeds.
+"""Train and test a set of recipes on synthetic_vqa over several seeds.
 
-Runs ``vqa fit`` then ``vqa test --ckpt_path best`` for every recipe in
-``recipes/videodistill/tiny/`` and every seed, several runs at a time, then writes
+Runs ``vqa fit`` then ``vqa test --ckpt_path best`` for every recipe of a set and every seed,
+several runs at a time, then writes the set's results file (every run's test metrics and wall
+time) and its table (mean ± std over seeds, overall and per family), which the results docs quote:
 
-* ``experiments/results/videodistill_tiny.json``: every run's test metrics and wall time,
-* ``docs/results/videodistill_table.md``: mean ± std over seeds, overall and per family,
-  which ``docs/results/videodistill.md`` quotes.
+* ``--set videodistill_tiny``: ``recipes/videodistill/tiny/``, into
+  ``experiments/results/videodistill_tiny.json`` and ``docs/results/videodistill_table.md``;
+* ``--set quickstart``: ``recipes/quickstart*.yaml``, into ``experiments/results/quickstart.json``
+  and ``docs/results/quickstart_table.md``.
 
-    python experiments/videodistill_tiny.py --seeds 0 1 2 --parallel 7 [--accelerator gpu]
+    python experiments/seed_sweep.py --set videodistill_tiny --seeds 0 1 2 --parallel 7 [--accelerator gpu]
+    python experiments/seed_sweep.py --set quickstart --seeds 0 1 2
+    python experiments/seed_sweep.py --set quickstart --seeds 0 --name bf16 -- --trainer.precision=bf16-mixed
+
+Extra ``vqa`` arguments (after ``--``) are recorded with each run; give such a variant its own
+``--name`` so that its results file and table sit beside the set's (``quickstart_bf16.json``).
 
 A sweep can be split over several invocations (or machines): runs already in the results file
 whose recipe file (sha256), seed, extra arguments and ``synthetic_vqa`` generator version are
@@ -33,10 +40,9 @@ from pathlib import Path
 from vqa_components.data.synthetic import GENERATOR_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "recipes" / "videodistill" / "tiny"
 FAMILIES = ("spatial", "motion", "counting", "needle")
 DEVICE = "cpu"  # set in main(): the GPU name when the runs use one
-LABELS = {
+VIDEODISTILL_LABELS = {
     "question_only": "question only (blind video)",
     "a_baseline": "(a) baseline: uniform 8 frames + 3-layer transformer",
     "b_uniform_sampling": "(b) uniform sampling + vision refinement",
@@ -44,6 +50,13 @@ LABELS = {
     "d_no_refinement": "(d) top-K sampling + 3-layer transformer",
     "e_cross_attention": "(e) cross-attention instead of LA-Gate",
     "f_full": "(f) full: top-K sampling + vision refinement",
+}
+#: name -> (recipe folder, {recipe stem: label}, results file, table file)
+SETS = {
+    "videodistill_tiny": (ROOT / "recipes" / "videodistill" / "tiny", VIDEODISTILL_LABELS,
+                          "experiments/results/videodistill_tiny.json", "docs/results/videodistill_table.md"),
+    "quickstart": (ROOT / "recipes", {"quickstart": "quickstart", "quickstart_question_only": "question only (blind video)"},
+                   "experiments/results/quickstart.json", "docs/results/quickstart_table.md"),
 }
 
 
@@ -87,33 +100,38 @@ def mean_std(values: list[float]) -> str:
     return f"{m:.1f} ± {s:.1f}"
 
 
-def table(runs: list[dict]) -> str:
+def table(runs: list[dict], labels: dict[str, str]) -> str:
     lines = [
         "| model | overall | " + " | ".join(FAMILIES) + " | seeds |",
         "|---|---|" + "---|" * len(FAMILIES) + "---|",
     ]
-    for name in LABELS:
+    for name in labels:
         ok = [r["metrics"] for r in runs if r["recipe"] == name and r["metrics"]]
         if not ok:
             continue
         cells = [mean_std([m["test/acc"] for m in ok])]
         cells += [mean_std([m[f"test/acc_{f}"] for m in ok if f"test/acc_{f}" in m]) for f in FAMILIES]
-        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + f" | {len(ok)} |")
+        lines.append(f"| {labels[name]} | " + " | ".join(cells) + f" | {len(ok)} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--set", choices=list(SETS), default="videodistill_tiny")
+    parser.add_argument("--name", default="", help="a variant's suffix for the results and table files")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--recipes", nargs="*", default=list(LABELS))
+    parser.add_argument("--recipes", nargs="*", default=None, help="recipe stems of the set (default: all)")
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--accelerator", default="auto")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "videodistill_tiny")
-    parser.add_argument("--results", type=Path, default=ROOT / "experiments" / "results" / "videodistill_tiny.json")
-    parser.add_argument("--table", type=Path, default=ROOT / "docs" / "results" / "videodistill_table.md")
     parser.add_argument("--fresh", action="store_true", help="ignore the runs already in the results file")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="more vqa arguments, after --")
     args = parser.parse_args()
+    folder, labels, results_file, table_file = SETS[args.set]
+    suffix = f"_{args.name}" if args.name else ""
+    args.results = ROOT / results_file.replace(".json", f"{suffix}.json")
+    args.table = ROOT / table_file.replace(".md", f"{suffix}.md")
+    args.out = ROOT / "runs" / f"{args.set}{suffix}"
+    recipes = args.recipes or list(labels)
     extra = [a for a in args.extra if a != "--"]  # recorded with each run; the accelerator is not
     args.out.mkdir(parents=True, exist_ok=True)
     global DEVICE
@@ -127,12 +145,12 @@ def main() -> int:
     runs: list[dict] = []
     if args.results.is_file() and not args.fresh:  # keep finished runs of unchanged recipes
         for r in json.loads(args.results.read_text()).get("runs", []):
-            recipe = TINY / f"{r['recipe']}.yaml"
+            recipe = folder / f"{r['recipe']}.yaml"
             if r.get("metrics") and recipe.is_file() and r.get("recipe_sha256") == recipe_digest(recipe) \
                     and r.get("extra") == extra and r.get("generator_version", 1) == GENERATOR_VERSION:
                 runs.append(r)
     done = {(r["recipe"], r["seed"]) for r in runs}
-    jobs = [(TINY / f"{name}.yaml", seed) for seed in args.seeds for name in args.recipes if (name, seed) not in done]
+    jobs = [(folder / f"{name}.yaml", seed) for seed in args.seeds for name in recipes if (name, seed) not in done]
     print(f"{len(runs)} runs kept from {args.results}, {len(jobs)} to run", flush=True)
     start = time.time()
     lock = threading.Lock()
@@ -151,8 +169,9 @@ def main() -> int:
         args.results.write_text(json.dumps(result, indent=1) + "\n")
         args.table.parent.mkdir(parents=True, exist_ok=True)
         args.table.write_text(
-            f"<!-- written by experiments/videodistill_tiny.py on {result['date']}, "
-            f"devices: {', '.join(result['devices'])} -->\n" + table(runs)
+            f"<!-- written by experiments/seed_sweep.py --set {args.set}{' --name ' + args.name if args.name else ''}"
+            f" on {result['date']}, devices: {', '.join(result['devices'])}, synthetic_vqa generator version "
+            f"{GENERATOR_VERSION}{', extra arguments: ' + ' '.join(extra) if extra else ''} -->\n" + table(runs, labels)
         )
 
     def job(recipe_seed: tuple[Path, int]) -> None:
@@ -164,7 +183,7 @@ def main() -> int:
     with ThreadPoolExecutor(max(1, args.parallel)) as pool:
         list(pool.map(job, jobs))
     write()
-    print(table(runs))
+    print(table(runs, labels))
     return 0 if all(r["returncode"] == 0 for r in runs) else 1
 
 
