@@ -92,3 +92,38 @@ def test_recipe_profiles(recipe):
     report = json.loads(out.strip().splitlines()[-1])
     assert report["params"] >= report["trainable_params"] > 0
     assert report["gflops"] == pytest.approx(2 * report["gmacs"])
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_trainable_parameter_learns_and_frozen_parts_stay_out_of_the_optimizer(recipe, tiny_data):
+    """What DDP needs without ``find_unused_parameters``: one training step reaches every trainable
+    parameter; frozen parts get no gradient and are not given to the optimizer."""
+    import torch
+
+    from vqa_components.cli import release, run_cli
+
+    args = ["--config", str(ROOT / recipe), "--data.num_workers=0"]
+    if is_paper_scale(recipe):
+        args += SHRINK_PAPER + ["--model.backbone.init_args.image_size=32"]
+        if yaml.safe_load((ROOT / recipe).read_text())["model"]["head"].get("name") == "answer_classifier":
+            args.append("--model.head.init_args.num_answers=16")
+    else:
+        args += tiny_data
+    cli = run_cli(args, run=False)
+    model, dm = cli.model, cli.datamodule
+    release(cli)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    model.train()
+    out = model(batch)
+    model._loss(batch, out, "train").backward()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    no_grad = sorted(n for n, p in model.named_parameters() if p.requires_grad and p.grad is None)
+    assert not no_grad, f"parameters that one step never reaches (DDP would fail on them): {no_grad[:10]}"
+    for name in model.frozen_parts:
+        part = getattr(model, name)
+        assert not any(p.requires_grad or p.grad is not None for p in part.parameters()), name
+    optimizer = model.configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    given = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert given == {id(p) for n, p in model.named_parameters() if n in trainable}

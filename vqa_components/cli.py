@@ -16,7 +16,6 @@ printed as one line and exit with status 2.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -92,70 +91,6 @@ def find_checkpoint(root: str | Path, which: str) -> str:
 
 # ------------------------------------------------------------------ LightningCLI
 
-
-def _build_cli_class() -> type:
-    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-    from lightning.pytorch.cli import LightningCLI
-
-    class TestMetricsWriter(Callback):
-        """Writes the final test metrics to ``<default_root_dir>/test_metrics.json`` and prints a table."""
-
-        def on_test_end(self, trainer: Any, pl_module: Any) -> None:
-            if not trainer.is_global_zero:
-                return
-            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-            path = Path(trainer.default_root_dir) / "test_metrics.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-            rows = [("overall", metrics["test/acc"])] if "test/acc" in metrics else []
-            rows += sorted((k[len("test/acc_") :], v) for k, v in metrics.items() if k.startswith("test/acc_"))
-            if rows:
-                width = max(15, *(len(r[0]) for r in rows))
-                print(f"\n{'question family'.ljust(width)}  test accuracy")
-                for name, value in rows:
-                    print(f"{name.ljust(width)}  {100 * value:12.2f} %")
-            print(f"test metrics written to {path}")
-
-    class VQACLI(LightningCLI):
-        def add_arguments_to_parser(self, parser: Any) -> None:
-            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-            parser.set_defaults(
-                {
-                    "checkpoint.monitor": "val/acc",
-                    "checkpoint.mode": "max",
-                    "checkpoint.save_last": True,
-                    "checkpoint.filename": "best-{epoch:02d}",
-                    "checkpoint.enable_version_counter": False,
-                }
-            )
-
-        def before_instantiate_classes(self) -> None:
-            cfg = self.config[self.subcommand] if self.subcommand else self.config
-            root = cfg.trainer.default_root_dir or "runs/default"
-            cfg.trainer.default_root_dir = root
-            if cfg.checkpoint.dirpath is None:
-                cfg.checkpoint.dirpath = str(Path(root) / "checkpoints")
-            if cfg.trainer.get("fast_dev_run"):
-                # fast_dev_run promises no checkpoints, but Lightning 2.6's ModelCheckpoint.on_train_end
-                # still writes last.ckpt when save_last is set (a full copy of the model on disk).
-                cfg.checkpoint.save_last = False
-            if cfg.trainer.logger is None or cfg.trainer.logger is True:
-                cfg.trainer.logger = {
-                    "class_path": "lightning.pytorch.loggers.CSVLogger",
-                    "init_args": {"save_dir": root, "name": "logs"},
-                }
-            ckpt = cfg.get("ckpt_path")
-            if ckpt in ("best", "last") and self.subcommand in ("validate", "test", "predict"):
-                cfg.ckpt_path = find_checkpoint(root, ckpt)
-
-        def instantiate_trainer(self, **kwargs: Any) -> Any:
-            trainer = super().instantiate_trainer(**kwargs)
-            trainer.callbacks.append(TestMetricsWriter())
-            return trainer
-
-    return VQACLI
-
-
 def run_cli(args: list[str], run: bool = True) -> Any:
     from vqa_components.data.datamodule import VideoQADataModule
     from vqa_components.model import VideoQAModel
@@ -165,7 +100,9 @@ def run_cli(args: list[str], run: bool = True) -> Any:
     # command line, whole and as the user wrote it (recipe paths included), not the caller's.
     sys.argv = [sys.argv[0], *args]
     try:
-        return _build_cli_class()(
+        from vqa_components.lightning_cli import VQACLI
+
+        return VQACLI(
             VideoQAModel,
             VideoQADataModule,
             args=preprocess_args(args),

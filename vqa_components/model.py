@@ -29,7 +29,6 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
 
 from vqa_components.data.feature_cache import FeatureCache
 from vqa_components.interfaces import (
@@ -45,6 +44,7 @@ from vqa_components.interfaces import (
     TextFeatures,
     VideoFeatures,
 )
+from vqa_components.metrics import GroupedAccuracy
 from vqa_components.optim import optimizer_for_precision
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class VideoQAModel(pl.LightningModule):
             self.feature_cache = FeatureCache(feature_cache, self.backbone, dtype=feature_cache_dtype)  # type: ignore[arg-type]
         self.answer_vocab: list[str] = []
         self.families: list[str] = []
-        self._acc: dict[str, nn.ModuleDict] = {}
+        self._acc: dict[str, GroupedAccuracy] = {}
         self.skipped_samples: list[Any] = []
 
     # ------------------------------------------------------------- assembly
@@ -249,42 +249,31 @@ class VideoQAModel(pl.LightningModule):
         loss = self._loss(batch, out, stage)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=_batch_size(batch), sync_dist=True)
         if self._has_answers(batch):
-            correct = (out.logits.argmax(-1) == batch["answer_idx"]).float()
-            metrics = self._accuracy_metrics(stage)
-            metrics["all"].update(correct)
-            for fam in set(batch.get("family", [])):
-                key = _family_key(fam)
-                if key not in metrics:
-                    metrics[key] = MeanMetric().to(self.device)
-                sel = torch.tensor([f == fam for f in batch["family"]], device=correct.device)
-                metrics[key].update(correct[sel])
+            correct = out.logits.argmax(-1) == batch["answer_idx"]
+            self._accuracy(stage).update(correct, batch.get("family"))
 
-    def _accuracy_metrics(self, stage: str) -> nn.ModuleDict:
-        if stage not in self._acc:
-            metrics = nn.ModuleDict({"all": MeanMetric()})
-            for fam in self.families:  # known families first, so every rank has the same metrics
-                metrics[_family_key(fam)] = MeanMetric()
-            self._acc[stage] = metrics.to(self.device)
+    def _accuracy(self, stage: str) -> GroupedAccuracy:
+        if stage not in self._acc:  # the families are known at setup, so every rank has the same states
+            self._acc[stage] = GroupedAccuracy(self.families).to(self.device)
         return self._acc[stage]
 
     def _log_accuracy(self, stage: str) -> None:
-        metrics = self._acc.pop(stage, None)
-        if metrics is None:
-            return
-        for key, metric in metrics.items():
-            if metric.update_count == 0 and key != "all":
-                continue
-            name = f"{stage}/acc" if key == "all" else f"{stage}/acc_{key}"
-            self.log(name, metric.compute(), prog_bar=key == "all", sync_dist=False)
+        metric = self._acc.pop(stage, None)
+        if metric is not None:
+            # compute() sums the counts over all ranks (every rank calls it, once), so the values
+            # are already global: logging them needs no second reduction
+            for key, value in metric.compute().items():
+                self.log(f"{stage}/{key}", value.float(), prog_bar=key == "acc", sync_dist=False)
         self._report_skips(stage)
 
     def _report_skips(self, stage: str) -> None:
-        if self.skipped_samples:
-            n = len(self.skipped_samples)
+        n = len(self.skipped_samples)
+        if n:
             shown = "; ".join(str(s) for s in self.skipped_samples[:5])
             log.warning("%s epoch: skipped %d unreadable video(s): %s%s", stage, n, shown, " ..." if n > 5 else "")
-            self.log(f"{stage}/skipped_videos", float(n), sync_dist=True, reduce_fx="sum")
-            self.skipped_samples = []
+        # logged on every rank, 0 included: the sum across ranks is a collective every rank must join
+        self.log(f"{stage}/skipped_videos", float(n), sync_dist=True, reduce_fx="sum")
+        self.skipped_samples = []
 
     def on_train_epoch_end(self) -> None:
         self._report_skips("train")
@@ -375,10 +364,6 @@ def pixels_to_float(video: Any) -> Any:
     if isinstance(video, tuple):
         return tuple(pixels_to_float(v) for v in video)
     return video
-
-
-def _family_key(family: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in str(family).lower())
 
 
 def _batch_size(batch: dict[str, Any]) -> int:

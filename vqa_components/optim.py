@@ -1,10 +1,12 @@
-"""Learning-rate schedules that recipes can name by ``class_path``.
+"""Learning-rate schedules that recipes can name by ``class_path``, and the optimizer's fit to the precision.
 
 ``VideoQAModel`` steps its scheduler after every optimizer step, so the
 lengths below are in optimizer steps.
 """
 
 from __future__ import annotations
+
+import inspect
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -51,5 +53,7 @@ def optimizer_for_precision(optimizer: Optimizer, precision: str, clip_val: floa
     """
     if not (precision.startswith("16") and clip_val and optimizer.defaults.get("fused")):
         return optimizer
-    defaults = {**optimizer.defaults, "fused": False, "foreach": True}
-    return type(optimizer)(optimizer.param_groups, **defaults)
+    switch = {"fused": False, "foreach": True}
+    accepted = inspect.signature(type(optimizer)).parameters
+    defaults = {k: v for k, v in {**optimizer.defaults, **switch}.items() if k in accepted}
+    return type(optimizer)([{**group, **switch} for group in optimizer.param_groups], **defaults)

@@ -87,3 +87,20 @@ def test_bad_video_skip_is_counted_per_epoch(tmp_path):
     batch = collate_videoqa([ds[i] for i in range(len(ds))])
     assert batch["batch_size"] == 4 and batch["num_skipped"] == 2
     assert any("v2.mp4" in s for s in batch["skipped"]) and any("v5.mp4" in s for s in batch["skipped"])
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_evaluation_loaders_under_ddp_cover_every_sample_exactly_once(world_size, tmp_path):
+    """Ranks' shards of val/test/predict are disjoint and complete (no padding by repetition)."""
+    from types import SimpleNamespace
+
+    dm = VideoQADataModule("synthetic_vqa", dict(SMALL, root=str(tmp_path)), batch_size=4, num_workers=0)
+    n = len(dm.dataset("test"))
+    seen: list[int] = []
+    for rank in range(world_size):
+        dm.trainer = SimpleNamespace(world_size=world_size, global_rank=rank)
+        seen += list(iter(dm.test_dataloader().sampler))
+        assert len(list(iter(dm.val_dataloader().sampler))) in (16 // world_size, 16 // world_size + 1)
+    assert sorted(seen) == list(range(n))
+    dm.trainer = SimpleNamespace(world_size=world_size, global_rank=0)
+    assert not hasattr(dm.train_dataloader().sampler, "rank")  # training: Lightning's DistributedSampler

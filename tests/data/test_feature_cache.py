@@ -216,6 +216,41 @@ def test_concurrent_writers_of_one_entry(tmp_path):
     assert torch.equal(a.load("k")[0], first)
 
 
+WRITER = """
+import sys, torch
+from vqa_components.backbones.open_clip import OpenClipBackbone
+from vqa_components.data.feature_cache import FeatureCache
+torch.manual_seed(0)
+bb = OpenClipBackbone("tiny", model_config=%r)
+cache = FeatureCache(sys.argv[1], bb, dtype="float32")
+rank = int(sys.argv[2])
+for i in range(40):  # both writers race for every shared key; each also writes keys of its own
+    value = torch.full((2, 16, 32), float(i))
+    cache.save(f"shared{i}", value, value[:, 0])
+    cache.save(f"own{rank}-{i}", value + rank, value[:, 0] + rank)
+    tokens, _ = cache.load(f"shared{i}")
+    assert torch.equal(tokens, value), i
+print("ok")
+""" % (TINY,)
+
+
+def test_two_processes_writing_one_cache_at_once(tmp_path):
+    import subprocess
+    import sys
+
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(r)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 and "ok" in o[0] for p, o in zip(procs, outs)), [o[1][-2000:] for o in outs]
+    cache = FeatureCache(tmp_path, tiny_backbone(), dtype="float32")
+    assert len(cache.keys()) == 40 * 3
+    for i in range(40):
+        assert torch.equal(cache.load(f"shared{i}")[0], torch.full((2, 16, 32), float(i)))
+        for r in range(2):
+            assert torch.equal(cache.load(f"own{r}-{i}")[1], torch.full((2, 32), float(i + r)))
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".tmp-")]
+
+
 # ---------------------------------------------------------- model integration
 
 

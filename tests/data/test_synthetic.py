@@ -37,6 +37,50 @@ def test_generation_is_deterministic_across_folders(tmp_path):
     assert ma == mb  # same sha256 for every video
 
 
+#: sha256 of the manifest's file table for SMALL, per PyAV release (each bundles its own FFmpeg and
+#: x264, whose bytes may differ by design). Recorded on an AMD EPYC; with x264's cpu-independent
+#: option every CPU must write the same bytes. A new PyAV release: add its line (check two machines).
+MANIFEST_SHA256 = {"18.1.0": "935e39fe166bfed8a833fed929f6b95a8dba3a0bdff22c172940759f246be075"}
+
+
+def test_generated_bytes_match_the_reference_of_this_pyav_release(tmp_path):
+    import hashlib
+
+    import av
+
+    if av.__version__ not in MANIFEST_SHA256:
+        pytest.skip(f"no reference bytes recorded for PyAV {av.__version__} (its FFmpeg/x264 may encode differently)")
+    folder = ensure_generated(SyntheticConfig(**SMALL), tmp_path, workers=2)
+    files = json.loads((folder / "manifest.json").read_text())["files"]
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    assert digest == MANIFEST_SHA256[av.__version__]
+
+
+GENERATE = (
+    "import sys; from vqa_components.data.synthetic import SyntheticConfig, ensure_generated; "
+    "print(ensure_generated(SyntheticConfig(num_train=32, num_val=16, num_test=16, clip_frames=32, clip_size=32), "
+    "sys.argv[1], workers=2))"
+)
+
+
+def test_two_processes_generating_one_folder_at_once(tmp_path):
+    import subprocess
+    import sys
+
+    procs = [subprocess.Popen([sys.executable, "-c", GENERATE, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    assert outs[0][0] == outs[1][0]
+    assert sum("generating 64 clips" in o[1] for o in outs) == 1  # one generated, the other waited and reused
+    folder = ensure_generated(SyntheticConfig(**SMALL), tmp_path, workers=1)
+    assert folder.as_posix() == outs[0][0].strip()
+    reference = ensure_generated(SyntheticConfig(**SMALL), tmp_path / "alone", workers=1)
+    for name in ("manifest.json", "train.json", "val.json", "test.json"):
+        assert (folder / name).read_bytes() == (reference / name).read_bytes(), name
+    assert not list(folder.rglob("*.tmp*"))
+
+
 def test_seed_changes_the_data():
     f0, r0 = generate_sample(SyntheticConfig(seed=0, **SMALL), "train", 3)
     f1, r1 = generate_sample(SyntheticConfig(seed=1, **SMALL), "train", 3)

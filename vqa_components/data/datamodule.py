@@ -21,6 +21,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -148,10 +149,18 @@ class VideoQADataModule(pl.LightningDataModule):
         split = self.splits[key]
         if split is None:
             raise ValueError(f"data: no split configured for {key} ({key}_split is null)")
+        dataset = self.dataset(split)
+        sampler = None
+        trainer = self.trainer
+        if key != "fit" and trainer is not None and trainer.world_size > 1:
+            # Lightning's default DistributedSampler repeats samples so that every rank has as many;
+            # evaluation counts each sample once instead (ranks may then differ by one batch)
+            sampler = UnrepeatedDistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=False)
         return DataLoader(
-            self.dataset(split),
+            dataset,
             batch_size=self.batch_size if key == "fit" else self.eval_batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else False,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             collate_fn=collate_videoqa,

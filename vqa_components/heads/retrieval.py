@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqa_components.interfaces import FusionOutput, Head, HeadOutput, TextFeatures
+from vqa_components.layers.precision import float32_region
 from vqa_components.registry import HEADS
 
 
@@ -79,9 +80,10 @@ class RetrievalHead(Head):
 
     @staticmethod
     def similarity(video_emb: Tensor, text_emb: Tensor) -> Tensor:
-        """Cosine similarity matrix ``(b_v, b_t)`` of two sets of embeddings (no temperature)."""
-        return F.normalize(video_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T
+        """Cosine similarity matrix ``(b_v, b_t)`` of two sets of embeddings (no temperature), float32 also under autocast."""
+        with float32_region(video_emb.device):
+            return F.normalize(video_emb.float(), dim=-1) @ F.normalize(text_emb.float(), dim=-1).T
 
     def forward(self, fused: FusionOutput, text: TextFeatures) -> HeadOutput:
         sim = self.similarity(self.embed_video(fused.pooled), self.embed_text(text.cls))
-        return HeadOutput(logits=sim * self.scale)
+        return HeadOutput(logits=sim * self.scale.float())

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqa_components.interfaces import ModelOutput, Objective
+from vqa_components.layers.precision import float32_region
 from vqa_components.objectives.vtm import matched_pairs
 from vqa_components.registry import OBJECTIVES
 
@@ -69,10 +70,10 @@ class MatchedPairContrastive(Objective):
             self.text_proj = nn.Linear(text_dim, dim)
 
     def similarity(self, video: Tensor, text: Tensor) -> Tensor:
-        """``(b, video_dim), (b, text_dim) -> (b, b)`` cosine similarities ``s_ij``."""
-        v = F.normalize(self.video_proj(video).float(), dim=-1)
-        t = F.normalize(self.text_proj(text).float(), dim=-1)
-        return v @ t.T
+        """``(b, video_dim), (b, text_dim) -> (b, b)`` cosine similarities ``s_ij``, float32 also under autocast."""
+        v, t = self.video_proj(video).float(), self.text_proj(text).float()
+        with float32_region(v.device):
+            return F.normalize(v, dim=-1) @ F.normalize(t, dim=-1).T
 
     def forward(self, model: nn.Module, batch: dict[str, Any], out: ModelOutput) -> dict[str, Tensor]:
         rows, _ = matched_pairs(model, batch, out)
@@ -81,6 +82,7 @@ class MatchedPairContrastive(Objective):
             return {"loss": zero, "acc": zero.detach()}
         s = self.similarity(out.fused.pooled[rows], out.text.cls[rows])
         target = torch.arange(len(rows), device=s.device)
-        loss = F.cross_entropy(s / self.temperature, target)
+        with float32_region(s.device):
+            loss = F.cross_entropy(s / self.temperature, target)
         acc = (s.argmax(-1) == target).float().mean()
         return {"loss": loss, "acc": acc.detach()}

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vqa_components.interfaces import SamplerOutput, TextFeatures, VideoFeatures
+from vqa_components.layers.precision import float32_region
 from vqa_components.registry import SAMPLERS
 from vqa_components.samplers._frame_scorer import ScoredSampler
 
@@ -35,7 +36,7 @@ def straight_through_select(
 
     Returns ``(mask (b, K, N), y_soft (b, K, N), indices (b, K))``.
     """
-    with torch.autocast(device_type=logits.device.type, enabled=False):
+    with float32_region(logits.device):
         x = logits.float()
         if noise:
             x = x + gumbel_noise(x)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import torch
-
 from vqa_components.interfaces import SamplerOutput, TextFeatures, VideoFeatures
+from vqa_components.layers.precision import float32_region
 from vqa_components.registry import SAMPLERS
 from vqa_components.samplers._frame_scorer import ScoredSampler
 
@@ -61,6 +60,6 @@ class SoftSampler(ScoredSampler):
 
     def forward(self, video: VideoFeatures, text: TextFeatures) -> SamplerOutput:
         logits, gates = self.score(video, text)
-        with torch.autocast(device_type=logits.device.type, enabled=False):
+        with float32_region(logits.device):
             weights = (logits.float() / self.tau).softmax(-1)
         return self.select(video, weights, weights.argmax(-1), logits, gates)

@@ -1,0 +1,73 @@
+"""GroupedAccuracy: hand-counted values, unknown groups, and the sum across 2 real gloo processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from vqa_components.metrics import GroupedAccuracy
+
+
+def test_counts_overall_and_per_group():
+    m = GroupedAccuracy(["spatial", "Motion Q"])
+    m.update(torch.tensor([True, False, True]), ["spatial", "spatial", "Motion Q"])
+    m.update(torch.tensor([False, True]), ["Motion Q", "other"])  # "other" is not a group: overall only
+    out = m.compute()
+    assert out["acc"].item() == pytest.approx(3 / 5) and out["num_samples"].item() == 5
+    assert out["acc_spatial"].item() == pytest.approx(1 / 2)
+    assert out["acc_motion_q"].item() == pytest.approx(1 / 2)
+    assert "acc_other" not in out
+
+
+def test_a_group_without_samples_is_not_reported_and_empty_is_zero():
+    m = GroupedAccuracy(["a", "b"])
+    with pytest.warns(UserWarning, match="before the ``update``"):
+        assert m.compute()["num_samples"].item() == 0
+    m.update(torch.tensor([1, 1]), ["a", "a"])
+    out = m.compute()
+    assert out["acc_a"].item() == 1.0 and "acc_b" not in out
+
+
+def test_length_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="3 answers but 2 groups"):
+        GroupedAccuracy(["a"]).update(torch.tensor([1, 0, 1]), ["a", "a"])
+
+
+WORKER = textwrap.dedent(
+    """
+    import json, os, sys, torch, torch.distributed as dist
+    from vqa_components.metrics import GroupedAccuracy
+    rank = int(sys.argv[1])
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=rank, world_size=2)
+    m = GroupedAccuracy(["spatial", "motion", "needle"])
+    if rank == 0:   # rank 0 never sees motion or needle
+        m.update(torch.tensor([True, True, False]), ["spatial"] * 3)
+    else:           # rank 1 never sees spatial
+        m.update(torch.tensor([True, False, False, True, True]), ["motion", "motion", "needle", "needle", "needle"])
+    print(json.dumps({k: float(v) for k, v in m.compute().items()}))
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_two_processes_with_disjoint_groups_reduce_to_the_global_counts():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(r), port], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for r in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    results = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
+    assert results[0] == results[1]  # every rank computes the same totals
+    r = results[0]
+    assert r["num_samples"] == 8 and r["acc"] == pytest.approx(5 / 8)
+    assert r["acc_spatial"] == pytest.approx(2 / 3) and r["acc_motion"] == pytest.approx(1 / 2)
+    assert r["acc_needle"] == pytest.approx(2 / 3)

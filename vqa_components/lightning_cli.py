@@ -1,0 +1,99 @@
+"""The LightningCLI behind ``vqa fit/validate/test/predict``, and the callback that writes test metrics.
+
+Module-level classes (not built inside a function) so that ``ddp_spawn`` can pickle the trainer
+and its callbacks. Importing it filters Lightning's noise (:func:`quiet_lightning`). Imported by :mod:`vqa_components.cli` only when a Lightning subcommand runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from vqa_components.cli import find_checkpoint
+
+#: Lightning messages that are not the user's business: internal deprecations, an advert, and the
+#: advice to reduce epoch-level metrics across ranks, which VideoQAModel's metrics already are.
+_NOISE = (
+    r".*isinstance\(treespec, LeafSpec\)",
+    r"It is recommended to use `self.log\('(val|test)/(acc|num_samples)",
+    r"LightningCLI's args parameter is intended to run from within Python",
+)
+
+
+class _NoAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_lightning() -> None:
+    """Filter what in Lightning's output is not the user's business; keep everything else."""
+    for pattern in _NOISE:
+        warnings.filterwarnings("ignore", message=pattern)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+
+
+quiet_lightning()  # at import: also in the processes that ddp_spawn starts, which unpickle this module
+
+class TestMetricsWriter(Callback):
+    """Writes the final test metrics to ``<default_root_dir>/test_metrics.json`` and prints a table."""
+
+    def on_test_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        path = Path(trainer.default_root_dir) / "test_metrics.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        rows = [("overall", metrics["test/acc"])] if "test/acc" in metrics else []
+        rows += sorted((k[len("test/acc_") :], v) for k, v in metrics.items() if k.startswith("test/acc_"))
+        if rows:
+            width = max(15, *(len(r[0]) for r in rows))
+            print(f"\n{'question family'.ljust(width)}  test accuracy")
+            for name, value in rows:
+                print(f"{name.ljust(width)}  {100 * value:12.2f} %")
+        if "test/num_samples" in metrics:
+            print(f"samples evaluated: {int(metrics['test/num_samples'])}")
+        print(f"test metrics written to {path}")
+
+class VQACLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/acc",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-{epoch:02d}",
+                "checkpoint.enable_version_counter": False,
+            }
+        )
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        root = cfg.trainer.default_root_dir or "runs/default"
+        cfg.trainer.default_root_dir = root
+        if cfg.checkpoint.dirpath is None:
+            cfg.checkpoint.dirpath = str(Path(root) / "checkpoints")
+        if cfg.trainer.get("fast_dev_run"):
+            # fast_dev_run promises no checkpoints, but Lightning 2.6's ModelCheckpoint.on_train_end
+            # still writes last.ckpt when save_last is set (a full copy of the model on disk).
+            cfg.checkpoint.save_last = False
+        if cfg.trainer.logger is None or cfg.trainer.logger is True:
+            cfg.trainer.logger = {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": root, "name": "logs"},
+            }
+        ckpt = cfg.get("ckpt_path")
+        if ckpt in ("best", "last") and self.subcommand in ("validate", "test", "predict"):
+            cfg.ckpt_path = find_checkpoint(root, ckpt)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(TestMetricsWriter())
+        return trainer
