@@ -94,6 +94,10 @@ class VQACLI(LightningCLI):
             cfg.ckpt_path = find_checkpoint(root, ckpt)
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        trainer = super().instantiate_trainer(**kwargs)
+        callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        if config.get("enable_checkpointing") is False:  # the recipe's checkpoint callback would contradict it
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        trainer = self._instantiate_trainer(config, callbacks)
         trainer.callbacks.append(TestMetricsWriter())
         return trainer

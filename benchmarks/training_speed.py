@@ -1,0 +1,197 @@
+"""Training speed of the quickstart and of the tiny VideoDistill full model: fp32 against bf16-mixed, and
+DDP with 2 processes against 1, all through the ``vqa`` command in one run on one machine.
+
+For each (recipe, precision, processes) it runs ``vqa fit`` for ``--steps`` optimizer steps
+(no validation) with a callback that times the steps after ``--warmup`` (``_step_timer.py``), and
+reports training samples per second; the ratios (bf16 / fp32, 2 processes / 1) compare figures
+of the same run. ``--profile`` adds the operators that take the time in one fp32 and one bf16
+training step of each recipe (``torch.profiler``, in this process). Test accuracy after the full
+recipe comes from the seed sweeps (``experiments/seed_sweep.py``), whose results files are read
+and quoted with their source. Writes ``benchmarks/results/training_speed.json`` and a PNG::
+
+    python benchmarks/training_speed.py                # about 10 min on 2 idle CPU cores
+    python benchmarks/training_speed.py --steps 8 --recipes quickstart   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = {
+    "quickstart": "recipes/quickstart.yaml",
+    "videodistill_tiny_f_full": "recipes/videodistill/tiny/f_full.yaml",
+}
+#: where the accuracy after the full recipe comes from: (sweep results file, recipe stem)
+ACCURACY = {
+    ("quickstart", "32-true"): ("experiments/results/quickstart.json", "quickstart"),
+    ("quickstart", "bf16-mixed"): ("experiments/results/quickstart_bf16.json", "quickstart"),
+    ("videodistill_tiny_f_full", "32-true"): ("experiments/results/videodistill_tiny_v3.json", "f_full"),
+    ("videodistill_tiny_f_full", "bf16-mixed"): ("experiments/results/videodistill_tiny_v3_bf16.json", "f_full"),
+}
+CONFIGS = [("32-true", 1), ("bf16-mixed", 1), ("32-true", 2)]
+
+
+def vqa_command() -> str:
+    exe = Path(sys.executable).with_name("vqa")
+    if not exe.is_file():
+        raise SystemExit(f"the vqa command is not installed next to {sys.executable}: pip install -e .")
+    return str(exe)
+
+
+def time_training(recipe: str, precision: str, devices: int, steps: int, warmup: int, out: Path) -> dict:
+    timing = out / f"{Path(recipe).stem}_{precision}_{devices}.json"
+    args = [vqa_command(), "fit", "--config", str(ROOT / recipe), f"--trainer.default_root_dir={out}/run",
+            f"--trainer.precision={precision}", f"--trainer.devices={devices}", "--trainer.accelerator=cpu",
+            f"--trainer.max_steps={steps + warmup}", "--trainer.limit_val_batches=0",
+            "--trainer.enable_progress_bar=false", "--trainer.logger=false", "--checkpoint.save_last=false",
+            "--trainer.enable_checkpointing=false",
+            f"--trainer.callbacks+={{class_path: _step_timer.StepTimer, init_args: {{out: {timing}, warmup: {warmup}}}}}"]
+    if devices > 1:
+        args.append("--trainer.strategy=ddp")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")]))
+    start = time.time()
+    res = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env)
+    if res.returncode != 0 or not timing.is_file():
+        raise SystemExit(f"{' '.join(args[:4])} failed:\n{res.stderr[-3000:]}")
+    t = json.loads(timing.read_text())
+    row = {"precision": precision, "processes": devices, "steps": t["steps"], "seconds": round(t["seconds"], 3),
+           "samples_per_s": round(t["samples"] / t["seconds"], 2), "wall_s_with_startup": round(time.time() - start, 1)}
+    print(f"{Path(recipe).stem:12s} {precision:10s} x{devices}: {row['samples_per_s']:8.2f} samples/s", flush=True)
+    return row
+
+
+def profile_step(recipe: str, top: int = 6) -> dict:
+    """The operators that take the time in one training step, fp32 and bf16 autocast (this process)."""
+    import torch
+
+    from vqa_components.cli import release, run_cli
+
+    cli = run_cli(["--config", str(ROOT / recipe), "--data.num_workers=0"], run=False)
+    model, dm = cli.model, cli.datamodule
+    release(cli)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    model.train()
+    model.log = lambda *a, **k: None  # no trainer here
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], fused=True)
+    report = {}
+    for name, bf16 in (("32-true", False), ("bf16-mixed", True)):
+        def step() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = model._loss(batch, model(batch), "train")
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+
+        step()
+        with torch.profiler.profile() as prof:
+            start = time.perf_counter()
+            step()
+            seconds = time.perf_counter() - start
+        ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in ops) or 1
+        report[name] = {"step_s": round(seconds, 3), "top_ops": [
+            {"op": e.key, "share": round(e.self_cpu_time_total / total, 3), "ms": round(e.self_cpu_time_total / 1e3, 1)}
+            for e in ops[:top]]}
+    return report
+
+
+def accuracy(recipe_key: str, precision: str) -> dict | None:
+    source = ACCURACY.get((recipe_key, precision))
+    if source is None or not (ROOT / source[0]).is_file():
+        return None
+    runs = [r for r in json.loads((ROOT / source[0]).read_text())["runs"] if r["recipe"] == source[1] and r["metrics"]]
+    if not runs:
+        return None
+    accs = [r["metrics"]["test/acc"] for r in runs]
+    return {"test_acc_mean": round(sum(accs) / len(accs), 4), "seeds": [r["seed"] for r in runs], "source": source[0],
+            "generator_version": runs[0].get("generator_version")}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["recipes"])
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        rows = result["recipes"][name]["speed"]
+        labels = [f"{r['precision']}\n{r['processes']} proc." for r in rows]
+        ax.bar(labels, [r["samples_per_s"] for r in rows], color=["#4c72b0", "#dd8452", "#55a868"][: len(rows)])
+        ax.set_title(name)
+        ax.set_ylabel("training samples / s")
+    fig.suptitle(f"{result['cpu']} ({result['cpu_count']} cores), {result['date'][:10]}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return sorted(f for f in flags if f.startswith(("avx", "amx")))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
+    parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps per configuration")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--no-profile", dest="profile", action="store_false")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "training_speed.json")
+    args = parser.parse_args()
+    import torch
+
+    result: dict = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu_name(), "cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(),
+        "torch": torch.__version__, "python": platform.python_version(),
+        "steps": args.steps, "warmup": args.warmup, "recipes": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for key in args.recipes:
+            recipe = RECIPES[key]
+            rows = [time_training(recipe, p, d, args.steps, args.warmup, Path(tmp)) for p, d in CONFIGS]
+            speed = {(r["precision"], r["processes"]): r["samples_per_s"] for r in rows}
+            entry = {
+                "recipe": recipe, "speed": rows,
+                "bf16_over_fp32": round(speed[("bf16-mixed", 1)] / speed[("32-true", 1)], 3),
+                "ddp2_over_1": round(speed[("32-true", 2)] / speed[("32-true", 1)], 3),
+                "accuracy": {p: accuracy(key, p) for p in ("32-true", "bf16-mixed")},
+            }
+            if args.profile:
+                entry["profile"] = profile_step(recipe)
+            result["recipes"][key] = entry
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, args.out.with_suffix(".png"))
+    print(f"written {args.out} and {args.out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
