@@ -60,7 +60,7 @@ def time_training(recipe: str, precision: str, devices: int, steps: int, warmup:
         args.append("--trainer.strategy=ddp")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")]))
     start = time.time()
-    res = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env)
+    res = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env, check=False)
     if res.returncode != 0 or not timing.is_file():
         raise SystemExit(f"{' '.join(args[:4])} failed:\n{res.stderr[-3000:]}")
     t = json.loads(timing.read_text())
@@ -86,7 +86,7 @@ def profile_step(recipe: str, top: int = 6) -> dict:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], fused=True)
     report = {}
     for name, bf16 in (("32-true", False), ("bf16-mixed", True)):
-        def step() -> None:
+        def step(bf16: bool = bf16) -> None:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = model._loss(batch, model(batch), "train")
             loss.backward()

@@ -58,8 +58,8 @@ SHRINK_PAPER = [
     "--data.dataset_args={num_train: 32, num_val: 16, num_test: 16, clip_frames: 32, num_frames: 16, frame_size: 32}",
     "--data.batch_size=2",
     "--data.num_workers=0",
-    "--trainer.precision=32-true",
-]
+    "--trainer.precision=32-true",  # bf16-mixed: tests/test_mixed_precision.py, on the tiny recipes'
+]  # parts (the full-width towers take minutes per step in bf16 on a CPU without bf16 instructions)
 
 
 @pytest.mark.slow
