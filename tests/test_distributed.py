@@ -79,3 +79,23 @@ def test_explain_with_a_ddp_strategy_runs_in_one_process(tmp_path):
               "--trainer.strategy=ddp", "--trainer.devices=2", "--out", str(tmp_path / "x.png"))
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "x.png").is_file()
+
+
+@pytest.mark.slow
+def test_torchrun_launch_fit_and_predict(tmp_path):
+    """What a multi-node launch runs on each node: ``torchrun ... vqa fit`` (Lightning sees the
+    variables torchrun sets and launches nothing itself), here 2 processes on one CPU node."""
+    exe = Path(sys.executable).with_name("vqa")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    root = tmp_path / "run"
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", str(exe)]
+    common = ["--config", QUICKSTART, f"--trainer.default_root_dir={root}", *DATA,
+              "--trainer.strategy=ddp", "--trainer.devices=2"]
+    fit = subprocess.run([*cmd, "fit", *common, "--trainer.max_epochs=1"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=600, check=False)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert "GLOBAL_RANK: 1" in fit.stderr + fit.stdout
+    assert (root / "checkpoints" / "last.ckpt").is_file()
+    pred = subprocess.run([*cmd, "predict", *common, "--ckpt_path=last"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600, check=False)
+    assert pred.returncode == 0, pred.stderr[-3000:]
