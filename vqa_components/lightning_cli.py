@@ -1,7 +1,8 @@
 """The LightningCLI behind ``vqa fit/validate/test/predict``, and the callback that writes test metrics.
 
 Module-level classes (not built inside a function) so that ``ddp_spawn`` can pickle the trainer
-and its callbacks. Importing it filters Lightning's noise (:func:`quiet_lightning`). Imported by :mod:`vqa_components.cli` only when a Lightning subcommand runs.
+and its callbacks. Importing it filters Lightning's noise (:func:`quiet_lightning`).
+:mod:`vqa_components.cli` imports it only when a Lightning subcommand runs.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def quiet_lightning() -> None:
 
 
 quiet_lightning()  # at import: also in the processes that ddp_spawn starts, which unpickle this module
+
 
 class TestMetricsWriter(Callback):
     """Writes the final test metrics to ``<default_root_dir>/test_metrics.json`` and prints a table."""

@@ -340,7 +340,6 @@ class VideoQAModel(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-
     def configure_gradient_clipping(
         self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
     ) -> None:
@@ -352,7 +351,8 @@ class VideoQAModel(pl.LightningModule):
         """
         plugin = self.trainer.precision_plugin
         if gradient_clip_val and getattr(plugin, "scaler", True) is None:
-            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, gradient_clip_algorithm or GradClipAlgorithmType.NORM)
+            algorithm = gradient_clip_algorithm or GradClipAlgorithmType.NORM
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
