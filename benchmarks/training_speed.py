@@ -7,10 +7,11 @@ reports training samples per second; the ratios (bf16 / fp32, 2 processes / 1) c
 of the same run. ``--profile`` adds the operators that take the time in one fp32 and one bf16
 training step of each recipe (``torch.profiler``, in this process). Test accuracy after the full
 recipe comes from the seed sweeps (``experiments/seed_sweep.py``), whose results files are read
-and quoted with their source. Writes ``benchmarks/results/training_speed.json`` and a PNG::
+and quoted with their source. Writes ``benchmarks/results/training_speed.json``, a PNG beside it
+and the table ``docs/results/training_speed_table.md``::
 
     python benchmarks/training_speed.py                # about 10 min on 2 idle CPU cores
-    python benchmarks/training_speed.py --steps 8 --recipes quickstart   # a quick look
+    python benchmarks/training_speed.py --table-only   # the table again, from the results file
 """
 
 from __future__ import annotations
@@ -137,6 +138,23 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def table(result: dict) -> str:
+    """The markdown table that ``docs/results/training_speed.md`` quotes."""
+    lines = [f"<!-- written by benchmarks/training_speed.py on {result['date']}: {result['cpu']}, "
+             f"{result['cpu_count']} cores, flags {' '.join(result['cpu_flags'])}, torch {result['torch']} -->",
+             "| recipe | fp32, 1 process | bf16-mixed, 1 process | fp32, DDP 2 processes | bf16 / fp32 | DDP 2 / 1 "
+             "| test acc. fp32 | test acc. bf16 |", "|---|---|---|---|---|---|---|---|"]
+    for name, entry in result["recipes"].items():
+        speed = {(r["precision"], r["processes"]): r["samples_per_s"] for r in entry["speed"]}
+        acc = [entry["accuracy"].get(p) for p in ("32-true", "bf16-mixed")]
+        cells = [f"{speed[c]:.1f}/s" for c in (("32-true", 1), ("bf16-mixed", 1), ("32-true", 2))]
+        cells += [f"{entry['bf16_over_fp32']:.2f}×", f"{entry['ddp2_over_1']:.2f}×"]
+        cells += [f"{100 * a['test_acc_mean']:.1f} ({len(a['seeds'])} seed{'s' if len(a['seeds']) > 1 else ''})"
+                  if a else "not run" for a in acc]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -163,7 +181,16 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "training_speed.json")
+    parser.add_argument("--table", type=Path, default=ROOT / "docs" / "results" / "training_speed_table.md")
+    parser.add_argument("--table-only", action="store_true", help="rewrite the table (fresh accuracies) only")
     args = parser.parse_args()
+    if args.table_only:
+        result = json.loads(args.out.read_text())
+        for key, entry in result["recipes"].items():
+            entry["accuracy"] = {p: accuracy(key, p) for p in ("32-true", "bf16-mixed")}
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        args.table.write_text(table(result))
+        return 0
     import torch
 
     result: dict = {
@@ -189,7 +216,9 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     plot(result, args.out.with_suffix(".png"))
-    print(f"written {args.out} and {args.out.with_suffix('.png')}")
+    args.table.parent.mkdir(parents=True, exist_ok=True)
+    args.table.write_text(table(result))
+    print(f"written {args.out}, {args.out.with_suffix('.png')} and {args.table}")
     return 0
 
 
