@@ -140,10 +140,11 @@ def plot(result: dict, path: Path) -> None:
 
 def table(result: dict) -> str:
     """The markdown table that ``docs/results/training_speed.md`` quotes."""
-    lines = [f"<!-- written by benchmarks/training_speed.py on {result['date']}: {result['cpu']}, "
-             f"{result['cpu_count']} cores, flags {' '.join(result['cpu_flags'])}, torch {result['torch']} -->",
-             "| recipe | fp32, 1 process | bf16-mixed, 1 process | fp32, DDP 2 processes | bf16 / fp32 | DDP 2 / 1 "
-             "| test acc. fp32 | test acc. bf16 |", "|---|---|---|---|---|---|---|---|"]
+    comment = (f"<!-- written by benchmarks/training_speed.py on {result['date']}: {result['cpu']}, "
+               f"{result['cpu_count']} cores, flags {' '.join(result['cpu_flags'])}, torch {result['torch']} -->")
+    header = ("| recipe | fp32, 1 process | bf16-mixed, 1 process | fp32, DDP 2 processes | bf16 / fp32 | DDP 2 / 1 "
+              "| test acc. fp32 | test acc. bf16 |")
+    lines = [comment, header, "|---|---|---|---|---|---|---|---|"]
     for name, entry in result["recipes"].items():
         speed = {(r["precision"], r["processes"]): r["samples_per_s"] for r in entry["speed"]}
         acc = [entry["accuracy"].get(p) for p in ("32-true", "bf16-mixed")]
