@@ -250,4 +250,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m vqa_components.cli`: run the imported module's main, not this __main__ copy, so that
+    # errors raised by modules that import vqa_components.cli (CLIError) are the ones caught here
+    from vqa_components.cli import main as _main
+
+    sys.exit(_main())
