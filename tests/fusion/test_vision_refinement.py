@@ -94,3 +94,67 @@ def test_frame_order_matters_and_long_inputs_interpolate_the_tables():
     assert not torch.allclose(f(v, q).pooled, f(flipped, q).pooled, atol=1e-5)  # temporal embedding
     small = refinement(max_frames=2, max_tokens_per_frame=2)
     assert small(v, q).tokens.shape == (B, 1 + K * N, D)
+
+
+def _reference(
+    f: VisionRefinement, v: VideoFeatures, q: TextFeatures, order: str = "gate_first"
+) -> torch.Tensor:
+    """The refinement written out step by step (one sample at a time): embeddings added token by token
+    (temporal row k for frame k, spatial row p for position p; no embedding on the CLS), then per block
+    the LA-Gate on t_cls followed by divided space-time attention whose spatial output is added to the
+    gate's *input* (Frozen in Time's skip form), then the final LayerNorm."""
+    outs = []
+    for s in range(B):
+        rows = [f.cls[0, 0]]
+        for k in range(K):
+            for p in range(N):
+                rows.append(
+                    v.tokens[s, k, p] @ f.video_proj.weight.T
+                    + f.video_proj.bias
+                    + f.temporal_embed[k]
+                    + f.spatial_embed[p]
+                )
+        x = torch.stack(rows)[None]
+        t = q.cls[s : s + 1]
+        for gate, block in zip(f.gates, f.blocks):
+            if order == "gate_first":
+                x = block(gate(x, t), K, stream=x)
+            else:  # the other order, to show that the order is what the test checks
+                x = gate(block(x, K), t)
+        outs.append(f.norm(x)[0])
+    return torch.stack(outs)
+
+
+def test_values_gate_then_space_time_attention_with_the_embeddings_added():
+    f = refinement().eval()
+    v, q = inputs(3)
+    with torch.no_grad():
+        out = f(v, q)
+        expected = _reference(f, v, q)
+        torch.testing.assert_close(out.tokens, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out.pooled, expected[:, 0], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(out.tokens, _reference(f, v, q, order="attention_first"), atol=1e-3)
+        # the embeddings are in the computation: moving one spatial row changes the output (by a
+        # random vector: a constant shift of every channel would be erased by the LayerNorms)
+        f.spatial_embed[1] += torch.randn(D)
+        assert not torch.allclose(f(v, q).tokens, out.tokens, atol=1e-3)
+
+
+def test_sequential_residual_form_adds_the_gate_output_to_the_stream():
+    f = refinement(residual="sequential").eval()
+    v, q = inputs(4)
+    with torch.no_grad():
+        x = torch.cat(
+            [
+                f.cls.expand(B, -1, -1),
+                (f.video_proj(v.tokens) + f.temporal_embed[:K, None] + f.spatial_embed[:N]).reshape(
+                    B, K * N, D
+                ),
+            ],
+            1,
+        )
+        for gate, block in zip(f.gates, f.blocks):
+            x = block(gate(x, q.cls), K)
+        torch.testing.assert_close(f(v, q).tokens, f.norm(x), atol=1e-5, rtol=1e-5)
+        fit = refinement().eval()
+        assert not torch.allclose(fit(v, q).tokens, f(v, q).tokens, atol=1e-3)

@@ -12,8 +12,17 @@ def _linear(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return x @ layer.weight.T + layer.bias
 
 
-def reference(gate: LAGate, v: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eqs. (1)-(3) with the module's weights, one text vector per sample, loops over rows and heads."""
+def _layer_norm(norm: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    mean, var = x.mean(), x.var(unbiased=False)
+    return (x - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias
+
+
+def reference(
+    gate: LAGate, v: torch.Tensor, t: torch.Tensor, pre_norm: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eqs. (1)-(3) with the module's weights, one text vector per sample, loops over rows and heads.
+
+    ``pre_norm``: queries and values are computed from ``LayerNorm(v_i)``; the skip adds the raw ``v_i``."""
     b, m, d = v.shape
     h = gate.num_heads
     e = d // h
@@ -22,7 +31,8 @@ def reference(gate: LAGate, v: torch.Tensor, t: torch.Tensor) -> tuple[torch.Ten
     for s in range(b):
         key = _linear(gate.w_k, t[s])
         for i in range(m):
-            query, value = _linear(gate.w_q, v[s, i]), _linear(gate.w_v, v[s, i])
+            row = _layer_norm(gate.norm, v[s, i]) if pre_norm else v[s, i]
+            query, value = _linear(gate.w_q, row), _linear(gate.w_v, row)
             scaled = []
             for hh in range(h):
                 q, k = query[hh * e : (hh + 1) * e], key[hh * e : (hh + 1) * e]
@@ -44,6 +54,23 @@ def test_matches_hand_computed_equations(heads):
     torch.testing.assert_close(gates, ref_gates, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
     assert gates.abs().max() <= 1 + 1e-6  # a cosine
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_pre_norm_path_matches_the_equations_on_normalized_rows(heads):
+    """The path every shipped VideoDistill block uses (``build_gate`` sets ``pre_norm=True``)."""
+    torch.manual_seed(3)
+    gate = LAGate(8, text_dim=6, num_heads=heads, pre_norm=True)
+    with torch.no_grad():  # a LayerNorm away from its (1, 0) initialisation
+        gate.norm.weight.uniform_(0.5, 1.5)
+        gate.norm.bias.normal_(0, 0.3)
+    v, t = 3.0 * torch.randn(2, 5, 8) + 1.0, torch.randn(2, 6)
+    out, gates = gate(v, t, return_gates=True)
+    ref_out, ref_gates = reference(gate, v, t, pre_norm=True)
+    torch.testing.assert_close(gates, ref_gates, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    # the normalization matters: without it the same weights give other values
+    assert not torch.allclose(out, reference(gate, v, t, pre_norm=False)[0], atol=1e-3)
 
 
 def test_text_tokens_importance_is_sum_of_per_token_similarities():

@@ -106,7 +106,6 @@ def test_stop_gradient_on_masked_words_but_not_on_v_cls():
     model, obj, out = _setup()
     v_cls = out.fused.pooled.detach().clone().requires_grad_(True)
     res = obj(model, BATCH, replace(out, fused=replace(out.fused, pooled=v_cls)))
-    assert torch.isfinite(res["loss"]) and 0 <= res["acc"] <= 1
     res["loss"].backward()
     assert v_cls.grad is not None and (v_cls.grad.abs().sum(-1) > 0).all()  # every sample guides its words
     assert all(p.grad is None for p in model.text_encoder.parameters())  # nothing through w^M
@@ -119,29 +118,77 @@ def test_loss_trains_fusion_through_v_cls():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.fusion.parameters())
 
 
-def test_mlp_input_is_masked_word_features_and_the_sample_v_cls():
-    model, obj, out = _setup()
-    seen = []
-    obj.mlp.register_forward_hook(lambda mod, inp, o: seen.append(inp[0].detach()))
-    torch.manual_seed(5)
-    obj(model, BATCH, out)
+def _candidates(enc, texts):
+    """Token ids of ``texts`` and where the real, non-special tokens are, from the tokenizer alone."""
+    tok = enc.tokenize(texts)
+    special = torch.tensor(sorted(set(enc.special_token_ids) | {enc.pad_token_id, enc.mask_token_id}))
+    return tok, tok["attention_mask"].bool() & ~torch.isin(tok["input_ids"], special)
+
+
+def _spy(model, obj):
+    """Record the ids the text encoder is called with, and the MLP's input and output."""
+    calls, mlp_io = [], []
     enc = model.text_encoder
-    tok = enc.tokenize(BATCH["caption"])
-    torch.manual_seed(5)  # same random draws as inside the objective
-    masked, labels = bert_mask(
-        tok["input_ids"],
-        tok["attention_mask"],
-        enc.mask_token_id,
-        enc.vocab_size,
-        enc.special_token_ids,
-        0.15,
-    )
-    where = labels != -100
+    forward = enc.forward
+
+    def recording_forward(input_ids, attention_mask, *args, **kwargs):
+        calls.append(input_ids.clone())
+        return forward(input_ids, attention_mask, *args, **kwargs)
+
+    enc.forward = recording_forward
+    obj.mlp.register_forward_hook(lambda mod, inp, o: mlp_io.append((inp[0].detach(), o.detach())))
+    return calls, mlp_io
+
+
+def test_every_word_is_a_target_at_mask_prob_1_and_the_mlp_reads_the_masked_pass():
+    """Expectations built from the tokenizer and the recorded calls, not by re-running the masking."""
+    torch.manual_seed(0)
+    enc = create("text_encoder", "small_transformer", dim=D, num_layers=1, num_heads=2)
+    obj = VisionGuidedMLM(video_dim=D, text_dim=D, vocab_size=enc.vocab_size, hidden_dim=16, mask_prob=1.0)
+    model = _model(obj)
+    out = model(BATCH)
+    calls, mlp_io = _spy(model, obj)
+    obj(model, BATCH, out)
+    tok, cand = _candidates(model.text_encoder, BATCH["caption"])
+    ids = tok["input_ids"]
+    assert len(calls) == 1  # one masked pass
+    masked = calls[0]
+    assert torch.equal(masked[~cand], ids[~cand])  # specials and padding untouched
+    changed = cand & (masked != ids)
+    mask_id = model.text_encoder.mask_token_id
+    assert (masked[cand] == mask_id).float().mean() > 0.5  # most chosen words become [MASK] (80 %)
+    assert changed.any()
+    x, _ = mlp_io[0]
+    assert x.shape == (int(cand.sum()), 2 * D)  # one MLP row per word: every word is a target
     with torch.no_grad():
-        words = enc(masked, tok["attention_mask"]).tokens[where]
-    sample = where.nonzero()[:, 0]
-    assert set(sample.tolist()) == {0, 1, 2}
-    x = seen[0]
-    assert x.shape == (int(where.sum()), 2 * D)
-    torch.testing.assert_close(x[:, :D], words)  # [SG(w^M); v_cls*]
-    torch.testing.assert_close(x[:, D:], out.fused.pooled.detach()[sample])
+        words = model.text_encoder(masked, tok["attention_mask"]).tokens[cand]
+    torch.testing.assert_close(x[:, :D], words)  # SG(w^M): features of the masked pass
+    sample = cand.nonzero()[:, 0]
+    torch.testing.assert_close(x[:, D:], out.fused.pooled.detach()[sample])  # the sample's v_cls*
+
+
+def test_loss_is_the_cross_entropy_of_the_mlp_at_the_masked_positions():
+    """Eq. (9) by hand: MLP = Linear -> GELU -> LayerNorm -> Linear applied to the recorded input,
+    loss = mean over masked words of logsumexp(logits) - logits[original word]."""
+    torch.manual_seed(0)
+    enc = create("text_encoder", "small_transformer", dim=D, num_layers=1, num_heads=2)
+    obj = VisionGuidedMLM(video_dim=D, text_dim=D, vocab_size=enc.vocab_size, hidden_dim=16, mask_prob=1.0)
+    model = _model(obj)
+    out = model(BATCH)
+    _, mlp_io = _spy(model, obj)
+    res = obj(model, BATCH, out)
+    tok, cand = _candidates(model.text_encoder, BATCH["caption"])
+    targets = tok["input_ids"][cand]  # the original words, in reading order
+    x, logits_seen = mlp_io[0]
+    lin1, _, norm, lin2 = obj.mlp
+    h = x @ lin1.weight.T + lin1.bias
+    h = 0.5 * h * (1 + torch.erf(h / 2**0.5))  # GELU
+    h = (h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + norm.eps)
+    h = h * norm.weight + norm.bias
+    logits = (h @ lin2.weight.T + lin2.bias).detach()
+    torch.testing.assert_close(logits, logits_seen, atol=1e-5, rtol=1e-5)
+    nll = torch.logsumexp(logits, -1) - logits[torch.arange(len(targets)), targets]
+    torch.testing.assert_close(res["loss"].detach(), nll.mean(), atol=1e-5, rtol=1e-5)
+    acc = (logits.argmax(-1) == targets).float().mean()
+    torch.testing.assert_close(res["acc"], acc)
+    assert res["loss"] > 0

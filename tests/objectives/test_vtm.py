@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from vqa_components import create
 from vqa_components.model import VideoQAModel
-from vqa_components.objectives.vtm import VideoTextMatching, matched_pairs, swap_annotations
+from vqa_components.objectives._pairs import matched_pairs
+from vqa_components.objectives.vtm import VideoTextMatching, swap_annotations
 from vqa_components.registry import OBJECTIVES
 
 D = 32

@@ -75,6 +75,49 @@ def test_straight_through_gradient_is_the_softmax_gradient():
     torch.testing.assert_close(g, g_ref)
 
 
+def test_straight_through_gradient_with_noise_is_the_gradient_of_the_noisy_softmax():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, requires_grad=True)
+    c = torch.randn(2, 3, 5)
+    torch.manual_seed(7)
+    mask, y_soft, idx = straight_through_select(logits, tau=0.5, noise=True)
+    torch.manual_seed(7)  # the same Gumbel draw, made here from its definition: -log(Exp(1))
+    gumbels = -torch.empty(2, 3, 5).exponential_().log()
+    noisy = (logits + gumbels) / 0.5
+    assert torch.equal(idx, noisy.argmax(-1))
+    torch.testing.assert_close(y_soft, noisy.softmax(-1))
+    (g,) = torch.autograd.grad((mask * c).sum(), logits)
+    (g_ref,) = torch.autograd.grad((noisy.softmax(-1) * c).sum(), logits)
+    torch.testing.assert_close(g, g_ref)
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.3])
+def test_noisy_selection_picks_each_frame_with_its_softmax_probability(tau):
+    """Gumbel-max: argmax(x + g) is a draw from softmax(x), whatever the temperature. 20,000 draws
+    at a fixed seed; the tolerance 0.015 is more than 4 standard errors (sqrt(p(1-p)/n) <= 0.0036)."""
+    draws = 20_000
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, 0.5])
+    torch.manual_seed(0)
+    _, _, idx = straight_through_select(logits.expand(draws, 1, 5), tau=tau, noise=True)
+    freq = torch.bincount(idx.flatten(), minlength=5).float() / draws
+    torch.testing.assert_close(freq, logits.softmax(-1), atol=0.015, rtol=0)
+
+
+def test_noisy_selection_without_repeats_samples_without_replacement():
+    """With allow_repeats=False slot 2 draws from the frames slot 1 left: P(i, j) = p_i * p_j / (1 - p_i)
+    (equal logits across slots). 20,000 draws, fixed seed, absolute tolerance 0.012 per pair."""
+    draws = 20_000
+    logits = torch.tensor([1.5, 0.5, 0.0, -1.0])
+    p = logits.softmax(-1)
+    torch.manual_seed(1)
+    _, _, idx = straight_through_select(logits.expand(draws, 2, 4), noise=True, allow_repeats=False)
+    assert torch.all(idx[:, 0] != idx[:, 1])
+    freq = torch.bincount(idx[:, 0] * 4 + idx[:, 1], minlength=16).float().view(4, 4) / draws
+    expected = p[:, None] * p[None, :] / (1 - p[:, None])
+    expected.fill_diagonal_(0.0)
+    torch.testing.assert_close(freq, expected, atol=0.012, rtol=0)
+
+
 def test_no_repeats_over_many_seeds():
     s = sampler(num_frames=7, allow_repeats=False, tau=0.3, num_layers=1)
     v, q = video(), text()

@@ -37,13 +37,30 @@ def test_weights_are_a_softmax_of_the_logits_and_tokens_their_weighted_sum():
     assert torch.all(out.indices[:, 1:] >= out.indices[:, :-1])  # slots ordered by their main frame
 
 
-def test_shares_the_frame_scorer_and_is_deterministic():
+def test_shares_the_frame_scorer_and_adds_no_sampling_noise():
     s = sampler(dropout=0.0)
     assert isinstance(s.scorer, FrameScorer)
     v, q = inputs()
     a = s.train()(v, q)
-    b = s.eval()(v, q)
-    assert torch.equal(a.weights, b.weights)  # no noise in training either
+    b = s.train()(v, q)
+    c = s.eval()(v, q)
+    assert torch.equal(a.weights, b.weights) and torch.equal(a.weights, c.weights)  # no Gumbel noise in training
+
+
+def test_deterministic_at_evaluation_with_dropout():
+    s = sampler(dropout=0.5)
+    v, q = inputs()
+    s.train()
+    torch.manual_seed(1)
+    a = s(v, q).weights
+    b = s(v, q).weights
+    assert not torch.allclose(a, b)  # dropout is active in training ...
+    s.eval()
+    torch.manual_seed(2)
+    c = s(v, q).weights
+    torch.manual_seed(3)
+    d = s(v, q).weights
+    assert torch.equal(c, d)  # ... and off at evaluation, whatever the random state
 
 
 def test_gradients_reach_scorer_and_frames():

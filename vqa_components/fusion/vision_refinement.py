@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from vqa_components.interfaces import Fusion, FusionOutput, TextFeatures, VideoFeatures
-from vqa_components.layers.divided_space_time import DividedSpaceTimeBlock
+from vqa_components.layers.divided_space_time import DividedSpaceTimeBlock, check_residual
 from vqa_components.layers.la_gate import GATES, build_gate, gate_text
+from vqa_components.layers.position_table import resize_table
 from vqa_components.registry import FUSIONS
-from vqa_components.samplers._frame_scorer import resize_table
 
 
 @FUSIONS.register("vision_refinement")
@@ -20,15 +20,22 @@ class VisionRefinement(Fusion):
 
         v_* = [v_cls*; P(v_patch^K) + T_k + S_p]        P: Linear(video_dim -> dim); T: temporal, S: spatial
                                                         learnable embeddings; v_cls*: learnable token
-        v_* = DividedSpaceTime_l(Gate_l(v_*, t_cls))    l = 1..L; Gate = LA-Gate (v + W_o(g * W_v(LN(v))))
+        block l = 1..L, skip form of Frozen in Time (residual="frozen_in_time", default):
+            u   = Gate_l(v_*, t_cls)                    LA-Gate with its own input skip: v + W_o(g * W_v(LN(v)))
+            y   = u + TemporalAttn_l(LN(u))
+            v_* = v_* + SpatialAttn_l(LN(y))            gate and temporal step reach the stream only through it
+            v_* = v_* + MLP_l(LN(v_*))
         pooled = LN(v_*)[0]                             the final v_cls*  (b, dim)
         tokens = LN(v_*)                                (b, 1 + K*n, dim)
 
     Each block first distills the visual tokens by the question (LA-Gate: every token, the
     video CLS included, is scaled by its cosine similarity to ``t_cls``; no text is added),
-    then lets them interact by divided space-time attention (Frozen in Time): temporal
-    attention among tokens at the same spatial position, spatial attention within each
-    frame, the CLS attending to every token. Only the last block's ``v_cls*`` is pooled.
+    then lets them interact by divided space-time attention borrowed from Frozen in Time:
+    temporal attention among tokens at the same spatial position, spatial attention within
+    each frame, the CLS attending to every token. Only the last block's ``v_cls*`` is pooled.
+    ``residual="sequential"`` is the earlier form of this library: every step adds to the
+    stream, ``v_* = Gate(v_*)``, ``v_* = v_* + TemporalAttn(LN(v_*))``, ``v_* = v_* + SpatialAttn(LN(v_*))``,
+    then the MLP.
 
     The embeddings are added once, at the input of the first block (Appendix B): ``T`` has
     ``max_frames`` rows and ``S`` ``max_tokens_per_frame`` rows; longer inputs use the
@@ -46,6 +53,7 @@ class VisionRefinement(Fusion):
         gate: ``"la_gate"`` (paper); ``"cross_attention"``: V2T cross-attention over the text
             tokens instead (Table 4 e); ``"none"``: no language in the blocks.
         dropout: dropout in the space-time blocks and cross-attention gates.
+        residual: ``"frozen_in_time"`` (the paper's skip form, default) or ``"sequential"``.
 
     ``extras["gates"]``: list (one per block) of LA-Gate importances ``(b, heads, 1 + K*n)``,
     the first token being ``v_cls*``; an empty list for the other gates.
@@ -62,10 +70,12 @@ class VisionRefinement(Fusion):
         max_tokens_per_frame: int = 256,
         gate: str = "la_gate",
         dropout: float = 0.0,
+        residual: str = "frozen_in_time",
     ) -> None:
         super().__init__()
         if gate not in GATES:
             raise ValueError(f"unknown gate {gate!r}; choose one of {', '.join(GATES)}")
+        self.residual = check_residual(residual)
         self.out_dim = dim
         self.video_proj = nn.Linear(video_dim, dim)
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
@@ -77,7 +87,9 @@ class VisionRefinement(Fusion):
             nn.Identity() if (g := build_gate(gate, dim, text_dim, num_heads, dropout)) is None else g
             for _ in range(num_layers)
         )
-        self.blocks = nn.ModuleList(DividedSpaceTimeBlock(dim, num_heads, dropout=dropout) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(
+            DividedSpaceTimeBlock(dim, num_heads, dropout=dropout, residual=residual) for _ in range(num_layers)
+        )
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, video: VideoFeatures, text: TextFeatures) -> FusionOutput:
@@ -88,12 +100,14 @@ class VisionRefinement(Fusion):
         frame_mask = video.frame_mask
         all_gates = []
         for gate, block in zip(self.gates, self.blocks):
-            if not isinstance(gate, nn.Identity):
-                t, t_mask = gate_text(gate, text.cls, text.tokens, text.mask)
-                x, g = gate(x, t, t_mask, return_gates=True)
-                if g is not None:
-                    all_gates.append(g)
-            x = block(x, k, frame_mask)
+            if isinstance(gate, nn.Identity):
+                x = block(x, k, frame_mask)
+                continue
+            t, t_mask = gate_text(gate, text.cls, text.tokens, text.mask)
+            u, g = gate(x, t, t_mask, return_gates=True)
+            if g is not None:
+                all_gates.append(g)
+            x = block(u, k, frame_mask, stream=x) if self.residual == "frozen_in_time" else block(u, k, frame_mask)
         x = self.norm(x)
         mask = None
         if frame_mask is not None:

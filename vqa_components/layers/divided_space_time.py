@@ -1,4 +1,4 @@
-"""Divided space-time attention block (TimeSformer's "divided" scheme, in the form of Frozen in Time)."""
+"""Divided space-time attention block (TimeSformer's "divided" scheme, with the skip form of Frozen in Time)."""
 
 from __future__ import annotations
 
@@ -59,14 +59,36 @@ class GroupedAttention(nn.Module):
         return self.proj(cls_out), self.proj(grp_out)
 
 
+#: Skip-connection forms of the blocks that chain two steps (VideoDistill's FS-blocks, vision
+#: refinement and divided space-time blocks): ``"frozen_in_time"`` (the paper's) or ``"sequential"``.
+RESIDUAL_FORMS = ("frozen_in_time", "sequential")
+
+
+def check_residual(residual: str) -> str:
+    if residual not in RESIDUAL_FORMS:
+        raise ValueError(f"unknown residual form {residual!r}; choose one of {', '.join(RESIDUAL_FORMS)}")
+    return residual
+
+
 class DividedSpaceTimeBlock(nn.Module):
     """Divided space-time attention over ``[CLS; t*n patch tokens]`` (frame-major), pre-norm.
 
-    ::
+    Skip form of Frozen in Time (Bain et al., 2021; ``SpaceTimeBlock`` of its published code), the
+    default, ``residual="frozen_in_time"``::
 
-        x = x + TemporalAttn(LN_t(x))      tokens at the same spatial position p, across the t frames
-        x = x + SpatialAttn(LN_s(x))       tokens of the same frame f
-        x = x + MLP(LN_m(x))
+        y   = x + TemporalAttn(LN_t(x))          tokens at the same spatial position p, across the t frames
+        out = s + SpatialAttn(LN_s(y))           tokens of the same frame f;  s = x  (or ``stream``)
+        out = out + MLP(LN_m(out))
+
+    The temporal output reaches the residual stream only through the spatial attention's input.
+    TimeSformer's form, ``residual="sequential"``, adds both steps to the stream one after the other::
+
+        x = x + TemporalAttn(LN_t(x));   x = x + SpatialAttn(LN_s(x));   x = x + MLP(LN_m(x))
+
+    ``stream`` (Frozen in Time form only) is the residual stream the spatial output is added to
+    when ``x`` is itself the output of an earlier step of the same block: VideoDistill's vision
+    refinement passes the LA-Gate's output as ``x`` and the gate's input as ``stream``, so the
+    gate, like the temporal step, reaches the stream only through the spatial attention.
 
     CLS handling (as in Frozen in Time): in both attention steps the CLS query attends to
     itself and to *all* patch tokens, and the CLS key/value is prepended to every group, so
@@ -80,12 +102,17 @@ class DividedSpaceTimeBlock(nn.Module):
         num_heads: attention heads (both steps).
         mlp_ratio: MLP hidden width as a multiple of ``dim``.
         dropout: attention-weight, residual and MLP dropout.
+        residual: ``"frozen_in_time"`` (default) or ``"sequential"``.
 
-    ``forward(x (b, 1 + t*n, d), num_frames t, frame_mask (b, t) bool True = real) -> (b, 1 + t*n, d)``.
+    ``forward(x (b, 1 + t*n, d), num_frames t, frame_mask (b, t) bool True = real, stream (b, 1 + t*n, d))
+    -> (b, 1 + t*n, d)``.
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int = 8, mlp_ratio: float = 4.0, dropout: float = 0.0, residual: str = "frozen_in_time"
+    ) -> None:
         super().__init__()
+        self.residual = check_residual(residual)
         self.norm_t = nn.LayerNorm(dim)
         self.attn_t = GroupedAttention(dim, num_heads, dropout)
         self.norm_s = nn.LayerNorm(dim)
@@ -105,22 +132,29 @@ class DividedSpaceTimeBlock(nn.Module):
     def _pad(frame_mask: Tensor | None, n: int) -> Tensor | None:
         return None if frame_mask is None else (~frame_mask.bool())[:, :, None].expand(-1, -1, n)
 
-    def temporal_step(self, x: Tensor, num_frames: int, frame_mask: Tensor | None = None) -> Tensor:
-        """``x + TemporalAttn(LN(x))``: groups are the spatial positions (``n`` groups of ``t`` tokens)."""
+    def temporal_attention(self, x: Tensor, num_frames: int, frame_mask: Tensor | None = None) -> Tensor:
+        """``TemporalAttn(LN_t(x))`` (no skip): groups are the spatial positions (``n`` groups of ``t`` tokens)."""
         cls, tok = self._split(self.norm_t(x), num_frames)
         b, t, n, d = tok.shape
         pad = self._pad(frame_mask, n)
         c, g = self.attn_t(cls, tok.transpose(1, 2), None if pad is None else pad.transpose(1, 2))
-        return x + self.drop(torch.cat([c, g.transpose(1, 2).reshape(b, t * n, d)], dim=1))
+        return self.drop(torch.cat([c, g.transpose(1, 2).reshape(b, t * n, d)], dim=1))
 
-    def spatial_step(self, x: Tensor, num_frames: int, frame_mask: Tensor | None = None) -> Tensor:
-        """``x + SpatialAttn(LN(x))``: groups are the frames (``t`` groups of ``n`` tokens)."""
+    def spatial_attention(self, x: Tensor, num_frames: int, frame_mask: Tensor | None = None) -> Tensor:
+        """``SpatialAttn(LN_s(x))`` (no skip): groups are the frames (``t`` groups of ``n`` tokens)."""
         cls, tok = self._split(self.norm_s(x), num_frames)
         b, t, n, d = tok.shape
         c, g = self.attn_s(cls, tok, self._pad(frame_mask, n))
-        return x + self.drop(torch.cat([c, g.reshape(b, t * n, d)], dim=1))
+        return self.drop(torch.cat([c, g.reshape(b, t * n, d)], dim=1))
 
-    def forward(self, x: Tensor, num_frames: int, frame_mask: Tensor | None = None) -> Tensor:
-        x = self.temporal_step(x, num_frames, frame_mask)
-        x = self.spatial_step(x, num_frames, frame_mask)
-        return x + self.drop(self.mlp(self.norm_m(x)))
+    def forward(
+        self, x: Tensor, num_frames: int, frame_mask: Tensor | None = None, stream: Tensor | None = None
+    ) -> Tensor:
+        y = x + self.temporal_attention(x, num_frames, frame_mask)
+        if self.residual == "frozen_in_time":
+            out = (x if stream is None else stream) + self.spatial_attention(y, num_frames, frame_mask)
+        else:
+            if stream is not None:
+                raise ValueError("DividedSpaceTimeBlock: `stream` applies to the frozen_in_time residual form only")
+            out = y + self.spatial_attention(y, num_frames, frame_mask)
+        return out + self.drop(self.mlp(self.norm_m(out)))

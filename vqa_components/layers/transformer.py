@@ -16,7 +16,11 @@ class MLP(nn.Sequential):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm self-attention + MLP block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``.
+    """Pre-norm self-attention + MLP block: ``s + attn(ln(x))``, then ``+ mlp(ln(.))``.
+
+    ``s`` is ``x`` itself (a standard pre-norm block) unless ``stream`` is given: then ``x`` is
+    the output of an earlier step (VideoDistill's LA-Gate in an FS-block) that reaches the
+    residual ``stream`` only through this attention's input (the skip form of Frozen in Time).
 
     Args:
         dim: token width ``d``.
@@ -24,7 +28,7 @@ class TransformerBlock(nn.Module):
         mlp_ratio: hidden width of the MLP as a multiple of ``d``.
         dropout: dropout on attention weights and MLP.
 
-    ``forward(x (b, m, d), key_padding_mask (b, m) bool, True = ignore) -> (b, m, d)``.
+    ``forward(x (b, m, d), key_padding_mask (b, m) bool, True = ignore, stream (b, m, d)) -> (b, m, d)``.
     """
 
     def __init__(self, dim: int, num_heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
@@ -34,9 +38,9 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, int(dim * mlp_ratio), dropout=dropout)
 
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, stream: Tensor | None = None) -> Tensor:
         h = self.norm1(x)
-        x = x + self.attn(h, h, h, key_padding_mask=key_padding_mask, need_weights=False)[0]
+        x = (x if stream is None else stream) + self.attn(h, h, h, key_padding_mask=key_padding_mask, need_weights=False)[0]
         return x + self.mlp(self.norm2(x))
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqa_components.interfaces import ModelOutput, Objective
-from vqa_components.objectives.vtm import matched_pairs
+from vqa_components.objectives._pairs import matched_pairs
 from vqa_components.registry import OBJECTIVES
 
 IGNORE = -100

@@ -6,45 +6,52 @@ Shared by the ``gumbel_topk`` and ``soft`` samplers.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqa_components.interfaces import Sampler, SamplerOutput, TextFeatures, VideoFeatures
+from vqa_components.layers.divided_space_time import check_residual
 from vqa_components.layers.la_gate import GATES, build_gate, gate_text
+from vqa_components.layers.position_table import resize_table
 from vqa_components.layers.transformer import TransformerBlock
-
-
-def resize_table(table: Tensor, n: int) -> Tensor:
-    """First ``n`` rows of a learnable position table ``(max, d)``, or its linear interpolation to ``n``
-    rows when ``n`` exceeds the table."""
-    if n <= table.shape[0]:
-        return table[:n]
-    return F.interpolate(table.T[None], size=n, mode="linear", align_corners=True)[0].T
 
 
 class FSBlock(nn.Module):
     """One frame-sampling block: language gate on the frame CLS tokens, then temporal self-attention.
 
-    ::
+    "We borrow the form of skip connections from the divided block in [Frozen in Time]"
+    (VideoDistill 3.3): the gate plays the divided block's temporal step and the self-attention
+    its spatial step, so with ``residual="frozen_in_time"`` (default)::
 
-        v = Gate(v, t_cls)                 LA-Gate with its own skip: v + W_o(g * W_v(LN(v)))
-        v = v + MHSA(LN(v))                inter-frame interaction
+        u = Gate(v, t_cls)                 LA-Gate with its own input skip: v + W_o(g * W_v(LN(v)))
+        v = v + MHSA(LN(u))                inter-frame interaction; the gate reaches the stream only through it
         v = v + MLP(LN(v))
 
-    The skip form is that of the divided block of Frozen in Time (pre-norm residuals).
+    ``residual="sequential"`` adds the steps one after the other: ``v = Gate(v)``, then
+    ``v = v + MHSA(LN(v))``, ``v = v + MLP(LN(v))``. Without a gate (``gate="none"``) both are
+    a standard pre-norm transformer block.
     """
 
-    def __init__(self, dim: int, text_dim: int, num_heads: int, gate: str = "la_gate", dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        text_dim: int,
+        num_heads: int,
+        gate: str = "la_gate",
+        dropout: float = 0.0,
+        residual: str = "frozen_in_time",
+    ) -> None:
         super().__init__()
+        self.residual = check_residual(residual)
         self.gate = build_gate(gate, dim, text_dim, num_heads, dropout)
         self.attn = TransformerBlock(dim, num_heads, dropout=dropout)
 
     def forward(self, v: Tensor, text: TextFeatures, pad: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        gates = None
-        if self.gate is not None:
-            t, t_mask = gate_text(self.gate, text.cls, text.tokens, text.mask)
-            v, gates = self.gate(v, t, t_mask, return_gates=True)
-        return self.attn(v, key_padding_mask=pad), gates
+        if self.gate is None:
+            return self.attn(v, key_padding_mask=pad), None
+        t, t_mask = gate_text(self.gate, text.cls, text.tokens, text.mask)
+        u, gates = self.gate(v, t, t_mask, return_gates=True)
+        stream = v if self.residual == "frozen_in_time" else None
+        return self.attn(u, key_padding_mask=pad, stream=stream), gates
 
 
 class FrameScorer(nn.Module):
@@ -69,6 +76,7 @@ class FrameScorer(nn.Module):
         max_frames: rows of the temporal embedding.
         gate: ``"la_gate"``, ``"cross_attention"`` (V2T over the text tokens) or ``"none"``.
         dropout: dropout in the blocks.
+        residual: skip form of the FS-blocks, ``"frozen_in_time"`` (paper) or ``"sequential"``.
 
     ``forward(cls (b, N, video_dim), text, frame_mask (b, N) True = real)`` returns
     ``(logits (b, K, N) float32, gates: list of (b, heads, N) per block, empty without LA-Gates)``.
@@ -85,6 +93,7 @@ class FrameScorer(nn.Module):
         max_frames: int = 128,
         gate: str = "la_gate",
         dropout: float = 0.0,
+        residual: str = "frozen_in_time",
     ) -> None:
         super().__init__()
         if gate not in GATES:
@@ -94,7 +103,9 @@ class FrameScorer(nn.Module):
         self.in_proj = nn.Linear(video_dim, dim) if dim != video_dim else nn.Identity()
         self.temporal_embed = nn.Parameter(torch.zeros(max_frames, dim))
         nn.init.trunc_normal_(self.temporal_embed, std=0.02)
-        self.blocks = nn.ModuleList(FSBlock(dim, text_dim, num_heads, gate, dropout) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(
+            FSBlock(dim, text_dim, num_heads, gate, dropout, residual) for _ in range(num_layers)
+        )
         self.norm = nn.LayerNorm(dim)
         self.w_s = nn.Linear(dim, num_frames)
 
@@ -157,6 +168,7 @@ class ScoredSampler(Sampler):
 
     def __init__(
         self,
+        *,
         video_dim: int,
         text_dim: int,
         num_frames: int,
@@ -168,6 +180,7 @@ class ScoredSampler(Sampler):
         max_frames: int,
         sort_by_time: bool,
         dropout: float,
+        residual: str,
     ) -> None:
         super().__init__()
         if tau <= 0:
@@ -176,12 +189,21 @@ class ScoredSampler(Sampler):
         self.tau = tau
         self.sort_by_time = sort_by_time
         self.scorer = FrameScorer(
-            video_dim, text_dim, num_frames, dim, num_layers, num_heads, max_frames, gate, dropout
+            video_dim=video_dim,
+            text_dim=text_dim,
+            num_frames=num_frames,
+            dim=dim,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            max_frames=max_frames,
+            gate=gate,
+            dropout=dropout,
+            residual=residual,
         )
 
     def score(self, video: VideoFeatures, text: TextFeatures) -> tuple[Tensor, list[Tensor]]:
         """Selection logits ``(b, K, N)`` and the FS-blocks' gates."""
-        return self.scorer(video.cls, text, frame_validity(video.frame_mask))
+        return self.scorer(video.cls, text, video.frame_mask)
 
     def select(
         self, video: VideoFeatures, weights: Tensor, idx: Tensor, logits: Tensor, gates: list[Tensor]

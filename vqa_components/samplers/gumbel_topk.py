@@ -101,6 +101,8 @@ class GumbelTopKSampler(ScoredSampler):
         max_frames: rows of the learnable temporal embedding; longer clips use it interpolated.
         sort_by_time: reorder slots by chosen frame index.
         dropout: dropout in the blocks.
+        residual: skip form of the FS-blocks: ``"frozen_in_time"`` (the paper's, default) or
+            ``"sequential"`` (see ``FSBlock``).
 
     Output: ``SamplerOutput(video (K frames, frame_mask None), weights = mask (b, K, N) float32,
     indices (b, K))``; ``video.extras`` gains ``selection_logits (b, K, N)``, ``frame_gates``
@@ -121,9 +123,21 @@ class GumbelTopKSampler(ScoredSampler):
         max_frames: int = 128,
         sort_by_time: bool = True,
         dropout: float = 0.0,
+        residual: str = "frozen_in_time",
     ) -> None:
         super().__init__(
-            video_dim, text_dim, num_frames, dim, num_layers, num_heads, tau, gate, max_frames, sort_by_time, dropout
+            video_dim=video_dim,
+            text_dim=text_dim,
+            num_frames=num_frames,
+            dim=dim,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            tau=tau,
+            gate=gate,
+            max_frames=max_frames,
+            sort_by_time=sort_by_time,
+            dropout=dropout,
+            residual=residual,
         )
         self.allow_repeats = allow_repeats
 

@@ -35,6 +35,8 @@ class SoftSampler(ScoredSampler):
         max_frames: rows of the learnable temporal embedding.
         sort_by_time: reorder slots by their argmax frame.
         dropout: dropout in the blocks.
+        residual: skip form of the FS-blocks: ``"frozen_in_time"`` (the paper's, default) or
+            ``"sequential"`` (see ``FSBlock``).
 
     Output: ``SamplerOutput(video (K slots), weights = w (b, K, N) float32, indices (b, K))``;
     ``video.extras`` gains ``selection_logits``, ``frame_gates`` and ``slot_order`` as in ``gumbel_topk``.
@@ -53,9 +55,21 @@ class SoftSampler(ScoredSampler):
         max_frames: int = 128,
         sort_by_time: bool = True,
         dropout: float = 0.0,
+        residual: str = "frozen_in_time",
     ) -> None:
         super().__init__(
-            video_dim, text_dim, num_frames, dim, num_layers, num_heads, tau, gate, max_frames, sort_by_time, dropout
+            video_dim=video_dim,
+            text_dim=text_dim,
+            num_frames=num_frames,
+            dim=dim,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            tau=tau,
+            gate=gate,
+            max_frames=max_frames,
+            sort_by_time=sort_by_time,
+            dropout=dropout,
+            residual=residual,
         )
 
     def forward(self, video: VideoFeatures, text: TextFeatures) -> SamplerOutput:
