@@ -14,11 +14,13 @@ D = 16
 
 def test_patch_gate_map_drops_cls_and_averages_heads_and_blocks():
     k, gh, gw = 2, 2, 2
-    g1 = torch.arange(1 + k * gh * gw, dtype=torch.float)[None].repeat(2, 1)  # 2 heads, CLS first
-    g2 = 3 * g1
+    a = torch.arange(1 + k * gh * gw, dtype=torch.float)
+    g1 = torch.stack([a, 3 * a])  # 2 heads that differ, CLS first: head mean 2a
+    g2 = 3 * g1  # head mean 6a; block mean (2a + 6a) / 2 = 4a
     m = patch_gate_map([g1, g2], k, (gh, gw))
     assert m.shape == (k, gh, gw)
-    assert torch.equal(m.flatten(), 2 * torch.arange(1, 1 + k * gh * gw, dtype=torch.float))
+    assert torch.equal(m.flatten(), 4 * torch.arange(1, 1 + k * gh * gw, dtype=torch.float))
+    assert torch.equal(m[1, 0], 4 * torch.tensor([5.0, 6.0]))  # frame-major, row-major patches
 
 
 @pytest.mark.parametrize("fusion", ["vision_refinement", "la_gate"])
@@ -42,7 +44,10 @@ def test_explain_writes_a_png_of_the_selected_frames(tmp_path, fusion):
     assert torch.equal(result["frames"], video[1].float() / 255)  # drawn as the model sees them, not clipped
     png = (tmp_path / "fig.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    assert len(result["selected"]) == 3 and len(set(result["selected"])) == 3
-    assert all(0 <= i < 8 for i in result["selected"])
-    assert result["gates"].shape == (3, 2, 2)
-    assert result["prediction"] in model.answer_vocab and result["answer"] == "blue"
+    ref = model.eval()(batch)  # what the figure must show for sample 1
+    assert result["selected"] == ref.sampled.indices[1].tolist()
+    assert len(set(result["selected"])) == 3
+    assert result["prediction"] == model.answer_vocab[int(ref.logits[1].argmax())] and result["answer"] == "blue"
+    gates = ref.fused.extras["gates"]  # la_gate: (b, heads, k*n); vision_refinement: CLS first
+    torch.testing.assert_close(result["gates"], patch_gate_map([g[1] for g in gates], 3, (2, 2)))
+    assert result["selected"] != ref.sampled.indices[0].tolist() or not torch.equal(gates[0][0], gates[0][1])

@@ -81,3 +81,23 @@ def test_padded_frames_get_zero_weight_and_registry():
     w = s(v, q).weights
     assert torch.all(w[0, :, 4:] == 0) and torch.all(w[1] > 0)
     torch.testing.assert_close(w.sum(-1), torch.ones(B, 2))
+
+
+def test_scores_frames_exactly_as_gumbel_topk_and_ignores_the_random_state():
+    from vqa_components.samplers.gumbel_topk import GumbelTopKSampler
+
+    kw = {"num_frames": 3, "num_layers": 2, "num_heads": 2, "max_frames": 8, "sort_by_time": False}
+    torch.manual_seed(0)
+    soft = SoftSampler(D, D, **kw)
+    torch.manual_seed(0)
+    topk = GumbelTopKSampler(D, D, **kw)
+    v, q = inputs()
+    soft.eval(), topk.eval()
+    torch.testing.assert_close(
+        soft(v, q).video.extras["selection_logits"], topk(v, q).video.extras["selection_logits"]
+    )
+    soft.train()
+    torch.manual_seed(1)
+    a = soft(v, q).weights
+    torch.manual_seed(2)
+    assert torch.equal(a, soft(v, q).weights)
