@@ -96,13 +96,18 @@ def bf16():
         yield
 
 
-def test_gumbel_selection_is_float32_and_unchanged_under_autocast(bf16):
-    logits = torch.randn(2, 3, 40) * 3
+def test_gumbel_selection_of_bf16_logits_is_done_in_float32(bf16):
+    """A bf16 scorer under autocast hands the selection bf16 logits: the noise, temperature and
+    softmax must still run in float32 (as on the float32 copy of the logits, outside autocast)."""
+    logits = (torch.randn(2, 3, 40) * 3).bfloat16()
     torch.manual_seed(0)
     mask, soft, idx = straight_through_select(logits, tau=0.1, noise=True)
     with torch.autocast("cpu", enabled=False):
         torch.manual_seed(0)
-        ref_mask, ref_soft, ref_idx = straight_through_select(logits, tau=0.1, noise=True)
+        ref_mask, ref_soft, ref_idx = straight_through_select(logits.float(), tau=0.1, noise=True)
+        torch.manual_seed(0)
+        in_bf16 = ((logits + -torch.empty_like(logits).exponential_().log()) / 0.1).softmax(-1)
+    assert not torch.equal(in_bf16.float(), ref_soft)  # the comparison can tell bf16 arithmetic apart
     assert mask.dtype == soft.dtype == torch.float32
     assert torch.equal(idx, ref_idx) and torch.equal(soft, ref_soft) and torch.equal(mask, ref_mask)
 
