@@ -104,3 +104,37 @@ def test_evaluation_loaders_under_ddp_cover_every_sample_exactly_once(world_size
     assert sorted(seen) == list(range(n))
     dm.trainer = SimpleNamespace(world_size=world_size, global_rank=0)
     assert not hasattr(dm.train_dataloader().sampler, "rank")  # training: Lightning's DistributedSampler
+
+
+def test_training_loader_draws_and_evaluation_loaders_do_not(tmp_path):
+    args = {**SMALL, "root": str(tmp_path), "resize_short": 24, "crop_size": 16, "frame_sampling": "random"}
+    dm = VideoQADataModule("synthetic_vqa", args, batch_size=4, num_workers=0, val_split="train")
+    dm.setup("fit")
+    train, val = dm.train_dataloader().dataset, dm.val_dataloader().dataset
+    assert train is not val and train.split == val.split == "train"  # one split, two modes
+    assert train.training and len(train.random_draws()) == 2
+    assert not val.training and val.random_draws() == []
+    assert not dm.test_dataloader().dataset.training
+    assert next(iter(dm.train_dataloader()))["video"].shape == (4, 4, 3, 16, 16)
+    assert dm.dataset("train") is val  # outside the loaders: evaluation mode
+
+
+def test_datasets_without_a_training_argument_still_work():
+    class Plain(torch.utils.data.Dataset):
+        def __init__(self, split):
+            self.split = split
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return _sample(i)
+
+    dm = VideoQADataModule("synthetic_vqa", {}, batch_size=2, num_workers=0)
+    dm.dataset_cls = Plain
+    assert next(iter(dm.train_dataloader()))["video"].shape == (2, 4, 3, 8, 8)
+
+
+def test_training_in_dataset_args_is_refused():
+    with pytest.raises(ValueError, match=r"data\.dataset_args\.training: the DataModule sets it per loader"):
+        VideoQADataModule("synthetic_vqa", {"training": True})

@@ -91,3 +91,26 @@ def test_truncated_file_raises_or_decodes_what_is_there(tmp_path):
     with pytest.raises(VideoDecodeError) as err:
         read_video_frames(path, 4)
     assert str(path) in str(err.value)
+
+
+def _decode_in_child(path, queue):
+    queue.put(read_video_frames(path, 3, dtype=torch.uint8).shape)
+
+
+def test_a_forked_worker_decodes_after_its_parent_did(tmp_path):
+    """A DataLoader worker forked after the parent decoded a clip used to hang in its first
+    colour conversion (the parent's FFmpeg converter, whose threads a fork does not copy)."""
+    import multiprocessing
+
+    path = write_video(tmp_path / "clip.mp4", np.zeros((6, 16, 16, 3), dtype=np.uint8))
+    read_video_frames(path, 3)  # the parent's converter now exists
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_decode_in_child, args=(path, queue))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        pytest.fail("the forked process hung decoding the clip")
+    assert child.exitcode == 0 and tuple(queue.get(timeout=5)) == (3, 3, 16, 16)

@@ -7,6 +7,10 @@ A recipe names the dataset by its registry name and passes its arguments::
       dataset_args: {num_frames: 16, frame_size: 64}
       batch_size: 32
 
+The training loader's dataset is built with ``training=True`` (random frame
+positions and crops where its options ask for them), the validation, test and
+predict loaders' with ``training=False`` (evenly spaced frames, centre crops).
+
 Batches are dicts (see :func:`collate_videoqa`). Samples a dataset could not
 read (``None``, or a :class:`SkippedSample`) are dropped from the batch and
 counted in ``batch["num_skipped"]`` / ``batch["skipped"]``; the model reports
@@ -15,6 +19,7 @@ them at the end of the epoch.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -65,7 +70,8 @@ class VideoQADataModule(pl.LightningDataModule):
     Args:
         dataset: registry name of the dataset (``vqa list dataset``).
         dataset_args: constructor arguments of the dataset, shared by every split
-            (``split`` is filled in per loader).
+            (``split`` is filled in per loader, and ``training`` where the dataset takes it:
+            ``True`` for the training loader, ``False`` for the others).
         batch_size: training batch size.
         eval_batch_size: validation/test/predict batch size (default ``batch_size``).
         num_workers: DataLoader worker processes.
@@ -92,25 +98,41 @@ class VideoQADataModule(pl.LightningDataModule):
         self.dataset_name = dataset
         self.dataset_cls = DATASETS.get(dataset)
         self.dataset_args = dict(dataset_args or {})
+        if "training" in self.dataset_args:
+            raise ValueError(
+                "data.dataset_args.training: the DataModule sets it per loader (True for training, "
+                "False for validation/test/predict); remove it"
+            )
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.splits = {"fit": train_split, "validate": val_split, "test": test_split, "predict": predict_split}
-        self.datasets: dict[str, Dataset] = {}
+        #: built datasets by ``(split, training)``
+        self.datasets: dict[tuple[str, bool], Dataset] = {}
 
     # ------------------------------------------------------------ datasets
-    def dataset(self, split: str) -> Dataset:
-        """The dataset of ``split`` (built once)."""
-        if split not in self.datasets:
-            self.datasets[split] = self.dataset_cls(split=split, **self.dataset_args)
-        return self.datasets[split]
+    def _takes_training(self) -> bool:
+        params = inspect.signature(self.dataset_cls).parameters
+        return "training" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+    def _build(self, split: str, training: bool) -> Dataset:
+        extra = {"training": training} if self._takes_training() else {}
+        return self.dataset_cls(split=split, **self.dataset_args, **extra)
+
+    def dataset(self, split: str, training: bool = False) -> Dataset:
+        """The dataset of ``split`` for training (random draws) or evaluation (default); built once."""
+        key = (split, training)
+        if key not in self.datasets:
+            self.datasets[key] = self._build(split, training)
+        return self.datasets[key]
 
     def prepare_data(self) -> None:
         # Called on one process per node: generates/validates files (synthetic_vqa) once.
-        split = self.splits["fit"] or self.splits["test"]
-        if split is not None:
-            self.dataset_cls(split=split, **self.dataset_args)
+        if self.splits["fit"] is not None:
+            self._build(self.splits["fit"], training=True)
+        elif self.splits["test"] is not None:
+            self._build(self.splits["test"], training=False)
 
     def setup(self, stage: str) -> None:
         wanted = {
@@ -121,13 +143,14 @@ class VideoQADataModule(pl.LightningDataModule):
         }.get(stage, ())
         for key in wanted:
             if self.splits[key] is not None:
-                self.dataset(self.splits[key])
+                self.dataset(self.splits[key], training=key == "fit")
 
     @property
     def _reference(self) -> Dataset | None:
         for key in ("fit", "test", "validate", "predict"):
-            if self.splits[key] is not None and self.splits[key] in self.datasets:
-                return self.datasets[self.splits[key]]
+            built = (self.splits[key], key == "fit")
+            if self.splits[key] is not None and built in self.datasets:
+                return self.datasets[built]
         return None
 
     @property
@@ -135,7 +158,8 @@ class VideoQADataModule(pl.LightningDataModule):
         """Answer vocabulary of the training data (what a classifier head predicts)."""
         ref = self._reference
         if ref is None:
-            ref = self.dataset(self.splits["fit"] or self.splits["test"] or "train")
+            fit = self.splits["fit"]
+            ref = self.dataset(fit, True) if fit is not None else self.dataset(self.splits["test"] or "train")
         return list(getattr(ref, "answer_vocab", []))
 
     @property
@@ -149,7 +173,7 @@ class VideoQADataModule(pl.LightningDataModule):
         split = self.splits[key]
         if split is None:
             raise ValueError(f"data: no split configured for {key} ({key}_split is null)")
-        dataset = self.dataset(split)
+        dataset = self.dataset(split, training=key == "fit")
         sampler = None
         trainer = self.trainer
         if key != "fit" and trainer is not None and trainer.world_size > 1:

@@ -17,6 +17,11 @@ A sample is a dict::
 With ``feature_cache`` and a known backbone fingerprint, ``video`` is a
 :class:`~vqa_components.data.feature_cache.CachedClip` instead: the cached
 features (the file is not decoded) or, on a miss, the decoded pixels.
+
+Training and evaluation differ only with the options that draw at random
+(``frame_sampling="random"``, ``crop_size``): a training dataset draws frame
+positions and crops anew for every sample in every epoch, an evaluation one
+takes evenly spaced frames and the centre crop.
 """
 
 from __future__ import annotations
@@ -25,16 +30,19 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from vqa_components.data.annotations import QARecord, load_qa_annotations
+from vqa_components.data.clip_transforms import FRAME_SAMPLINGS, ClipTransform, random_indices
 from vqa_components.data.feature_cache import (
     CachedClip,
     active_fingerprint,
@@ -42,7 +50,7 @@ from vqa_components.data.feature_cache import (
     load_entry,
     video_content_key,
 )
-from vqa_components.data.video_io import VideoDecodeError, read_video_streams
+from vqa_components.data.video_io import VideoDecodeError, read_video_streams, uniform_indices
 from vqa_components.registry import DATASETS
 
 log = logging.getLogger(__name__)
@@ -54,6 +62,8 @@ NOT_IN_VOCAB = -1
 DEFAULT_EXAMPLE_FRAME_SIZE = 224
 GENERIC_QUESTION = "what is happening in the video?"
 BAD_VIDEO_POLICIES = ("skip", "raise")
+#: Mixed into the seed of a dataset's random draws, so that they do not repeat the global RNG's stream.
+_DRAW_STREAM = 0x5EED_C11B
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,47 @@ def normalize_streams(
     return out
 
 
+def _positive_int_or_none(value: Any, name: str) -> int | None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    return value
+
+
+def check_preprocessing(
+    streams: Sequence[tuple[int, int | None]],
+    resize_short: int | None,
+    crop_size: int | None,
+    frame_sampling: str,
+) -> None:
+    """Raise one ``ValueError`` naming the option when ``resize_short``/``crop_size``/``frame_sampling``
+    are invalid or contradict the streams' ``frame_size``."""
+    if frame_sampling not in FRAME_SAMPLINGS:
+        raise ValueError(f"frame_sampling must be one of {FRAME_SAMPLINGS}, got {frame_sampling!r}")
+    _positive_int_or_none(resize_short, "resize_short")
+    _positive_int_or_none(crop_size, "crop_size")
+    sized = sorted({s for _, s in streams if s is not None})
+    if resize_short is not None and sized:
+        raise ValueError(
+            f"resize_short={resize_short} and frame_size={sized[0]} both resize the frames: set one "
+            f"(resize_short keeps the aspect ratio, frame_size makes the frames square)"
+        )
+    if crop_size is not None:
+        if resize_short is not None and crop_size > resize_short:
+            raise ValueError(
+                f"crop_size={crop_size} is larger than resize_short={resize_short}: "
+                f"the crop must fit inside the resized frame"
+            )
+        if sized and crop_size > sized[0]:
+            raise ValueError(
+                f"crop_size={crop_size} is larger than frame_size={sized[0]}: the crop must fit inside the frame"
+            )
+
+
+def example_frame_side(size: int | None, resize_short: int | None, crop_size: int | None, default: int) -> int:
+    """Frame side of an example batch (a frame resized by its shorter side is assumed square)."""
+    return crop_size or resize_short or size or default
+
+
 def load_answer_vocab(vocab: Sequence[str] | str | os.PathLike) -> list[str]:
     """An answer vocabulary from a list, a ``.json`` file (list of strings) or a text file (one per line)."""
     if isinstance(vocab, (str, os.PathLike)):
@@ -179,6 +230,17 @@ class VideoQADataset(Dataset):
             the native resolution (then videos must share one size to be batched).
         streams: multi-stream decoding, ``[{"num_frames": 8, "frame_size": 224}, ...]``;
             ``video`` is then a tuple, one tensor per stream. Overrides the two above.
+        resize_short: resize frames so that the shorter side is ``resize_short``, keeping the
+            aspect ratio (instead of ``frame_size``, which must then be ``None``; applies to
+            every stream).
+        crop_size: crop a ``crop_size`` x ``crop_size`` region, the same for every frame (and
+            stream) of a clip, after resizing: a random region in training, the centre at
+            evaluation. Must fit inside ``resize_short``/``frame_size``.
+        frame_sampling: ``"uniform"`` (evenly spaced frames) or ``"random"`` (sorted distinct
+            positions drawn for every sample in every epoch; training only, evaluation is
+            always uniform).
+        training: whether this dataset serves training (random crops and positions) or
+            evaluation; ``None``: ``split == "train"``. ``VideoQADataModule`` sets it per loader.
         video_ext: file extension of videos.
         on_bad_video: ``"skip"`` returns a :class:`SkippedSample` for a missing/corrupt
             video (the collate function drops and counts it); ``"raise"`` raises
@@ -186,7 +248,9 @@ class VideoQADataset(Dataset):
         feature_cache: root of a frozen backbone's feature cache (the same folder
             as ``VideoQAModel(feature_cache=...)``). Samples get ``video_key``; once
             the backbone's fingerprint is known, cached clips are served as
-            features without decoding (see ``docs/parts/feature_cache.md``).
+            features without decoding (see ``docs/parts/feature_cache.md``). Refused
+            (``ValueError``) for a training dataset that draws crops or frame positions at
+            random: cached features would freeze one draw for every epoch.
         feature_cache_fingerprint: the backbone's fingerprint; default: the one
             the model published in this process for ``feature_cache``.
     """
@@ -204,6 +268,10 @@ class VideoQADataset(Dataset):
         num_frames: int = 16,
         frame_size: int | None = None,
         streams: list[dict[str, int]] | None = None,
+        resize_short: int | None = None,
+        crop_size: int | None = None,
+        frame_sampling: str = "uniform",
+        training: bool | None = None,
         video_ext: str = ".mp4",
         on_bad_video: str = "skip",
         feature_cache: str | None = None,
@@ -213,12 +281,18 @@ class VideoQADataset(Dataset):
         if on_bad_video not in BAD_VIDEO_POLICIES:
             raise ValueError(f"on_bad_video must be one of {BAD_VIDEO_POLICIES}, got {on_bad_video!r}")
         self.split = split
+        self.training = split == "train" if training is None else bool(training)
         self.annotation_file = _for_split(annotation_file, split, "annotation_file")
         self.video_dir = _for_split(video_dir, split, "video_dir")
         self.video_ext = video_ext if not video_ext or video_ext.startswith(".") else "." + video_ext
         self.on_bad_video = on_bad_video
         self.streams = normalize_streams(num_frames, frame_size, streams)
         self.multi_stream = streams is not None
+        check_preprocessing(self.streams, resize_short, crop_size, frame_sampling)
+        self.frame_sampling = frame_sampling
+        self.transform = ClipTransform(resize_short, crop_size, random_crop=self.training)
+        self._rng: torch.Generator | None = None
+        self._rng_seed: tuple[int, int] | None = None
         self.records: list[QARecord] = load_qa_annotations(self.annotation_file)
         if not self.records:
             log.warning("%s: no records for split %r", self.annotation_file, split)
@@ -238,14 +312,38 @@ class VideoQADataset(Dataset):
     # ----------------------------------------------------------- feature cache
     def enable_feature_cache(self, root: str | os.PathLike | None, fingerprint: str | None = None) -> None:
         """Serve a backbone's feature cache (``root=None`` turns it off); see ``feature_cache`` above."""
+        draws = self.random_draws()
+        if root is not None and draws:
+            raise ValueError(
+                f"feature_cache stores one set of features per video, but the training split {self.split!r} "
+                f"draws {' and '.join(draws)} anew in every epoch: the cache would freeze one draw. "
+                f"Turn feature_cache off for this run, or train with frame_sampling='uniform' and no crop_size"
+            )
         self.feature_cache = None if root is None else Path(root)
         self.feature_cache_fingerprint = fingerprint
         if self.feature_cache is not None and fingerprint is None:
             self.feature_cache_fingerprint = active_fingerprint(self.feature_cache)
 
+    def random_draws(self) -> list[str]:
+        """What this dataset draws at random for each sample, in words (empty at evaluation)."""
+        if not self.training:
+            return []
+        draws = []
+        if self.frame_sampling == "random":
+            draws.append("random frame positions (frame_sampling='random')")
+        if self.transform.random_crop and self.transform.crop_size is not None:
+            draws.append(f"a random crop (crop_size={self.transform.crop_size})")
+        return draws
+
     def decode_args(self) -> dict[str, Any]:
         """What, besides the file's bytes, determines the decoded pixels (part of ``video_key``)."""
-        return {"reader": "read_video_streams", "streams": [list(s) for s in self.streams]}
+        args: dict[str, Any] = {"reader": "read_video_streams", "streams": [list(s) for s in self.streams]}
+        # only when set, so that the keys of caches written before these options stay valid
+        if self.transform.resize_short is not None:
+            args["resize_short"] = self.transform.resize_short
+        if self.transform.crop_size is not None:  # with the cache on, crops are always centred
+            args["crop"] = [self.transform.crop_size, "center"]
+        return args
 
     def video_key(self, index: int) -> str:
         """Feature-cache key of record ``index``: file content + :meth:`decode_args` (file hash memoised)."""
@@ -289,9 +387,49 @@ class VideoQADataset(Dataset):
         """Index of ``answer`` in ``answer_vocab``, or ``-1``."""
         return self._answer_to_idx.get(answer, NOT_IN_VOCAB)
 
+    def generator(self) -> torch.Generator:
+        """The ``torch.Generator`` of this process's random draws (frame positions, crops).
+
+        Seeded from ``torch.initial_seed()`` and the distributed rank, and made again whenever
+        these change. ``seed_everything`` sets the initial seed of the main process and
+        DataLoader workers get ``base_seed + worker_id`` (Lightning's worker init, which
+        ``vqa``'s ``seed_everything`` turns on, also mixes in the rank), so: a run is reproducible
+        for a given seed and number of workers; every worker and rank draws its own stream (a
+        worker's copy of the dataset carrying its parent's generator is re-seeded, since its
+        initial seed differs); and epochs differ, because the stream goes on from epoch to epoch
+        (persistent workers, or the main process) or restarts from a new base seed (workers
+        started anew each epoch). A private generator rather than torch's global RNG: with
+        ``num_workers=0`` the dataset runs in the training process, where the global RNG also
+        drives dropout and the samplers' Gumbel noise; sharing it would make switching an
+        augmentation on change the model's noise, and the model's draws change the crops.
+        """
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        seed = (torch.initial_seed(), torch.distributed.get_rank() if distributed else 0)
+        if self._rng is None or self._rng_seed != seed:
+            mixed = np.random.SeedSequence([seed[0], seed[1], _DRAW_STREAM]).generate_state(1, np.uint64)[0]
+            self._rng = torch.Generator().manual_seed(int(mixed))
+            self._rng_seed = seed
+        return self._rng
+
+    def __getstate__(self) -> dict[str, Any]:  # a worker builds its own generator (see generator())
+        state = self.__dict__.copy()
+        state["_rng"], state["_rng_seed"] = None, None
+        return state
+
     def _read_video(self, index: int) -> tuple[Tensor, ...]:
         """Decode the clip of record ``index``: one ``(t, 3, h, w)`` tensor per stream."""
-        return read_video_streams(self.video_path(index), self.streams, dtype=torch.uint8)
+        draws = bool(self.random_draws())
+        generator = self.generator() if draws else None
+        positions: Callable[[int, int], list[int]] = uniform_indices
+        if self.training and self.frame_sampling == "random":
+            positions = partial(random_indices, generator=generator)
+        videos = read_video_streams(self.video_path(index), self.streams, dtype=torch.uint8, indices=positions)
+        if self.transform.identity:
+            return videos
+        try:
+            return self.transform(videos, generator)
+        except ValueError as exc:
+            raise ValueError(f"{self.video_path(index)} (record {index}): {exc}") from exc
 
     def __getitem__(self, index: int) -> dict[str, Any] | SkippedSample:
         if index < 0:
@@ -334,13 +472,17 @@ class VideoQADataset(Dataset):
         """Sample shapes for these constructor arguments, without reading any file.
 
         With ``frame_size=None`` the native size is unknown;
-        :data:`DEFAULT_EXAMPLE_FRAME_SIZE` is assumed.
+        :data:`DEFAULT_EXAMPLE_FRAME_SIZE` is assumed; with ``crop_size`` the frames are
+        ``crop_size`` square, with ``resize_short`` alone they are assumed square.
         """
         streams = normalize_streams(kwargs.get("num_frames", 16), kwargs.get("frame_size"), kwargs.get("streams"))
+        resize, crop = kwargs.get("resize_short"), kwargs.get("crop_size")
+        check_preprocessing(streams, resize, crop, kwargs.get("frame_sampling", "uniform"))
         vocab = kwargs.get("answer_vocab")
         answers = list(vocab) if isinstance(vocab, (list, tuple)) else []
+        sides = [example_frame_side(s, resize, crop, DEFAULT_EXAMPLE_FRAME_SIZE) for _, s in streams]
         return ExampleSpec(
-            video_shapes=[(t, s or DEFAULT_EXAMPLE_FRAME_SIZE, s or DEFAULT_EXAMPLE_FRAME_SIZE) for t, s in streams],
+            video_shapes=[(t, side, side) for (t, _), side in zip(streams, sides)],
             multi_stream=kwargs.get("streams") is not None,
             answers=answers,
         )
@@ -348,5 +490,5 @@ class VideoQADataset(Dataset):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(split={self.split!r}, records={len(self)}, "
-            f"answers={len(self.answer_vocab)}, streams={self.streams})"
+            f"answers={len(self.answer_vocab)}, streams={self.streams}, training={self.training})"
         )

@@ -61,7 +61,13 @@ from typing import Any
 import numpy as np
 
 from vqa_components.data.annotations import QARecord, annotations_to_bytes
-from vqa_components.data.dataset import ExampleSpec, VideoQADataset, normalize_streams
+from vqa_components.data.dataset import (
+    ExampleSpec,
+    VideoQADataset,
+    check_preprocessing,
+    example_frame_side,
+    normalize_streams,
+)
 from vqa_components.data.video_io import write_video
 from vqa_components.registry import DATASETS
 
@@ -457,9 +463,10 @@ class SyntheticVQADataset(VideoQADataset):
         clip_frames: frames per generated clip (16 fps).
         clip_size: side of the generated (square) frames, in pixels.
         families: question families to include (default: all four).
-        num_frames, frame_size, streams, on_bad_video, feature_cache,
-            feature_cache_fingerprint: as in :class:`~vqa_components.data.dataset.VideoQADataset`
-            (``frame_size=None`` keeps ``clip_size``).
+        num_frames, frame_size, streams, resize_short, crop_size, frame_sampling, training,
+            on_bad_video, feature_cache, feature_cache_fingerprint: as in
+            :class:`~vqa_components.data.dataset.VideoQADataset` (``frame_size=None`` keeps
+            ``clip_size`` unless ``resize_short`` is set).
     """
 
     def __init__(
@@ -476,6 +483,10 @@ class SyntheticVQADataset(VideoQADataset):
         num_frames: int = 16,
         frame_size: int | None = None,
         streams: list[dict[str, int]] | None = None,
+        resize_short: int | None = None,
+        crop_size: int | None = None,
+        frame_sampling: str = "uniform",
+        training: bool | None = None,
         on_bad_video: str = "skip",
         feature_cache: str | None = None,
         feature_cache_fingerprint: str | None = None,
@@ -498,8 +509,12 @@ class SyntheticVQADataset(VideoQADataset):
             split=split,
             answer_vocab=self.config.answers,
             num_frames=num_frames,
-            frame_size=frame_size or clip_size,
+            frame_size=frame_size or (None if resize_short is not None else clip_size),
             streams=streams,
+            resize_short=resize_short,
+            crop_size=crop_size,
+            frame_sampling=frame_sampling,
+            training=training,
             on_bad_video=on_bad_video,
             feature_cache=feature_cache,
             feature_cache_fingerprint=feature_cache_fingerprint,
@@ -509,12 +524,14 @@ class SyntheticVQADataset(VideoQADataset):
     @classmethod
     def example_spec(cls, **kwargs: Any) -> ExampleSpec:
         clip_size = kwargs.get("clip_size", 64)
-        streams = normalize_streams(
-            kwargs.get("num_frames", 16), kwargs.get("frame_size") or clip_size, kwargs.get("streams")
-        )
+        resize, crop = kwargs.get("resize_short"), kwargs.get("crop_size")
+        frame_size = kwargs.get("frame_size") or (None if resize is not None else clip_size)
+        streams = normalize_streams(kwargs.get("num_frames", 16), frame_size, kwargs.get("streams"))
+        check_preprocessing(streams, resize, crop, kwargs.get("frame_sampling", "uniform"))
         fams = tuple(kwargs.get("families") or FAMILIES)
+        sides = [example_frame_side(s, resize, crop, clip_size) for _, s in streams]
         return ExampleSpec(
-            video_shapes=[(t, s or clip_size, s or clip_size) for t, s in streams],
+            video_shapes=[(t, side, side) for (t, _), side in zip(streams, sides)],
             multi_stream=kwargs.get("streams") is not None,
             questions=[_QUESTIONS[f][0].format(shape="circle") for f in fams],
             answers=[a for f in fams for a in FAMILY_ANSWERS[f]],

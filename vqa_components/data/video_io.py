@@ -16,7 +16,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -91,6 +91,7 @@ def resize_frames(frames: Tensor, size: Size) -> Tensor:
 
 
 _local = threading.local()
+_inherited: list[VideoReformatter] = []
 
 
 def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
@@ -98,11 +99,18 @@ def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
 
     One ``VideoReformatter`` per thread is reused: ``frame.to_ndarray(format="rgb24")``
     builds a new colour converter for every frame, which made conversion ten times
-    slower than decoding for small clips.
+    slower than decoding for small clips. The converter is also per process: FFmpeg's
+    converter runs a thread pool that a forked process (a DataLoader worker) does not
+    inherit, so using the parent's converter in a worker, or freeing it there, waits
+    forever for those threads. A worker makes its own and keeps the inherited one alive.
     """
+    pid = os.getpid()
     reformatter = getattr(_local, "reformatter", None)
-    if reformatter is None:
+    if reformatter is None or _local.pid != pid:
+        if reformatter is not None:
+            _inherited.append(reformatter)  # never freed in this process (see above)
         reformatter = _local.reformatter = VideoReformatter()
+        _local.pid = pid
     return reformatter.reformat(frame, format="rgb24").to_ndarray()
 
 
@@ -234,12 +242,20 @@ def _decode_indices(
     return kept, seen
 
 
+def _positions(indices: Callable[[int, int], Sequence[int]], n: int, k: int) -> list[int]:
+    out = [int(i) for i in indices(n, k)]
+    if len(out) != k or any(not 0 <= i < n for i in out):
+        raise ValueError(f"frame positions {out[:8]}... must be {k} indices in [0, {n})")
+    return out
+
+
 def read_video_streams(
     path: PathLike,
     streams: Sequence[tuple[int, Size]],
     start: float | None = None,
     end: float | None = None,
     dtype: torch.dtype = torch.float32,
+    indices: Callable[[int, int], Sequence[int]] = uniform_indices,
 ) -> tuple[Tensor, ...]:
     """Decode several samplings of one clip in a single pass.
 
@@ -248,10 +264,12 @@ def read_video_streams(
         streams: ``(num_frames, size)`` per stream; ``size`` is an int (square),
             ``(h, w)`` or ``None`` (native resolution).
         start, end: optional time range in seconds (relative to the stream start);
-            frames are chosen uniformly inside ``[start, end)``.
-
+            frames are chosen inside ``[start, end)``.
         dtype: ``torch.uint8`` returns pixels in ``[0, 255]`` (what datasets emit:
             4x less to move between processes); a float dtype returns ``[0, 1]``.
+        indices: ``indices(num_available, num_frames)`` -> the frame positions of a stream
+            (default :func:`uniform_indices`; the datasets' ``frame_sampling: random`` passes
+            :func:`~vqa_components.data.clip_transforms.random_indices`).
 
     Returns:
         One tensor ``(num_frames, 3, h, w)`` per stream.
@@ -274,7 +292,7 @@ def read_video_streams(
             raise VideoDecodeError(path, f"no video frames{where}")
         if was_read:
             container.seek(0)  # rewind before decoding
-        per_stream = [uniform_indices(n, k) for k, _ in streams]
+        per_stream = [_positions(indices, n, k) for k, _ in streams]
         kept, seen = _decode_indices(container, path, [i for ix in per_stream for i in ix], start, end)
         if len(kept) < len({i for ix in per_stream for i in ix}):
             # The container over-reported its length (or the data ends early): pick again
@@ -283,7 +301,7 @@ def read_video_streams(
                 raise VideoDecodeError(path, "no frame could be decoded")
             log.debug("%s: container reports %d frames but %d decode; re-sampling", path, n, seen)
             container.seek(0)
-            per_stream = [uniform_indices(seen, k) for k, _ in streams]
+            per_stream = [_positions(indices, seen, k) for k, _ in streams]
             kept, _ = _decode_indices(container, path, [i for ix in per_stream for i in ix], start, end)
     finally:
         container.close()
