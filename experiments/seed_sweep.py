@@ -18,7 +18,8 @@ Extra ``vqa`` arguments (after ``--``) are recorded with each run; give such a v
 
 A sweep can be split over several invocations (or machines): runs already in the results file
 whose recipe file (sha256), seed, extra arguments and ``synthetic_vqa`` generator version are
-unchanged are kept and not run again; ``--fresh`` discards them.
+unchanged are kept and not run again; ``--fresh`` discards them. Every run the sweep starts fits
+with ``--overwrite``: what its folder holds is from a crashed or discarded run.
 """
 
 from __future__ import annotations
@@ -80,7 +81,9 @@ def run_one(recipe: Path, seed: int, out_root: Path, extra: list[str], accelerat
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     start = time.time()
     log = (out_root / f"{name}_seed{seed}.log").open("w")
-    fit = subprocess.run([*cmd, "fit", *common, "--trainer.enable_progress_bar=false"], stdout=log, stderr=log, env=env)
+    # a run the sweep starts is not in the results file: files in its folder are a crashed or discarded run's
+    fit = subprocess.run([*cmd, "fit", *common, "--overwrite", "--trainer.enable_progress_bar=false"],
+                         stdout=log, stderr=log, env=env)
     test = subprocess.run([*cmd, "test", *common, "--ckpt_path", "best", "--trainer.enable_progress_bar=false"],
                           stdout=log, stderr=log, env=env) if fit.returncode == 0 else fit
     wall = time.time() - start

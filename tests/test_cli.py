@@ -49,6 +49,32 @@ def test_list_with_kind_and_wildcard():
     assert vqa("list", "fusion", "zzz*").returncode == 1
 
 
+def test_list_of_a_misspelt_kind_suggests_the_kind():
+    res = vqa("list", "fusoin")
+    assert res.returncode == 1
+    line = res.stderr.strip()
+    assert "no parts match 'fusoin'" in line and "the kind 'fusion'" in line and "vqa list fusion" in line
+    two = vqa("list", "fusoin", "cross*")  # KIND PATTERN with a misspelt kind: a usage error
+    assert two.returncode == 2 and "Did you mean 'fusion'" in two.stderr and "Traceback" not in two.stderr
+
+
+def test_explain_index_that_is_not_a_number_is_one_line():
+    res = vqa("explain", "--config", QUICKSTART, "--index", "x")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "vqa: error: --index 'x': expected the number of a sample of the split (0, 1, ...)"]
+
+
+def test_a_model_argument_that_cannot_work_is_one_line(tmp_path):
+    res = vqa("fit", "--config", QUICKSTART, "--model.init_parts", "[backbone]",
+              f"--trainer.default_root_dir={tmp_path}")
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert "Traceback" not in res.stderr
+    assert lines[-1].startswith("vqa: error: init_parts ['backbone'] is set but init_from is not")
+    assert "--model.init_from" in lines[-1] and "--model.init_parts null" in lines[-1]
+
+
 def test_print_config_reparses_and_trains(tmp_path, tiny_data):
     res = vqa("fit", "--config", QUICKSTART, "--model.fusion", "concat_self_attention", "--print_config")
     assert res.returncode == 0, res.stderr
@@ -70,9 +96,28 @@ def test_fit_then_test_best_and_last_in_new_processes(tmp_path, tiny_data):
     assert (root / "checkpoints" / "last.ckpt").is_file()
     assert list((root / "logs").rglob("metrics.csv"))  # CSV logs by default
 
-    for which in ("best", "last"):
+    # what Lightning itself writes, read without running pickled code; it also starts a later stage
+    import torch
+
+    from vqa_components.backbones.open_clip import read_checkpoint
+    from vqa_components.cli import release, run_cli
+
+    last = root / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    assert read_checkpoint(last)["state_dict"].keys() == state["state_dict"].keys()
+    cli = run_cli(["--config", QUICKSTART, f"--model.init_from={last}", *tiny_data], run=False)
+    model = cli.model
+    release(cli)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state["state_dict"][key]), key
+    assert model.backbone.weights_source == f"{last} (init_from)"
+
+    best = list((root / "checkpoints").glob("best-*.ckpt"))
+    assert len(best) == 1
+    for which, expected in (("best", best[0]), ("last", last)):
         res = vqa("test", *common, "--ckpt_path", which)
         assert res.returncode == 0, res.stderr[-3000:]
+        assert f"Loaded model weights from the checkpoint at {expected}\n" in res.stdout + res.stderr
         metrics = json.loads((root / "test_metrics.json").read_text())
         assert 0.0 <= metrics["test/acc"] <= 1.0
         for fam in ("spatial", "motion", "counting", "needle"):
@@ -127,3 +172,58 @@ def test_in_process_runs_free_their_model_and_fast_dev_run_writes_no_checkpoint(
         assert code == 0
     assert live_models() == before, "a finished run's model is still referenced"
     assert not list(tmp_path.rglob("*.ckpt")), "fast_dev_run wrote a checkpoint"
+
+
+@pytest.mark.slow
+def test_a_second_fit_into_a_run_folder_stops_unless_resumed_or_overwritten(tmp_path, tiny_data, capsys):
+    import torch
+
+    from vqa_components.cli import main
+
+    root = tmp_path / "run"
+    common = ["--config", QUICKSTART, f"--trainer.default_root_dir={root}", *tiny_data, "--trainer.accelerator=cpu",
+              "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false"]
+    last = root / "checkpoints" / "last.ckpt"
+
+    def step_of_last() -> int:
+        return torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+
+    assert main(["fit", *common, "--trainer.max_epochs=1", "--ckpt_path", "last"]) == 2  # nothing to resume
+    assert "no checkpoint in" in capsys.readouterr().err
+    assert main(["fit", *common, "--trainer.max_epochs=1"]) == 0
+    assert step_of_last() == 1
+    (root / "test_metrics.json").write_text("{}")  # an earlier test of the run
+    capsys.readouterr()
+    before = last.stat().st_mtime_ns
+
+    assert main(["fit", *common, "--trainer.max_epochs=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"vqa: error: {root / 'checkpoints'} already holds checkpoints")
+    assert "--ckpt_path last" in err[0] and "--overwrite" in err[0] and "--trainer.default_root_dir" in err[0]
+    assert last.stat().st_mtime_ns == before  # nothing was touched
+
+    assert main(["fit", *common, "--trainer.max_epochs=2", "--ckpt_path", "last"]) == 0  # resumes
+    assert step_of_last() == 2
+    assert main(["fit", *common, "--trainer.max_epochs=1", "--ckpt_path", "last", "--overwrite"]) == 2
+
+    assert main(["fit", *common, "--trainer.max_epochs=1", "--overwrite"]) == 0  # a new run in its place
+    assert step_of_last() == 1
+    assert not (root / "test_metrics.json").exists()  # the earlier run's figures went with it
+    assert main(["test", *common, "--ckpt_path", "last", "--overwrite"]) == 2  # fit only
+
+
+def test_only_the_process_the_user_started_checks_for_an_earlier_run(monkeypatch):
+    """DDP ranks started by Lightning (LOCAL_RANK), torchrun (RANK) or SLURM re-run the command line."""
+    from vqa_components.cli import is_launching_process
+
+    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    assert is_launching_process()
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert is_launching_process()  # torchrun's rank 0
+    for key in ("LOCAL_RANK", "RANK", "NODE_RANK", "SLURM_PROCID"):
+        monkeypatch.setenv(key, "1")
+        assert not is_launching_process(), key
+        monkeypatch.setenv(key, "0")

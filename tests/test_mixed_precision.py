@@ -45,7 +45,7 @@ def test_recipe_fits_and_tests_in_bf16_with_clipping_and_accumulation(recipe, tm
     code = run("fit", *common, "--trainer.max_epochs=1", "--trainer.limit_train_batches=4",
                "--trainer.accumulate_grad_batches=2", "--trainer.limit_val_batches=1")
     assert code == 0
-    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["global_step"] == 2  # 4 batches, 2 accumulated per optimizer step
     assert run("test", *common, "--ckpt_path=last", "--trainer.limit_test_batches=1") == 0
     written = json.loads((tmp_path / "test_metrics.json").read_text())

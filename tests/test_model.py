@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
+import lightning.pytorch as pl
 import pytest
 import torch
 
 from vqa_components import create
+from vqa_components.interfaces import ConfigError
 from vqa_components.model import VideoQAModel
 
 D = 32
@@ -63,8 +67,72 @@ def test_init_from_loads_named_parts_of_an_earlier_stage(tmp_path):
     for a, b in zip(first.backbone.state_dict().values(), second.backbone.state_dict().values()):
         assert torch.equal(a, b)
     assert not torch.equal(first.head.mlp[0].weight, second.head.mlp[0].weight)  # not asked for
-    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+    assert second.backbone.weights_source == f"{tmp_path / 'stage1.ckpt'} (init_from)"
+    assert second.head.weights_source is None
+    with pytest.raises(ConfigError, match="missing.ckpt"):
         tiny_model(init_from=str(tmp_path / "missing.ckpt"))
+
+
+def test_init_parts_without_init_from_is_an_error_that_says_how_to_proceed():
+    with pytest.raises(ValueError) as err:
+        tiny_model(init_parts=["text_encoder", "fusion"])
+    msg = str(err.value)
+    assert "--model.init_from" in msg and "--model.init_parts null" in msg and "\n" not in msg
+    assert tiny_model(init_parts=None).frozen_parts == ()  # null: from scratch, no error
+
+
+def test_default_init_from_loads_the_parts_that_fit_and_logs_the_others(tmp_path, caplog):
+    """A pretraining checkpoint (vtm_choice head, objectives with weights) into a QA model: the
+    default loads what fits and says why the rest was not loaded, instead of a strict-load error."""
+    pretrain = tiny_model(
+        head=create("head", "vtm_choice", in_dim=D),
+        objectives=[create("objective", "vtm", in_dim=D), create("objective", "answer_cross_entropy")],
+    )
+    torch.save({"state_dict": pretrain.state_dict()}, tmp_path / "pretrain.ckpt")
+    with caplog.at_level(logging.INFO, logger="vqa_components.model"):
+        qa = tiny_model(init_from=str(tmp_path / "pretrain.ckpt"))
+    for name in ("backbone", "text_encoder", "fusion"):
+        for a, b in zip(getattr(pretrain, name).state_dict().values(), getattr(qa, name).state_dict().values()):
+            assert torch.equal(a, b), name
+    line = next(r.getMessage() for r in caplog.records if "init_from" in r.getMessage())
+    assert "loaded backbone, text_encoder, fusion;" in line
+    assert "head (does not fit: missing keys" in line and "mlp.0.weight" in line
+    assert "objectives (the model's part has no weights)" in line
+    # named parts stay strict: one the file lacks, or one that does not fit, is an error
+    torch.save({"state_dict": {k: v for k, v in pretrain.state_dict().items() if not k.startswith("fusion.")}},
+               tmp_path / "no_fusion.ckpt")
+    with pytest.raises(ConfigError, match="holds no weights for part 'fusion'"):
+        tiny_model(init_from=str(tmp_path / "no_fusion.ckpt"), init_parts=["fusion"])
+    with pytest.raises(ConfigError, match="does not fit part 'head'"):
+        tiny_model(init_from=str(tmp_path / "pretrain.ckpt"), init_parts=["head"])
+
+
+def _fit(model: VideoQAModel, tmp_path, ckpt_path=None, steps: int = 1) -> pl.Trainer:
+    loader = torch.utils.data.DataLoader([batch()], batch_size=None)
+    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, train_dataloaders=loader, ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_fit_refuses_frozen_random_weights_unless_loaded_allowed_or_resumed(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        _fit(tiny_model(freeze=["backbone"]), tmp_path)
+    msg = str(err.value)
+    assert "backbone" in msg and "random" in msg and "--model.allow_random_frozen true" in msg
+    trainer = _fit(tiny_model(freeze=["backbone"], allow_random_frozen=True), tmp_path)  # timing runs, tests
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    assert "state_dict" in torch.load(tmp_path / "run.ckpt", weights_only=True)  # no optimizer class in it
+    # resuming: the weights come from the checkpoint, so the part counts as initialised
+    assert _fit(tiny_model(freeze=["backbone"]), tmp_path, ckpt_path=str(tmp_path / "run.ckpt"), steps=2).global_step == 2
+    # an earlier stage's weights
+    _fit(tiny_model(freeze=["backbone"], init_from=str(tmp_path / "run.ckpt"), init_parts=["backbone"]), tmp_path)
+    # the part's own loading code
+    loaded = tiny_model(freeze=["backbone"])
+    loaded.backbone.weights_source = "/weights/frame_cnn.safetensors"
+    _fit(loaded, tmp_path)
+    assert tiny_model(freeze=["backbone", "head"]).random_frozen_parts() == ["backbone", "head"]
+    assert tiny_model(freeze=["backbone"], backbone=create("backbone", "blind", dim=D)).random_frozen_parts() == []
 
 
 def test_multiple_choice_regroups_pair_scores():

@@ -4,7 +4,9 @@ Recipes that train on the embedded benchmark train one batch, validate one batch
 checkpoint of their monitored metric, as written (with a tiny dataset). Paper-scale recipes,
 whose data adapters and pretrained weights are not available offline, run ``fast_dev_run`` on
 tiny synthetic data with the frame encoder's input shrunk to 32x32 pixels (every part and width
-is otherwise as in the recipe) and are profiled (``vqa profile``) at full size.
+is otherwise as in the recipe; the frozen CLIP tower keeps its random weights,
+``allow_random_frozen``, and fine-tuning recipes start from scratch, ``init_parts: null``) and
+are profiled (``vqa profile``) at full size.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ RECIPES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "recipes").rglo
 def is_paper_scale(recipe: str) -> bool:
     cfg = yaml.safe_load((ROOT / recipe).read_text())
     return cfg.get("data", {}).get("dataset") != "synthetic_vqa"
+
+
+def needs_init_from(recipe: str) -> bool:
+    """A fine-tuning recipe: it names the parts to load (init_parts) but not the file (init_from)."""
+    model = yaml.safe_load((ROOT / recipe).read_text())["model"]
+    return bool(model.get("init_parts")) and not model.get("init_from")
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -62,6 +70,16 @@ SHRINK_PAPER = [
 ]  # parts (the full-width towers take minutes per step in bf16 on a CPU without bf16 instructions)
 
 
+def paper_args(recipe: str) -> list[str]:
+    """A paper-scale recipe on tiny synthetic data, offline: no CLIP weights, no pretraining checkpoint."""
+    args = [*SHRINK_PAPER, "--model.backbone.init_args.image_size=32", "--model.allow_random_frozen=true"]
+    if yaml.safe_load((ROOT / recipe).read_text())["model"]["head"].get("name") == "answer_classifier":
+        args.append("--model.head.init_args.num_answers=16")
+    if needs_init_from(recipe):
+        args.append("--model.init_parts=null")
+    return args
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_trains(recipe, tmp_path, tiny_data):
@@ -72,10 +90,7 @@ def test_recipe_trains(recipe, tmp_path, tiny_data):
             "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"]
     paper = is_paper_scale(recipe)
     if paper:
-        cfg = yaml.safe_load((ROOT / recipe).read_text())
-        args += SHRINK_PAPER + ["--trainer.fast_dev_run=1", "--model.backbone.init_args.image_size=32"]
-        if cfg["model"]["head"].get("name") == "answer_classifier":
-            args.append("--model.head.init_args.num_answers=16")
+        args += [*paper_args(recipe), "--trainer.fast_dev_run=1"]
     else:
         args += tiny_data + ["--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
                              "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=1"]
@@ -83,6 +98,40 @@ def test_recipe_trains(recipe, tmp_path, tiny_data):
     assert code == 0
     if not paper:
         assert list((tmp_path / "checkpoints").glob("best-*.ckpt")), "no checkpoint of the monitored metric"
+
+
+PAPER = [r for r in RECIPES if is_paper_scale(r)]
+
+
+@pytest.mark.parametrize("recipe", PAPER)
+def test_paper_recipes_show_where_weights_and_the_earlier_stage_go(recipe):
+    """The frozen CLIP tower has a checkpoint key to fill in; a recipe that loads parts of an earlier
+    stage says in its header how to give that stage, and how to train from scratch instead."""
+    text = (ROOT / recipe).read_text()
+    model = yaml.safe_load(text)["model"]
+    if model["backbone"].get("name") == "open_clip" and model["backbone"].get("frozen"):
+        assert "checkpoint" in model["backbone"] and "open_clip_pytorch_model.bin" in text
+    if needs_init_from(recipe):
+        header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+        assert "--model.init_from" in header and "--model.init_parts null" in header
+
+
+@pytest.mark.slow
+def test_paper_recipe_without_its_weights_stops_before_training(tmp_path, capsys):
+    """What a user who runs a fine-tuning recipe as shipped sees: first the missing pretraining
+    checkpoint, then (training from scratch) the frozen CLIP tower's missing weights; one line each."""
+    recipe = "recipes/videodistill/finetune_msvd_qa.yaml"
+    args = ["fit", "--config", str(ROOT / recipe), f"--trainer.default_root_dir={tmp_path}",
+            *[a for a in paper_args(recipe) if a not in ("--model.allow_random_frozen=true", "--model.init_parts=null")]]
+    capsys.readouterr()
+    assert run(*args)[0] == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("vqa: error: init_parts ['text_encoder', 'sampler', 'fusion'] is set but init_from")
+    assert run(*args, "--model.init_parts=null")[0] == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("vqa: error: frozen part(s) backbone still have their random initialisation")
+    assert "--model.backbone.checkpoint /path/to/open_clip_pytorch_model.bin" in err[-1]
+    assert not list(tmp_path.rglob("*.ckpt"))
 
 
 @pytest.mark.parametrize("recipe", [r for r in RECIPES if r.startswith("recipes/videodistill/") or r == "recipes/quickstart.yaml"])
@@ -104,9 +153,7 @@ def test_every_trainable_parameter_learns_and_frozen_parts_stay_out_of_the_optim
 
     args = ["--config", str(ROOT / recipe), "--data.num_workers=0"]
     if is_paper_scale(recipe):
-        args += SHRINK_PAPER + ["--model.backbone.init_args.image_size=32"]
-        if yaml.safe_load((ROOT / recipe).read_text())["model"]["head"].get("name") == "answer_classifier":
-            args.append("--model.head.init_args.num_answers=16")
+        args += paper_args(recipe)
     else:
         args += tiny_data
     cli = run_cli(args, run=False)

@@ -3,6 +3,7 @@
 ::
 
     vqa fit      --config recipes/quickstart.yaml     # train (LightningCLI)
+    vqa fit      ... --ckpt_path last | --overwrite   # resume, or replace an earlier run's checkpoints
     vqa test     --config recipes/quickstart.yaml --ckpt_path best
     vqa validate | predict ...
     vqa list [KIND] [PATTERN]                         # registered parts
@@ -10,12 +11,15 @@
     vqa explain  --config RECIPE --ckpt_path best     # PNG: chosen frames and gate values
 
 Parts in recipes and on the command line may be given by registry name (see
-:mod:`vqa_components.recipe`). Registry errors (unknown or duplicate names) are
-printed as one line and exit with status 2.
+:mod:`vqa_components.recipe`). User errors (unknown or duplicate names, model
+arguments that cannot work, a ``fit`` into a folder that holds an earlier run's
+checkpoints) are printed as one line and exit with status 2.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -23,8 +27,16 @@ from typing import Any
 
 import yaml
 
+from vqa_components.interfaces import ConfigError
 from vqa_components.recipe import normalize_cli_args, normalize_config
-from vqa_components.registry import REGISTRIES, RegistryError, import_builtin_parts, list_parts, load_plugins
+from vqa_components.registry import (
+    REGISTRIES,
+    RegistryError,
+    get_registry,
+    import_builtin_parts,
+    list_parts,
+    load_plugins,
+)
 
 CONFIG_FLAGS = ("--config", "-c")
 
@@ -75,9 +87,9 @@ def find_checkpoint(root: str | Path, which: str) -> str:
                        f"trainer.default_root_dir first")
     if which == "last":
         return str(last)
-    import torch
+    from vqa_components.backbones.open_clip import read_checkpoint
 
-    state = torch.load(last, map_location="cpu", weights_only=False)
+    state = read_checkpoint(last)
     for key, cb_state in state.get("callbacks", {}).items():
         if str(key).startswith("ModelCheckpoint") and cb_state.get("best_model_path"):
             best = Path(cb_state["best_model_path"])
@@ -91,10 +103,29 @@ def find_checkpoint(root: str | Path, which: str) -> str:
 
 # ------------------------------------------------------------------ LightningCLI
 
+
+def is_launching_process() -> bool:
+    """Whether this is the process a user started (global rank 0), not one a DDP launcher started.
+
+    Lightning's subprocess launcher re-runs the command line with ``LOCAL_RANK`` (and, on other
+    nodes, ``NODE_RANK``) set; ``torchrun`` sets ``RANK`` and ``LOCAL_RANK`` in every process it
+    starts, SLURM sets ``SLURM_PROCID``.
+    """
+    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        value = os.environ.get(key, "0").strip() or "0"
+        if value != "0":
+            return False
+    return True
+
+
 def run_cli(args: list[str], run: bool = True) -> Any:
+    """Build (and with ``run``, run) the LightningCLI for ``args``; ``--overwrite`` is ours, not Lightning's."""
     from vqa_components.data.datamodule import VideoQADataModule
     from vqa_components.model import VideoQAModel
 
+    overwrite = run and "--overwrite" in args
+    if overwrite and args[0] != "fit":
+        raise CLIError("--overwrite works with `vqa fit` only (it replaces an earlier run's checkpoints)")
     saved_argv = sys.argv
     # Lightning's DDP launcher starts the other ranks by running ``sys.argv`` again: it must be this
     # command line, whole and as the user wrote it (recipe paths included), not the caller's.
@@ -105,9 +136,10 @@ def run_cli(args: list[str], run: bool = True) -> Any:
         return VQACLI(
             VideoQAModel,
             VideoQADataModule,
-            args=preprocess_args(args),
+            args=preprocess_args([a for a in args if a != "--overwrite"]),
             run=run,
             save_config_kwargs={"overwrite": True},
+            overwrite=overwrite,
         )
     finally:
         sys.argv = saved_argv
@@ -133,7 +165,7 @@ def cmd_list(args: list[str]) -> int:
     rest = args[1:] if kind else args
     pattern = rest[0] if rest else "*"
     if args and kind is None and len(args) > 1:
-        raise CLIError(f"unknown kind of part {args[0]!r}; valid kinds: {', '.join(REGISTRIES)}")
+        get_registry(args[0])  # raises: an unknown kind, with the closest ones
     found = list_parts(kind, pattern)
     for k, entries in found.items():
         if not entries:
@@ -143,15 +175,35 @@ def cmd_list(args: list[str]) -> int:
         for e in entries:
             print(f"  {e.name.ljust(width)}  {e.description}")
     if not any(found.values()):
-        print(f"no parts match {pattern!r}")
+        print(f"no parts match {pattern!r}{_list_hint(pattern, kind)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _list_hint(pattern: str, kind: str | None) -> str:
+    """The closest kinds (``vqa list fusoin``) and part names to a pattern that matched nothing."""
+    hints = []
+    if kind is None:
+        kinds = difflib.get_close_matches(pattern, list(REGISTRIES), n=3, cutoff=0.6)
+        if kinds:
+            hints.append(f"the kind {' or '.join(repr(k) for k in kinds)} (vqa list {kinds[0]})")
+    names = sorted({e.name for entries in list_parts(kind).values() for e in entries})
+    parts = difflib.get_close_matches(pattern, names, n=3, cutoff=0.6)
+    if parts:
+        hints.append(f"the part {' or '.join(repr(n) for n in parts)}")
+    kinds = f" Kinds: {', '.join(REGISTRIES)}." if kind is None else ""
+    return (f". Did you mean {', or '.join(hints)}?" if hints else ".") + kinds
+
+
+#: Appended when a model is built only to be profiled, or to take a checkpoint's weights: loading an
+#: earlier stage's parts (init_from) would change nothing, and init_parts alone would be an error.
+NO_INIT = ["--model.init_from=null", "--model.init_parts=null"]
 
 
 def cmd_profile(args: list[str]) -> int:
     from vqa_components.profiler import profile_model
 
-    cli = run_cli(args, run=False)
+    cli = run_cli([*args, *NO_INIT], run=False)
     model, dm = cli.model, cli.datamodule
     batch = dm.example_batch(batch_size=1)
     release(cli)
@@ -176,23 +228,29 @@ def _pop_option(args: list[str], name: str, default: str | None) -> str | None:
 
 def cmd_explain(args: list[str]) -> int:
     """``vqa explain --config R [--ckpt_path best] [--split test] [--index 0] [--out explain.png]``."""
-    import torch
-
     from vqa_components.data.datamodule import collate_videoqa
     from vqa_components.viz import explain
 
     args = list(args)
     ckpt = _pop_option(args, "--ckpt_path", None)
     split = _pop_option(args, "--split", "test")
-    index = int(_pop_option(args, "--index", "0") or 0)
+    index_arg = _pop_option(args, "--index", "0") or "0"
+    try:
+        index = int(index_arg)
+    except ValueError:
+        raise CLIError(f"--index {index_arg!r}: expected the number of a sample of the split (0, 1, ...)") from None
     out = _pop_option(args, "--out", None)
-    cli = run_cli(args, run=False)
+    cli = run_cli([*args, *NO_INIT] if ckpt is not None else args, run=False)
     model, dm = cli.model, cli.datamodule
     root = cli.trainer.default_root_dir
     release(cli)
     if ckpt is not None:
+        from vqa_components.backbones.open_clip import read_checkpoint
+
         path = find_checkpoint(root, ckpt) if ckpt in ("best", "last") else ckpt
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        if not Path(path).is_file():
+            raise CLIError(f"--ckpt_path {path}: no such checkpoint file")
+        state = read_checkpoint(path)
         model.load_state_dict(state["state_dict"])
         model.on_load_checkpoint(state)
     dataset = dm.dataset(split)
@@ -212,11 +270,25 @@ def cmd_explain(args: list[str]) -> int:
 USAGE = """usage: vqa {fit,validate,test,predict,list,profile,explain} ...
 
   fit|validate|test|predict   LightningCLI subcommands (vqa fit --help)
+  fit ... --overwrite         replace the checkpoints an earlier fit left in trainer.default_root_dir
+                              (--ckpt_path last resumes that run instead)
   list [KIND] [PATTERN]       registered parts, e.g. `vqa list fusion 'cross*'`
   profile --config RECIPE     parameters and forward FLOPs of a recipe for one sample
   explain --config RECIPE [--ckpt_path best] [--split test] [--index 0] [--out PNG]
                               figure of the frames a sampler chose and the LA-Gate values
 """
+
+
+def _show_model_log() -> None:
+    """Show the model's INFO lines (which parts ``init_from`` loaded) in the terminal, once, on rank 0."""
+    logger = logging.getLogger("vqa_components.model")
+    if logger.handlers or logging.getLogger().handlers or not is_launching_process():
+        return  # the user configured logging, or a DDP rank other than 0
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # open_clip configures the root logger later: no second copy of each line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,13 +302,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if argv[0] == "list":
             return cmd_list(argv[1:])
+        _show_model_log()
         if argv[0] == "profile":
             return cmd_profile(argv[1:])
         if argv[0] == "explain":
             return cmd_explain(argv[1:])
         release(run_cli(argv))
         return 0
-    except (RegistryError, CLIError) as exc:
+    except (RegistryError, CLIError, ConfigError) as exc:
         print(f"vqa: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # bad data: one line that names the file, record and field

@@ -18,11 +18,17 @@ heads take the widths they connect as constructor arguments.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+
+class ConfigError(ValueError):
+    """A part or model argument that cannot work; ``vqa`` prints it as one line (exit status 2)."""
+
 
 # --------------------------------------------------------------------- values
 
@@ -105,7 +111,7 @@ class FusionOutput:
 
     Attributes:
         pooled: ``(b, d)`` one vector per sample (what classifier heads read).
-        tokens: ``(b, m, d)`` fused token sequence (what generative heads read).
+        tokens: ``(b, m, d)`` fused token sequence (for token-level heads; generating heads are planned).
         mask: ``(b, m)`` bool or ``None``.
         extras: e.g. ``gates`` of LA-Gate blocks, attention maps.
     """
@@ -122,7 +128,7 @@ class HeadOutput:
 
     Attributes:
         logits: ``(b, c)`` class scores (answer vocabulary or options), or
-            ``(b, l, vocab)`` token scores for a generative head.
+            ``(b, l, vocab)`` token scores for a generating head (planned).
         predictions: decoded answers, if the head generates text.
     """
 
@@ -149,9 +155,16 @@ class ModelOutput:
 
 
 class Part(nn.Module):
-    """Base of every part. ``registry_name`` is set by ``@REGISTRY.register``."""
+    """Base of every part. ``registry_name`` is set by ``@REGISTRY.register``.
+
+    ``weights_source`` says where the part's weights came from: ``None`` while they are the
+    random initialisation; the file or folder a part's own loading code read (``checkpoint``,
+    ``pretrained_path``), or the ``init_from`` file that :class:`~vqa_components.model.VideoQAModel`
+    loaded it from. Frozen parts must have one (``VideoQAModel(allow_random_frozen=...)``).
+    """
 
     registry_name: str = ""
+    weights_source: str | None = None
 
 
 class Backbone(Part):
@@ -225,16 +238,48 @@ class Fusion(Part):
         raise NotImplementedError
 
 
+#: What a head's output means to :class:`~vqa_components.model.VideoQAModel` (``Head.task``).
+HEAD_TASKS = ("classify", "multiple_choice", "retrieval")
+
+
+def check_head_task(task: object, owner: str) -> None:
+    """Raise :class:`ConfigError` unless ``task`` is one of :data:`HEAD_TASKS`."""
+    if task in HEAD_TASKS:
+        return
+    if task == "generate":
+        hint = " (generating heads are planned, not supported yet)"
+    else:
+        close = difflib.get_close_matches(str(task), HEAD_TASKS, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"{owner}: unknown head task {task!r}{hint}; set task to one of {', '.join(HEAD_TASKS)}")
+
+
 class Head(Part):
     """Fused features -> answer scores: ``forward(fused, text) -> HeadOutput``.
 
-    ``task`` says how the model treats the output: ``"classify"`` (logits over
-    the answer vocabulary), ``"multiple_choice"`` (one logit per question+option
-    pair, regrouped to ``(b, options)``), ``"generate"`` (token logits and
-    decoded ``predictions``).
+    ``task`` says how the model treats the output, one of :data:`HEAD_TASKS`
+    (checked when a subclass is defined and when ``task`` is assigned):
+
+    * ``"classify"``: logits ``(b, c)`` over the answer vocabulary; the model
+      reports answer accuracy (overall and per question family).
+    * ``"multiple_choice"``: one logit per question+option pair, regrouped to
+      ``(b, options)``; accuracy as for ``classify``.
+    * ``"retrieval"``: ``(b, b)`` video-text similarities; no answer accuracy
+      (the objectives log their losses).
+
+    Generating heads (token logits and decoded ``predictions``) are planned.
     """
 
     task: str = "classify"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_head_task(cls.task, f"head {cls.__module__}.{cls.__qualname__}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "task":
+            check_head_task(value, f"head {type(self).__qualname__}")
+        super().__setattr__(name, value)
 
     def forward(self, fused: FusionOutput, text: TextFeatures) -> HeadOutput:
         raise NotImplementedError
@@ -247,13 +292,9 @@ class Objective(Part):
     captions, masked text, masked pixels with a frozen tagger, ...), the batch and
     the default forward's :class:`ModelOutput`. Other keys of the returned dict
     are logged. ``weight`` scales ``"loss"`` in the total.
-
-    ``needs_answers``: the objective reads ``batch["answer_idx"]`` (QA
-    fine-tuning); pretraining objectives read ``batch["caption"]`` instead.
     """
 
     weight: float = 1.0
-    needs_answers: bool = False
 
     def forward(self, model: nn.Module, batch: dict[str, Any], out: ModelOutput) -> dict[str, Tensor]:
         raise NotImplementedError

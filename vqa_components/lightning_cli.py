@@ -16,7 +16,9 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from vqa_components.cli import find_checkpoint
+from vqa_components.cli import CLIError, find_checkpoint, is_launching_process
+
+log = logging.getLogger(__name__)
 
 #: Lightning messages that are not the user's business: internal deprecations, an advert, and the
 #: advice to reduce epoch-level metrics across ranks, which VideoQAModel's metrics already are.
@@ -63,7 +65,35 @@ class TestMetricsWriter(Callback):
             print(f"samples evaluated: {int(metrics['test/num_samples'])}")
         print(f"test metrics written to {path}")
 
+
+def guard_earlier_run(ckpt_dir: Path, root: Path, overwrite: bool) -> None:
+    """Stop a ``fit`` that would write over an earlier run's checkpoints, or remove them with ``overwrite``."""
+    found = sorted(ckpt_dir.glob("*.ckpt"))
+    if not found:
+        return
+    if not overwrite:
+        names = ", ".join(f.name for f in found[:3]) + (" ..." if len(found) > 3 else "")
+        raise CLIError(
+            f"{ckpt_dir} already holds checkpoints of an earlier run ({names}): resume it with --ckpt_path last, "
+            f"replace it with --overwrite, or choose another --trainer.default_root_dir"
+        )
+    # the earlier run's test figures go too: they would describe another model
+    for f in [*found, root / "test_metrics.json"]:
+        f.unlink(missing_ok=True)
+    log.warning("--overwrite: removed %d checkpoint(s) of an earlier run from %s", len(found), ckpt_dir)
+
+
 class VQACLI(LightningCLI):
+    """LightningCLI with our checkpoint defaults, ``--ckpt_path best|last`` and the earlier-run guard.
+
+    ``overwrite`` (the ``vqa fit --overwrite`` flag, taken off the command line by
+    :func:`vqa_components.cli.run_cli`) lets ``fit`` replace an earlier run's checkpoints.
+    """
+
+    def __init__(self, *args: Any, overwrite: bool = False, **kwargs: Any) -> None:
+        self.overwrite = overwrite  # before super().__init__, which runs before_instantiate_classes
+        super().__init__(*args, **kwargs)
+
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -92,8 +122,26 @@ class VQACLI(LightningCLI):
                 "init_args": {"save_dir": root, "name": "logs"},
             }
         ckpt = cfg.get("ckpt_path")
-        if ckpt in ("best", "last") and self.subcommand in ("validate", "test", "predict"):
+        if ckpt in ("best", "last"):  # fit too: Lightning's own "last" would start from scratch without one
             cfg.ckpt_path = find_checkpoint(root, ckpt)
+        if ckpt is not None:  # every weight comes from the checkpoint: an earlier stage's would be replaced
+            cfg.model.init_from = cfg.model.init_parts = None
+        if self.subcommand == "fit":
+            self._check_fit_target(cfg, Path(root))
+
+    def _check_fit_target(self, cfg: Any, root: Path) -> None:
+        if cfg.get("ckpt_path") is not None:
+            if self.overwrite:
+                raise CLIError("--overwrite removes the run's checkpoints but --ckpt_path resumes from one: give only one")
+            return  # resuming writes on in the same folder
+        writes = not cfg.trainer.get("fast_dev_run") and cfg.trainer.get("enable_checkpointing") is not False
+        if writes and is_launching_process():  # not in the DDP ranks that re-run this command line
+            guard_earlier_run(Path(cfg.checkpoint.dirpath), root, self.overwrite)
+
+    def before_fit(self) -> None:
+        """Refuse frozen random weights before any process is launched (the model checks again at fit start)."""
+        if self.config_init[self.subcommand].get("ckpt_path") is None:
+            self.model.check_frozen_parts_have_weights()
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]

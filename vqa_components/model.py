@@ -12,12 +12,15 @@ registry name or ``class_path``) and any mix of compatible parts trains::
     )
 
 Multi-stage training (E-ViLM trains its tokenizer first): ``init_from`` loads
-the weights of named parts from an earlier checkpoint (or a plain state dict);
-``freeze`` lists parts whose weights stay fixed.
+the weights of parts from an earlier checkpoint (or a plain state dict): those
+named in ``init_parts``, or by default every part whose weights the file holds
+and fit. ``freeze`` lists parts whose weights stay fixed; a frozen part must have
+weights (its own ``checkpoint``, or ``init_from``) before ``fit`` trains with it.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,9 +33,11 @@ from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import Tensor, nn
 
+from vqa_components.backbones.open_clip import load_strict, read_state_dict, state_mismatch
 from vqa_components.data.feature_cache import FeatureCache
 from vqa_components.interfaces import (
     Backbone,
+    ConfigError,
     Fusion,
     FusionOutput,
     Head,
@@ -70,9 +75,21 @@ class VideoQAModel(pl.LightningModule):
             ``caption`` for caption pretraining).
         freeze: parts (``backbone``, ``text_encoder``, ...) whose weights stay fixed;
             a frozen part also runs in eval mode.
-        init_from: a checkpoint (``.ckpt``) or state-dict file to load weights from.
-        init_parts: the parts to load from ``init_from`` (default: all parts
-            present in the file). Used to chain training stages.
+        init_from: a checkpoint (``.ckpt``), state-dict or ``.safetensors`` file to
+            load weights from (read with ``weights_only=True``).
+        init_parts: the parts to load from ``init_from``; each must be in the file
+            and fit exactly. Default: every part that the model and the file both
+            have and whose weights fit (the rest keep their weights; which parts
+            were loaded and why others were not is logged at INFO). Setting it
+            without ``init_from`` is an error (``init_parts: null`` trains from
+            scratch). Used to chain training stages.
+        allow_random_frozen: train even if a frozen part (in ``freeze``, or built
+            with ``frozen=True``) still has its random initialisation, i.e. neither
+            its own loading code (``checkpoint``, ``pretrained_path``) nor
+            ``init_from`` gave it weights. For timing runs and tests; otherwise
+            ``fit`` stops with an error. Checked when ``fit`` starts without a
+            ``ckpt_path`` (resuming, validating, testing and predicting take the
+            weights from the checkpoint).
         feature_cache: folder of an on-disk cache of the backbone's features
             (:class:`~vqa_components.data.feature_cache.FeatureCache`); the
             backbone must be frozen and ``cacheable``. Give the dataset the same
@@ -98,6 +115,7 @@ class VideoQAModel(pl.LightningModule):
         init_parts: Sequence[str] | None = None,
         feature_cache: str | None = None,
         feature_cache_dtype: str = "float32",
+        allow_random_frozen: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "text_encoder", "fusion", "head", "objectives", "sampler"])
@@ -112,12 +130,18 @@ class VideoQAModel(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.text_field = text_field
+        self.allow_random_frozen = allow_random_frozen
         self.frozen_parts = tuple(freeze)
         for name in self.frozen_parts:
             part = self._part(name)
             if part is None:
-                raise ValueError(f"freeze: model has no part {name!r}; parts: {', '.join(PART_NAMES)}")
+                raise ConfigError(f"freeze: model has no part {name!r}; parts: {', '.join(PART_NAMES)}")
             part.requires_grad_(False)
+        if init_parts and not init_from:
+            raise ConfigError(
+                f"init_parts {list(init_parts)} is set but init_from is not: give the checkpoint to load "
+                f"them from with --model.init_from PATH, or pass --model.init_parts null to train from scratch"
+            )
         if init_from:
             self.load_parts(init_from, init_parts)
         self.feature_cache: FeatureCache | None = None
@@ -135,25 +159,87 @@ class VideoQAModel(pl.LightningModule):
         return getattr(self, name)
 
     def load_parts(self, path: str, parts: Sequence[str] | None = None) -> list[str]:
-        """Load the weights of ``parts`` from a Lightning checkpoint or a state dict."""
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"init_from: no such checkpoint file: {path}")
-        state = torch.load(p, map_location="cpu", weights_only=False)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        wanted = list(parts) if parts else sorted({k.split(".", 1)[0] for k in state} & set(PART_NAMES))
-        loaded = []
-        for name in wanted:
+        """Load part weights from a Lightning checkpoint or a state dict; returns the parts loaded.
+
+        ``parts`` named: each must be in the file and fit exactly (else :class:`ConfigError`).
+        ``parts`` empty or ``None``: every part that both the model and the file have and whose
+        weights fit; the others keep their weights, and why is logged.
+        """
+        if not Path(path).exists():
+            raise ConfigError(f"init_from: no such checkpoint file: {path}")
+        state = read_state_dict(path)
+        in_file = {k.split(".", 1)[0] for k in state}
+        named = list(parts or [])
+        for name in named:
+            if self._part(name) is None:
+                raise ConfigError(f"init_parts: model has no part {name!r}; parts: {', '.join(self._present_parts())}")
+        loaded: list[str] = []
+        skipped: dict[str, str] = {}
+        for name in named or self._present_parts():
             part = self._part(name)
-            if part is None:
-                raise ValueError(f"init_parts: model has no part {name!r}; parts: {', '.join(PART_NAMES)}")
+            assert part is not None
             sub = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
-            if not sub:
-                raise KeyError(f"init_from: {path} holds no weights for part {name!r}")
-            part.load_state_dict(sub)
+            has_weights = bool(part.state_dict())
+            if named:
+                if not sub and has_weights:
+                    raise ConfigError(
+                        f"init_from: {path} holds no weights for part {name!r} (it has: "
+                        f"{', '.join(sorted(in_file & set(PART_NAMES))) or 'none'}); drop it from init_parts"
+                    )
+                load_strict(part, sub, path, f"part {name!r}")
+            else:
+                why = _why_not_loaded(part, sub)
+                if why:
+                    skipped[name] = why
+                    continue
+                part.load_state_dict(sub)
+            _set_weights_source(part, f"{path} (init_from)")
             loaded.append(name)
-        log.info("loaded %s from %s", ", ".join(loaded), path)
+        for name in sorted(in_file & set(PART_NAMES) - set(self._present_parts())):
+            skipped[name] = "in the file, but the model has none"
+        log.info(
+            "init_from %s: loaded %s%s",
+            path,
+            ", ".join(loaded) or "no part",
+            "; not loaded: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()) if skipped else "",
+        )
         return loaded
+
+    def _present_parts(self) -> list[str]:
+        return [name for name in PART_NAMES if self._part(name) is not None]
+
+    def random_frozen_parts(self) -> list[str]:
+        """Frozen parts (``freeze``, or built with ``frozen=True``) whose weights are still random."""
+        found = []
+        for name in self._present_parts():
+            part = self._part(name)
+            modules = list(part) if isinstance(part, nn.ModuleList) else [part]
+            for m in modules:
+                frozen = name in self.frozen_parts or bool(getattr(m, "frozen", False))
+                has_params = next(m.parameters(), None) is not None
+                if frozen and has_params and getattr(m, "weights_source", None) is None:
+                    found.append(name)
+                    break
+        return found
+
+    def check_frozen_parts_have_weights(self) -> None:
+        """Raise :class:`ConfigError` if a frozen part would train with random weights (unless allowed)."""
+        names = self.random_frozen_parts()
+        if not names or self.allow_random_frozen:
+            return
+        first = self._part(names[0])
+        params = inspect.signature(type(first).__init__).parameters
+        arg = next((a for a in ("checkpoint", "pretrained_path") if a in params), None)
+        how = (
+            f"--model.{names[0]}.{arg} /path/to/"
+            f"{'open_clip_pytorch_model.bin' if arg == 'checkpoint' else 'model_folder'} or --model.init_from PATH"
+            if arg
+            else "--model.init_from PATH"
+        )
+        raise ConfigError(
+            f"frozen part(s) {', '.join(names)} still have their random initialisation: give them weights "
+            f"({how}); --model.allow_random_frozen true trains anyway (timing runs, tests)"
+        )
 
     def train(self, mode: bool = True) -> VideoQAModel:
         super().train(mode)
@@ -278,6 +364,18 @@ class VideoQAModel(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._report_skips("train")
 
+    def on_fit_start(self) -> None:
+        if not self.trainer.strategy.restore_checkpoint_after_setup:  # a resumed run's weights are loaded by now
+            self._check_weights_before_training()
+
+    def on_train_start(self) -> None:
+        if self.trainer.strategy.restore_checkpoint_after_setup:  # these strategies load the checkpoint later
+            self._check_weights_before_training()
+
+    def _check_weights_before_training(self) -> None:
+        if self.trainer.ckpt_path is None:  # resuming: the weights come from the checkpoint
+            self.check_frozen_parts_have_weights()
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
@@ -325,6 +423,14 @@ class VideoQAModel(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["answer_vocab"] = self.answer_vocab
         checkpoint["families"] = self.families
+        hparams = checkpoint.get("hyper_parameters")
+        if isinstance(hparams, dict):
+            # a class or function given from Python (optimizer=torch.optim.AdamW) would make the file
+            # unreadable with torch.load(weights_only=True), the way it is loaded to resume or test;
+            # LightningCLI records {class_path, init_args} instead, which is kept
+            checkpoint["hyper_parameters"] = {
+                k: v for k, v in hparams.items() if k not in ("optimizer", "scheduler") or _plain(v)
+            }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.answer_vocab = checkpoint.get("answer_vocab", [])
@@ -355,6 +461,32 @@ class VideoQAModel(pl.LightningModule):
             Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+
+def _why_not_loaded(part: nn.Module, sub: dict[str, Tensor]) -> str | None:
+    """Why the default ``init_from`` leaves ``part`` as it is, given the file's weights ``sub`` for it."""
+    if not part.state_dict():
+        return "the model's part has no weights"
+    if not sub:
+        return "not in the file"
+    mismatch = state_mismatch(part, sub)
+    return f"does not fit: {mismatch}" if mismatch else None
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is made of what ``torch.load(weights_only=True)`` reads: no classes, no functions."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+def _set_weights_source(part: nn.Module, source: str) -> None:
+    for module in part if isinstance(part, nn.ModuleList) else [part]:
+        module.weights_source = source
 
 
 def pixels_to_float(video: Any) -> Any:

@@ -127,14 +127,6 @@ class Registry:
     def names(self, pattern: str = "*") -> list[str]:
         return [e.name for e in self.entries(pattern)]
 
-    def name_of(self, obj: Any) -> str | None:
-        """The registered name of a class, or ``None``."""
-        self._ensure_loaded()
-        for e in self._entries.values():
-            if e.obj is obj:
-                return e.name
-        return None
-
     def __contains__(self, name: str) -> bool:
         self._ensure_loaded()
         return name in self._entries

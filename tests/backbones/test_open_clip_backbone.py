@@ -97,6 +97,9 @@ def test_checkpoint_round_trip(tmp_path, layout):
     ref.visual.load_state_dict(src.visual.state_dict())
     assert torch.equal(bb(video).tokens, ref(video).tokens)
     assert not torch.equal(tiny()(video).tokens, bb(video).tokens)  # the random init differs
+    # where the weights came from: the file read (the known file inside a folder), None while random
+    expected = tmp_path / "open_clip_model.safetensors" if layout == "safetensors" else path
+    assert bb.weights_source == str(expected) and ref.weights_source is None
 
 
 def test_own_state_dict_round_trip(tmp_path):
@@ -112,6 +115,16 @@ def test_checkpoint_of_other_resolution_is_resized(tmp_path):
     torch.save(tiny().state_dict(), tmp_path / "w.pt")
     bb = tiny(image_size=48, checkpoint=str(tmp_path / "w.pt"))
     assert bb(torch.rand(1, 1, 3, 48, 48)).tokens.shape == (1, 1, 36, 32)
+
+
+def test_a_file_that_needs_code_to_load_is_refused_in_one_line(tmp_path):
+    """Weight files are read with weights_only=True: a pickled object other than tensors is refused."""
+    path = tmp_path / "pickled.pt"
+    torch.save({"state_dict": tiny().state_dict(), "optimizer": torch.optim.AdamW}, path)
+    with pytest.raises(ValueError) as err:
+        tiny(checkpoint=str(path))
+    msg = str(err.value)
+    assert str(path) in msg and "weights-only" in msg and "torch.optim.adamw.AdamW" in msg and "\n" not in msg
 
 
 def test_wrong_checkpoint_names_file_and_keys(tmp_path):

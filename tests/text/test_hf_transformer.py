@@ -53,6 +53,7 @@ def test_registered():
 def test_tiny_saved_folder_round_trip(tiny_folder):
     folder, ref = tiny_folder
     enc = HFTransformerTextEncoder(pretrained_path=str(folder), max_length=16)
+    assert enc.weights_source == str(folder)  # a frozen copy of it would count as pretrained
     assert enc.out_dim == 32 and enc.vocab_size == len(VOCAB)
     assert enc.pad_token_id == 0 and enc.mask_token_id == VOCAB.index("[MASK]")
     assert {0, 2, 3, 4} <= set(enc.special_token_ids)
@@ -80,7 +81,7 @@ def test_random_init_from_config_and_vocab_file(vocab_file):
     a = HFTransformerTextEncoder(config=TINY_BERT, tokenizer_path=str(vocab_file), pooling="mean")
     torch.manual_seed(2)
     b = HFTransformerTextEncoder(config=TINY_BERT, tokenizer_path=str(vocab_file), pooling="mean")
-    assert a.vocab_size == len(VOCAB)
+    assert a.vocab_size == len(VOCAB) and a.weights_source is None  # random: no weights were loaded
     out = a.encode(TEXTS)
     w = out.mask.unsqueeze(-1).float()
     torch.testing.assert_close(out.cls, (out.tokens * w).sum(1) / w.sum(1))  # masked mean

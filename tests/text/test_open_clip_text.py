@@ -117,6 +117,7 @@ def test_checkpoint_round_trip(tmp_path, layout):
         ref.load_state_dict(state)
     a, b = loaded.encode(TEXTS), ref.encode(TEXTS)
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.cls, b.cls)
+    assert loaded.weights_source == str(path) and tiny().weights_source is None
 
 
 def test_wrong_checkpoint_error(tmp_path):

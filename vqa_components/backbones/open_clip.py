@@ -28,7 +28,13 @@ Weights: random init by default (nothing is downloaded); ``checkpoint`` loads a
 local file (or a folder holding one): a full open_clip/OpenAI CLIP state dict, a
 visual-only one, a training checkpoint ``{"state_dict": ...}`` (a DDP
 ``module.`` prefix is stripped), ``.safetensors``, or an OpenAI TorchScript
-archive. Loading is strict; see ``docs/parts/feature_cache.md``.
+archive. Loading is strict; see ``docs/parts/feature_cache.md``. A frozen tower
+without a ``checkpoint`` keeps random weights: ``VideoQAModel`` refuses to train
+with it unless ``allow_random_frozen`` is set.
+
+This module is also where the library reads weight files (:func:`read_checkpoint`,
+:func:`read_state_dict`, :func:`load_strict`): torch files are always read with
+``weights_only=True``, so no file can run code when it is loaded.
 
 Supported family: open_clip's own ``VisionTransformer`` towers (``ViT-*``
 configs without an attentional pooler). ResNet (``RN50``...), timm and ConvNeXt
@@ -48,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqa_components.interfaces import Backbone, VideoFeatures
+from vqa_components.interfaces import Backbone, ConfigError, VideoFeatures
 from vqa_components.registry import BACKBONES
 
 log = logging.getLogger(__name__)
@@ -137,6 +143,25 @@ def resolve_checkpoint_file(checkpoint: str | Path, names: Iterable[str] = CHECK
     return p
 
 
+def read_checkpoint(path: str | Path) -> Any:
+    """``torch.load`` a local file with ``weights_only=True`` (tensors and plain values, no code).
+
+    Reads ``torch.save`` state dicts and the Lightning checkpoints ``vqa fit`` writes. A file that
+    needs arbitrary unpickling fails with one line naming it.
+    """
+    try:
+        return torch.load(Path(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else type(exc).__name__)
+        raise ConfigError(
+            f"could not read {path} as a weights-only torch file ({reason}); load it in Python with "
+            f"torch.load(weights_only=False) only if you trust it, and save its state_dict() (torch.save or safetensors)"
+        ) from exc
+
+
 def read_state_dict(checkpoint: str | Path) -> dict[str, Tensor]:
     """Read a state dict from a local file or folder, without executing pickled code.
 
@@ -153,14 +178,11 @@ def read_state_dict(checkpoint: str | Path) -> dict[str, Tensor]:
     elif _is_torchscript_archive(path):
         state = torch.jit.load(str(path), map_location="cpu").state_dict()
     else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"could not read checkpoint {path} as a weights-only torch file: {exc}") from exc
+        state = read_checkpoint(path)
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not state:
-        raise ValueError(f"checkpoint {path} does not hold a state dict (got {type(state).__name__})")
+        raise ConfigError(f"checkpoint {path} does not hold a state dict (got {type(state).__name__})")
     state = {str(k): v for k, v in state.items()}
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
@@ -179,8 +201,8 @@ def _preview(keys: Iterable[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def load_strict(module: nn.Module, state: Mapping[str, Tensor], path: str | Path, what: str) -> None:
-    """``module.load_state_dict(state)`` with one error naming the file and every mismatch."""
+def state_mismatch(module: nn.Module, state: Mapping[str, Tensor]) -> str | None:
+    """Why ``state`` does not fit ``module`` exactly (missing, unexpected, other shapes), or ``None``."""
     own = module.state_dict()
     missing = set(own) - set(state)
     unexpected = set(state) - set(own)
@@ -189,15 +211,21 @@ def load_strict(module: nn.Module, state: Mapping[str, Tensor], path: str | Path
         for k in sorted(set(own) & set(state))
         if state[k].shape != own[k].shape
     ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {_preview(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {_preview(unexpected)}")
-        if shapes:
-            parts.append(f"shape mismatches ({len(shapes)}): {'; '.join(shapes[:8])}")
-        raise ValueError(f"checkpoint {path} does not fit {what}: " + "; ".join(parts))
+    parts = []
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {_preview(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {_preview(unexpected)}")
+    if shapes:
+        parts.append(f"shape mismatches ({len(shapes)}): {'; '.join(shapes[:8])}")
+    return "; ".join(parts) or None
+
+
+def load_strict(module: nn.Module, state: Mapping[str, Tensor], path: str | Path, what: str) -> None:
+    """``module.load_state_dict(state)`` with one error naming the file and every mismatch."""
+    mismatch = state_mismatch(module, state)
+    if mismatch:
+        raise ConfigError(f"checkpoint {path} does not fit {what}: {mismatch}")
     module.load_state_dict(dict(state), strict=True)
 
 
@@ -308,7 +336,9 @@ class OpenClipBackbone(Backbone):
         if pe is not None and pe.ndim == 2 and pe.shape != own_pe.shape and pe.shape[1] == own_pe.shape[1]:
             log.info("resizing position embedding %s -> %s", tuple(pe.shape), tuple(own_pe.shape))
             state = {**state, "positional_embedding": _resize_grid_pos_embed(pe, self.visual.grid_size)}
-        load_strict(self.visual, state, resolve_checkpoint_file(checkpoint), f"open_clip {self.model_name} image tower")
+        path = resolve_checkpoint_file(checkpoint)
+        load_strict(self.visual, state, path, f"open_clip {self.model_name} image tower")
+        self.weights_source = str(path)
 
     def train(self, mode: bool = True) -> OpenClipBackbone:
         return super().train(mode and not self.frozen)

@@ -20,8 +20,6 @@ class AnswerCrossEntropy(Objective):
         label_smoothing: as in ``torch.nn.functional.cross_entropy``.
     """
 
-    needs_answers = True
-
     def __init__(self, weight: float = 1.0, label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.weight = weight
@@ -31,5 +29,7 @@ class AnswerCrossEntropy(Objective):
         target = batch["answer_idx"]
         if (target < 0).all():
             return {"loss": out.logits.sum() * 0.0}
-        loss = F.cross_entropy(out.logits.float(), target, ignore_index=-1, label_smoothing=self.label_smoothing)
+        loss = F.cross_entropy(
+            out.logits.float(), target, ignore_index=-1, label_smoothing=self.label_smoothing
+        )
         return {"loss": loss}

@@ -101,6 +101,7 @@ class HFTransformerTextEncoder(TextEncoder):
             folder = _local_dir(pretrained_path, "pretrained_path")
             self.tokenizer = load_tokenizer(tokenizer_path or folder)
             self.model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+            self.weights_source = str(folder)
         elif config is not None:
             if tokenizer_path is None:
                 raise ValueError(

@@ -174,7 +174,9 @@ class OpenClipTextEncoder(TextEncoder):
         pe = state.get("positional_embedding")
         if pe is not None and pe.ndim == 2 and pe.shape[0] > self.context_length:
             state["positional_embedding"] = pe[: self.context_length]  # exact: the tower is causal
-        load_strict(self, state, resolve_checkpoint_file(checkpoint), f"open_clip {self.model_name} text tower")
+        path = resolve_checkpoint_file(checkpoint)
+        load_strict(self, state, path, f"open_clip {self.model_name} text tower")
+        self.weights_source = str(path)
 
     def train(self, mode: bool = True) -> OpenClipTextEncoder:
         return super().train(mode and not self.frozen)
