@@ -143,10 +143,17 @@ def test_multiple_choice_regroups_pair_scores():
     b["options"] = [["red", "green", "blue"], ["one", "two", "three"]]
     b["answer_idx"] = torch.tensor([2, 0])
     out = model(b)
-    assert out.logits.shape == (2, 3)
     model._loss(b, out, "train").backward()
+    # cell [i, j] is the score of question i with option j, as a single-pair forward computes it
+    model.eval()
+    out = model(b)
+    ref = torch.zeros(2, 3)
+    for i in range(2):
+        for j, option in enumerate(b["options"][i]):
+            ref[i, j] = model({"video": b["video"][i : i + 1], "question": [f"{b['question'][i]} {option}"]}).logits[0, 0]
+    torch.testing.assert_close(out.logits, ref)
     preds = model.predict_step(b, 0)
-    assert preds[0]["prediction"] in b["options"][0]
+    assert [p["prediction"] for p in preds] == [b["options"][i][int(ref[i].argmax())] for i in range(2)]
 
 
 def test_skipped_videos_are_reported_at_epoch_end(caplog):

@@ -60,9 +60,16 @@ def test_multiple_choice_path_with_vtm_objective_trains():
     }
     out = model(batch)
     assert out.logits.shape == (2, 3)
-    # the regrouped logits are the head's log-odds on each (question, option) pair, question-major
-    scores = model.head.matching_logits(out.fused.pooled).diff(dim=-1).reshape(2, 3)
-    torch.testing.assert_close(out.logits, scores)
+    # cell [i, j] is the head's log-odds of question i with option j, as a single-pair forward gives it
+    with torch.no_grad():
+        model.eval()
+        for i in range(2):
+            for j, option in enumerate(batch["options"][i]):
+                single = {"video": batch["video"][i : i + 1], "question": [f"{batch['question'][i]} {option}"]}
+                pooled = model(single).fused.pooled
+                expected = model.head.matching_logits(pooled).diff(dim=-1)[0, 0]
+                torch.testing.assert_close(model(batch).logits[i, j], expected)
+        model.train()
     assert vtm.classifier(model) is model.head.proj  # shared 2-class layer
     loss = sum(obj.weight * obj(model, batch, out)["loss"] for obj in model.objectives)
     assert torch.isfinite(loss)
