@@ -99,8 +99,9 @@ def mean_std(values: list[float]) -> str:
     if not values:
         return "n/a"
     m = 100 * statistics.mean(values)
-    s = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{m:.1f} ± {s:.1f}"
+    if len(values) < 2:  # one run has no spread to show
+        return f"{m:.1f}"
+    return f"{m:.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
 def table(runs: list[dict], labels: dict[str, str]) -> str:
