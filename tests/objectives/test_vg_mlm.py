@@ -84,10 +84,10 @@ BATCH = {
 }
 
 
-def _setup():
+def _setup(mask_prob: float = 0.15):
     torch.manual_seed(0)
     enc = create("text_encoder", "small_transformer", dim=D, num_layers=1, num_heads=2)
-    obj = VisionGuidedMLM(video_dim=D, text_dim=D, vocab_size=enc.vocab_size, hidden_dim=16)
+    obj = VisionGuidedMLM(video_dim=D, text_dim=D, vocab_size=enc.vocab_size, hidden_dim=16, mask_prob=mask_prob)
     model = _model(obj)
     return model, obj, model(BATCH)
 
@@ -142,11 +142,7 @@ def _spy(model, obj):
 
 def test_every_word_is_a_target_at_mask_prob_1_and_the_mlp_reads_the_masked_pass():
     """Expectations built from the tokenizer and the recorded calls, not by re-running the masking."""
-    torch.manual_seed(0)
-    enc = create("text_encoder", "small_transformer", dim=D, num_layers=1, num_heads=2)
-    obj = VisionGuidedMLM(video_dim=D, text_dim=D, vocab_size=enc.vocab_size, hidden_dim=16, mask_prob=1.0)
-    model = _model(obj)
-    out = model(BATCH)
+    model, obj, out = _setup(mask_prob=1.0)
     calls, mlp_io = _spy(model, obj)
     obj(model, BATCH, out)
     tok, cand = _candidates(model.text_encoder, BATCH["caption"])
@@ -170,11 +166,7 @@ def test_every_word_is_a_target_at_mask_prob_1_and_the_mlp_reads_the_masked_pass
 def test_loss_is_the_cross_entropy_of_the_mlp_at_the_masked_positions():
     """Eq. (9) by hand: MLP = Linear -> GELU -> LayerNorm -> Linear applied to the recorded input,
     loss = mean over masked words of logsumexp(logits) - logits[original word]."""
-    torch.manual_seed(0)
-    enc = create("text_encoder", "small_transformer", dim=D, num_layers=1, num_heads=2)
-    obj = VisionGuidedMLM(video_dim=D, text_dim=D, vocab_size=enc.vocab_size, hidden_dim=16, mask_prob=1.0)
-    model = _model(obj)
-    out = model(BATCH)
+    model, obj, out = _setup(mask_prob=1.0)
     _, mlp_io = _spy(model, obj)
     res = obj(model, BATCH, out)
     tok, cand = _candidates(model.text_encoder, BATCH["caption"])
