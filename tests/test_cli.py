@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,6 +116,11 @@ def test_fit_then_test_best_and_last_in_new_processes(tmp_path, tiny_data):
 
     best = list((root / "checkpoints").glob("best-*.ckpt"))
     assert len(best) == 1
+    # checkpoint.monitor auto: the classifier reports an answer accuracy, so the best is the highest val/acc
+    ckpt_state = next(v for k, v in state["callbacks"].items() if k.startswith("BestCheckpoint"))
+    assert ckpt_state["monitor"] == "val/acc" and ckpt_state["best_model_path"] == str(best[0])
+    accs = [float(r["val/acc"]) for r in csv.DictReader(next((root / "logs").rglob("metrics.csv")).open()) if r["val/acc"]]
+    assert float(ckpt_state["best_model_score"]) == pytest.approx(max(accs))
     for which, expected in (("best", best[0]), ("last", last)):
         res = vqa("test", *common, "--ckpt_path", which)
         assert res.returncode == 0, res.stderr[-3000:]
@@ -229,3 +236,28 @@ def test_only_the_process_the_user_started_checks_for_an_earlier_run(monkeypatch
         monkeypatch.setenv(key, "1")
         assert not is_launching_process(), key
         monkeypatch.setenv(key, "0")
+
+
+def test_checkpoint_monitor_auto_follows_what_the_model_reports():
+    from types import SimpleNamespace
+
+    from vqa_components.lightning_cli import BestCheckpoint
+
+    def resolved(metrics, **kwargs):
+        cb = BestCheckpoint(**kwargs)
+        key = cb.state_key
+        cb._resolve_monitor(SimpleNamespace(callback_metrics=metrics))
+        assert cb.state_key == key  # a resumed run finds the state under the same key
+        return cb.monitor, cb.mode, float(cb.kth_value)
+
+    inf = float("inf")
+    assert resolved({"val/acc": 0.5, "val/loss": 1.0}) == ("val/acc", "max", -inf)
+    assert resolved({"val/loss": 1.0}) == ("val/loss", "min", inf)  # e.g. caption pretraining: no answers
+    assert resolved({"train/loss": 1.0})[0] is None  # no validation: the latest checkpoint
+    assert resolved({"val/loss": 1.0}, monitor="val/acc_needle")[:2] == ("val/acc_needle", "max")
+    assert resolved({}, monitor="val/vtm")[:2] == ("val/vtm", "max")
+    assert resolved({}, monitor="val/contrastive_loss")[:2] == ("val/contrastive_loss", "min")
+    assert resolved({"val/acc": 0.5}, mode="min")[:2] == ("val/acc", "min")  # an explicit mode is kept
+    resumed = BestCheckpoint()
+    resumed.load_state_dict({"monitor": "val/loss", "best_model_score": torch.tensor(0.3), "best_model_path": "b"})
+    assert (resumed.monitor, resumed.mode, float(resumed.best_model_score)) == ("val/loss", "min", pytest.approx(0.3))

@@ -46,6 +46,9 @@ TINY_CLIP = {"model_name": "tiny-test", "width": D, "layers": 1, "heads": 2, "im
 #: part-specific constructor arguments (merged over GENERIC)
 OVERRIDES: dict[tuple[str, str], dict] = {
     ("backbone", "frame_cnn"): {"channels": (8, 16), "grid": 2},
+    ("backbone", "multi_stream"): {
+        "backbones": [{"name": "frame_cnn", "dim": D, "channels": (8, 16), "grid": 2}],
+    },
     ("text_encoder", "small_transformer"): {"max_length": 16},
 }
 
@@ -55,6 +58,16 @@ OVERRIDES[("text_encoder", "hf_transformer")] = {
     "config": {"model_type": "bert", "hidden_size": D, "num_hidden_layers": 1, "num_attention_heads": 2,
                "intermediate_size": 2 * D},
 }
+
+
+OVERRIDES[("text_encoder", "t5")] = {
+    "config": {"d_model": D, "num_layers": 1, "num_heads": 2, "d_kv": 8, "d_ff": 2 * D},
+}
+OVERRIDES[("head", "text_decoder")] = {
+    "config": {"d_model": D, "num_layers": 1, "num_heads": 2, "d_kv": 8, "d_ff": 2 * D},
+}
+#: parts built with the real WordPiece tokenizer (the minilm_folder fixture's)
+NEEDS_TOKENIZER = {("text_encoder", "hf_transformer"), ("text_encoder", "t5"), ("head", "text_decoder")}
 
 
 def _kwargs(kind: str, name: str) -> dict:
@@ -107,7 +120,7 @@ def test_backbone(name):
 @pytest.mark.parametrize("name", _params("text_encoder"))
 def test_text_encoder(name, request):
     kwargs = _kwargs("text_encoder", name)
-    if name == "hf_transformer":
+    if ("text_encoder", name) in NEEDS_TOKENIZER:
         kwargs["tokenizer_path"] = str(request.getfixturevalue("minilm_folder"))
     part = create("text_encoder", name, **kwargs)
     out = part.encode(["what color is the ball?", "how many?"])
@@ -145,11 +158,15 @@ def test_fusion(name):
 
 
 @pytest.mark.parametrize("name", _params("head"))
-def test_head(name):
-    part = create("head", name, **_kwargs("head", name))
+def test_head(name, request):
+    kwargs = _kwargs("head", name)
+    if ("head", name) in NEEDS_TOKENIZER:
+        kwargs["tokenizer_path"] = str(request.getfixturevalue("minilm_folder"))
+    part = create("head", name, **kwargs)
     pooled = torch.randn(B, D, requires_grad=True)
-    fused = FusionOutput(pooled=pooled, tokens=pooled[:, None].expand(B, 3, D))
-    out = part(fused, text_features())
+    fused = FusionOutput(pooled=pooled, tokens=pooled[:, None] * torch.randn(1, 3, 1))
+    targets = ["red", "two cats"] if part.task == "generate" else None
+    out = part(fused, text_features()) if targets is None else part(fused, text_features(), targets=targets)
     assert isinstance(out, HeadOutput) and out.logits.shape[0] == B
     _backprop(out.logits, pooled, module=part)
 
@@ -166,18 +183,27 @@ def _tiny_model(head=None, objectives=None):
     )
 
 
+#: objectives that train a generating head
+GENERATING = {"captioning"}
+
+
 @pytest.mark.parametrize("name", _params("objective"))
-def test_objective(name):
+def test_objective(name, request):
     kwargs = _kwargs("objective", name)
     if "vocab_size" in inspect.signature(REGISTRIES["objective"].get(name).__init__).parameters:
         kwargs["vocab_size"] = create("text_encoder", "small_transformer", dim=D, num_layers=1).vocab_size
     objective = create("objective", name, **kwargs)
-    model = _tiny_model(objectives=[objective])
+    head = None
+    if name in GENERATING:
+        vocab = str(request.getfixturevalue("minilm_folder"))
+        head = create("head", "text_decoder", in_dim=D, tokenizer_path=vocab, **OVERRIDES[("head", "text_decoder")])
+    model = _tiny_model(head=head, objectives=[objective])
     batch = {
         "video": torch.rand(4, 3, 3, 32, 32),
         "question": ["what color is the ball?", "how many flashes?", "which way?", "what shape?"],
         "caption": ["a red ball", "a lamp flashes twice", "a ball moves left", "a blue square appears"],
         "answer_idx": torch.tensor([0, 3, 6, 1]),
+        "answer": ["red", "two", "left", "square"],
     }
     torch.manual_seed(0)
     out = model(batch)

@@ -13,7 +13,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
 from vqa_components import create
-from vqa_components.interfaces import Head, HeadOutput
+from vqa_components.interfaces import Fusion, FusionOutput, Head, HeadOutput
 from vqa_components.model import VideoQAModel
 from vqa_components.profiler import ProfileReport, profile_model
 
@@ -236,6 +236,87 @@ def test_forward_runs_on_fake_tensors_with_real_token_ids():
     # tokenization ran for real (outside fake mode): the ids are a plain tensor with real values
     assert not isinstance(seen["ids"], FakeTensor)
     assert seen["ids"].tolist() == model.text_encoder.tokenize([QUESTION])["input_ids"].tolist()
+
+
+# ------------------------------------------------------------------ streams
+
+
+class StreamMeanFusion(Fusion):
+    """Reads every stream: ``pooled = mean_s Linear(mean over frames of cls_s)`` (S * D * D MACs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out_dim = D
+        self.proj = torch.nn.Linear(D, D)
+
+    def forward(self, video, text) -> FusionOutput:
+        pooled = torch.stack([self.proj(s.cls.mean(1)) for s in video.streams]).mean(0)
+        return FusionOutput(pooled=pooled, tokens=pooled[:, None])
+
+
+#: The small model's frame_cnn (``small_model``) as a stream spec.
+SMALL_CNN = {"name": "frame_cnn", "dim": D, "channels": [8, 16, 32], "grid": 2, "stem_patch": 4}
+
+
+def frame_cnn_macs(t: int, side: int) -> int:
+    """MACs of the small frame_cnn on ``t`` frames of ``side``² pixels (see MACS["backbone"])."""
+    return t * (
+        (side // 4) ** 2 * 8 * (3 * 4 * 4)  # stem, stride 4
+        + (side // 8) ** 2 * 16 * (8 * 3 * 3)  # stage 1, stride 2
+        + (side // 16) ** 2 * 32 * (16 * 3 * 3)  # stage 2, stride 2
+        + 2 * 2 * D * 32  # 1x1 proj on the 2x2 grid (the adaptive pool is not counted)
+    )
+
+
+def stream_model(**kwargs) -> VideoQAModel:
+    backbone = create("backbone", "multi_stream", backbones=[SMALL_CNN, SMALL_CNN])
+    return small_model(backbone=backbone, fusion=StreamMeanFusion(), **kwargs)
+
+
+def stream_batch() -> dict:
+    video = (torch.rand(1, T, 3, 32, 32), torch.rand(1, 2, 3, 64, 64))
+    return {"video": video, "question": [QUESTION], "batch_size": 1}
+
+
+def test_multi_stream_backbone_is_reported_per_stream():
+    rep = profile_model(stream_model(), stream_batch())
+    assert rep.method == "fake_tensor"
+    assert list(rep.per_stream) == ["backbone.stream0", "backbone.stream1"]
+    s0, s1 = rep.per_stream["backbone.stream0"], rep.per_stream["backbone.stream1"]
+    assert s0["part"] == s1["part"] == "frame_cnn"
+    assert s0["params"] == s1["params"] == s0["trainable_params"] == PARAMS["backbone"] == 7680
+    assert s0["macs"] == frame_cnn_macs(T, 32) == MACS["backbone"]  # the hand count above, once more
+    assert s1["macs"] == frame_cnn_macs(2, 64) == 499_712  # 2 frames of 64²: the convs see 4x the pixels
+    assert s1["gmacs"] == pytest.approx(s1["macs"] / 1e9, rel=1e-12)
+    # the stream rows split the backbone row; per_part and the totals are as without them
+    backbone = rep.per_part["backbone"]
+    assert backbone["params"] == s0["params"] + s1["params"] and backbone["macs"] == s0["macs"] + s1["macs"]
+    assert set(rep.per_part) == {"backbone", "text_encoder", "fusion", "head"}
+    assert rep.per_part["fusion"]["macs"] == 2 * D * D
+    assert rep.params == sum(p["params"] for p in rep.per_part.values())
+    assert rep.macs == sum(p["macs"] for p in rep.per_part.values())
+    assert rep.macs == s0["macs"] + s1["macs"] + MACS["text_encoder"] + 2 * D * D + MACS["head"]
+
+
+def test_stream_rows_in_the_table_and_json():
+    rep = profile_model(stream_model(freeze=["backbone"]), stream_batch())
+    assert rep.per_stream["backbone.stream1"]["trainable_params"] == 0  # frozen with its part
+    lines = rep.table().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("backbone "))
+    assert lines[at + 1].startswith("  backbone.stream0 (frame_cnn) ")  # indented under its part
+    assert lines[at + 2].startswith("  backbone.stream1 (frame_cnn) ")
+    assert lines[at + 3].startswith("text_encoder ")
+    assert len({len(line) for line in lines[at - 2 : at + 6] if not line.startswith("-")}) == 1  # aligned
+    stream1 = lines[at + 2]
+    assert stream1.split()[-1] == f"{rep.per_stream['backbone.stream1']['gmacs']:,.6f}"
+    data = json.loads(rep.to_json())
+    assert data["per_stream"]["backbone.stream0"] == rep.per_stream["backbone.stream0"]
+    assert data["macs"] == sum(p["macs"] for p in data["per_part"].values())
+
+
+def test_single_stream_backbone_has_no_stream_rows(report):
+    assert report.per_stream == {} and json.loads(report.to_json())["per_stream"] == {}
+    assert "stream" not in report.table()
 
 
 # ------------------------------------------------------------------ no real compute

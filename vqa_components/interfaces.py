@@ -19,6 +19,7 @@ heads take the widths they connect as constructor arguments.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -44,8 +45,17 @@ class VideoFeatures:
             ``None`` means every frame is real.
         streams: for multi-stream backbones (several frame rates / resolutions of
             one clip, as in co-tokenization), the features of each stream;
-            ``tokens``/``cls`` then hold the first stream.
+            ``tokens``/``cls`` then hold the first stream. Each stream has its own
+            ``t``, ``n`` and ``d`` but the same ``b``.
         extras: anything else a part wants to pass on (e.g. selection weights).
+
+    Row operations (:meth:`select`, :meth:`repeat_interleave`) pick or repeat samples of the
+    batch and return new features in which every row-indexed value follows: ``tokens``,
+    ``cls``, ``frame_mask``, every stream (recursively) and every ``extras`` value whose
+    leading dimension is the batch size (tensors, and lists, tuples and dicts of them;
+    ``None`` is kept). Nothing is dropped or left with the old rows: an extra that cannot be
+    mapped (a tensor whose first dimension is not ``b``, a 0-d tensor, a string, a number, ...)
+    or a stream with another batch size raises :class:`ValueError` naming it.
     """
 
     tokens: Tensor
@@ -58,6 +68,16 @@ class VideoFeatures:
     def dim(self) -> int:
         return self.tokens.shape[-1]
 
+    @property
+    def batch_size(self) -> int:
+        """``b``, the number of samples (rows)."""
+        return self.tokens.shape[0]
+
+    @property
+    def num_streams(self) -> int:
+        """Streams the features hold: ``len(streams)``, or 1 for single-stream features."""
+        return 1 if self.streams is None else len(self.streams)
+
     def flat_tokens(self) -> Tensor:
         """``(b, t*n, d)``: every token of every frame, frame-major."""
         b, t, n, d = self.tokens.shape
@@ -65,6 +85,96 @@ class VideoFeatures:
 
     def replace(self, **changes: Any) -> VideoFeatures:
         return replace(self, **changes)
+
+    def select(self, rows: Tensor | Sequence[int]) -> VideoFeatures:
+        """The samples ``rows`` (a 1-d integer tensor or a sequence of ints; repeats and any order
+        allowed), as new features of batch size ``len(rows)``: ``out.tokens[i] == self.tokens[rows[i]]``,
+        and so for every row-indexed value (see the class docstring)."""
+        index = _row_index(rows, self.tokens.device)
+        return _map_rows(self, lambda x: x[index.to(x.device)], "select")
+
+    def repeat_interleave(self, n: int) -> VideoFeatures:
+        """Every sample ``n`` times in a row (``b -> b*n``; row ``i*n + j`` is sample ``i``), as
+        ``Tensor.repeat_interleave(n, dim=0)`` does, for every row-indexed value."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"VideoFeatures.repeat_interleave: n must be a positive int, got {n!r}")
+        return _map_rows(self, lambda x: x.repeat_interleave(n, dim=0), "repeat_interleave")
+
+
+def _row_index(rows: Tensor | Sequence[int], device: torch.device) -> Tensor:
+    """``rows`` as a 1-d long tensor (what :meth:`VideoFeatures.select` indexes with)."""
+    if isinstance(rows, Tensor):
+        if rows.ndim != 1 or rows.dtype == torch.bool or rows.is_floating_point() or rows.is_complex():
+            raise ValueError(
+                f"VideoFeatures.select: rows must be a 1-d integer tensor, got {rows.dtype} of shape {tuple(rows.shape)}"
+            )
+        return rows.long()
+    values = list(rows)
+    if any(isinstance(r, bool) or not isinstance(r, int) for r in values):
+        raise ValueError(f"VideoFeatures.select: rows must be ints, got {values[:8]}")
+    return torch.tensor(values, dtype=torch.long, device=device)
+
+
+def _map_rows(video: VideoFeatures, fn: Any, op: str, where: str = "") -> VideoFeatures:
+    """``video`` with ``fn`` (a row operation on tensors whose first dimension is ``b``) applied to
+    every row-indexed value; ``where`` names a stream in error messages."""
+    b = video.batch_size
+
+    def rows_of(x: Tensor, name: str) -> Tensor:
+        if x.ndim == 0 or x.shape[0] != b:
+            first = "a 0-d tensor" if x.ndim == 0 else f"{x.shape[0]} rows"
+            raise ValueError(
+                f"VideoFeatures.{op}: {where}{name} has {first}, but the features have {b} samples"
+            )
+        return fn(x)
+
+    def extra(value: Any, name: str) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, Tensor):
+            return rows_of(value, name)
+        if isinstance(value, (list, tuple)):
+            items = [extra(v, f"{name}[{i}]") for i, v in enumerate(value)]
+            return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)  # namedtuple
+        if isinstance(value, dict):
+            return {k: extra(v, f"{name}[{k!r}]") for k, v in value.items()}
+        raise ValueError(
+            f"VideoFeatures.{op}: {where}{name} is a {type(value).__name__}, which has no rows to "
+            f"{op}; keep per-sample values in tensors whose first dimension is the batch"
+        )
+
+    streams = None
+    if video.streams is not None:
+        for i, s in enumerate(video.streams):
+            if s.batch_size != b:
+                raise ValueError(
+                    f"VideoFeatures.{op}: {where}streams[{i}] has {s.batch_size} samples, but the features have {b}"
+                )
+        streams = tuple(_map_rows(s, fn, op, f"{where}streams[{i}].") for i, s in enumerate(video.streams))
+    return replace(
+        video,
+        tokens=fn(video.tokens),
+        cls=rows_of(video.cls, "cls"),
+        frame_mask=None if video.frame_mask is None else rows_of(video.frame_mask, "frame_mask"),
+        streams=streams,
+        extras={k: extra(v, f"extras[{k!r}]") for k, v in video.extras.items()},
+    )
+
+
+def require_single_stream(video: VideoFeatures, part: str, does: str, remedy: str) -> None:
+    """Raise :class:`ConfigError` if ``video`` holds more than one stream (a part that reads only
+    ``tokens``/``cls`` would silently drop the others).
+
+    The message reads ``"{part} {does}, but the backbone gives {k} streams (...): {remedy}"``,
+    e.g. ``require_single_stream(video, "sampler uniform", "selects frames of one stream",
+    "remove the sampler or use a single-stream backbone")``. One stream is allowed: ``tokens``
+    and ``cls`` are that stream.
+    """
+    if video.num_streams > 1:
+        raise ConfigError(
+            f"{part} {does}, but the backbone gives {video.num_streams} streams (a multi-stream backbone "
+            f"such as multi_stream): {remedy}"
+        )
 
 
 @dataclass
@@ -111,7 +221,7 @@ class FusionOutput:
 
     Attributes:
         pooled: ``(b, d)`` one vector per sample (what classifier heads read).
-        tokens: ``(b, m, d)`` fused token sequence (for token-level heads; generating heads are planned).
+        tokens: ``(b, m, d)`` fused token sequence (what token-level and generating heads read).
         mask: ``(b, m)`` bool or ``None``.
         extras: e.g. ``gates`` of LA-Gate blocks, attention maps.
     """
@@ -127,12 +237,17 @@ class HeadOutput:
     """Output of a head.
 
     Attributes:
-        logits: ``(b, c)`` class scores (answer vocabulary or options), or
-            ``(b, l, vocab)`` token scores for a generating head (planned).
-        predictions: decoded answers, if the head generates text.
+        logits: ``(b, c)`` class scores (answer vocabulary or options), ``(b, b)``
+            similarities (retrieval), or ``(b, l, vocab)`` token scores of a
+            generating head (teacher-forced on ``target_ids`` when the head was given
+            targets; one decoding step from the start token otherwise).
+        target_ids: ``(b, l)`` the token ids a generating head was trained to emit
+            (``-100`` at padding, ignored by the loss); ``None`` for other heads.
+        predictions: decoded answers, if the head generated text.
     """
 
     logits: Tensor
+    target_ids: Tensor | None = None
     predictions: list[str] | None = None
 
 
@@ -239,35 +354,42 @@ class Fusion(Part):
 
 
 #: What a head's output means to :class:`~vqa_components.model.VideoQAModel` (``Head.task``).
-HEAD_TASKS = ("classify", "multiple_choice", "retrieval")
+HEAD_TASKS = ("classify", "multiple_choice", "retrieval", "generate")
 
 
 def check_head_task(task: object, owner: str) -> None:
     """Raise :class:`ConfigError` unless ``task`` is one of :data:`HEAD_TASKS`."""
     if task in HEAD_TASKS:
         return
-    if task == "generate":
-        hint = " (generating heads are planned, not supported yet)"
-    else:
-        close = difflib.get_close_matches(str(task), HEAD_TASKS, n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+    close = difflib.get_close_matches(str(task), HEAD_TASKS, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ConfigError(f"{owner}: unknown head task {task!r}{hint}; set task to one of {', '.join(HEAD_TASKS)}")
 
 
 class Head(Part):
-    """Fused features -> answer scores: ``forward(fused, text) -> HeadOutput``.
+    """Fused features -> answers: ``forward(fused, text, targets=None) -> HeadOutput``.
 
     ``task`` says how the model treats the output, one of :data:`HEAD_TASKS`
     (checked when a subclass is defined and when ``task`` is assigned):
 
-    * ``"classify"``: logits ``(b, c)`` over the answer vocabulary; the model
-      reports answer accuracy (overall and per question family).
+    * ``"classify"``: logits ``(b, c)`` over the answer vocabulary.
     * ``"multiple_choice"``: one logit per question+option pair, regrouped to
-      ``(b, options)``; accuracy as for ``classify``.
+      ``(b, options)`` by the model.
     * ``"retrieval"``: ``(b, b)`` video-text similarities; no answer accuracy
       (the objectives log their losses).
+    * ``"generate"``: token logits, trained on ``targets`` (the answer or caption
+      strings) with teacher forcing; answers are generated text.
 
-    Generating heads (token logits and decoded ``predictions``) are planned.
+    A head owns the three decisions the model's training and evaluation ask of it:
+
+    * ``forward(fused, text, targets)``: the scores; ``targets`` (the batch's answer
+      strings) are given when the head trains on them (generating heads).
+    * ``answers(out)``: the predicted answer of each sample: an index into the
+      answer vocabulary (or the options), or the generated string.
+    * ``has_ground_truth(batch)``: whether the batch holds what ``score`` compares
+      with (the model neither generates nor scores answers otherwise);
+      ``score(answers, batch)``: how right each answer is, ``(b,)`` floats in
+      ``[0, 1]`` (1 = correct). The model's accuracy metrics average these.
     """
 
     task: str = "classify"
@@ -281,8 +403,27 @@ class Head(Part):
             check_head_task(value, f"head {type(self).__qualname__}")
         super().__setattr__(name, value)
 
-    def forward(self, fused: FusionOutput, text: TextFeatures) -> HeadOutput:
+    def forward(self, fused: FusionOutput, text: TextFeatures, targets: list[str] | None = None) -> HeadOutput:
         raise NotImplementedError
+
+    def answers(self, out: ModelOutput) -> Tensor | list[str]:
+        """The predicted answer per sample; default: the highest-scoring class or option, ``(b,)``."""
+        return out.logits.argmax(-1)
+
+    def has_ground_truth(self, batch: dict[str, Any]) -> bool:
+        """Whether ``batch`` holds the answers :meth:`score` compares with (here ``answer_idx``)."""
+        if self.task == "multiple_choice" and "options" not in batch:
+            return False
+        return "answer_idx" in batch
+
+    def score(self, answers: Tensor | list[str], batch: dict[str, Any]) -> Tensor:
+        """``(b,)`` 1.0 where ``answers`` equals the batch's ``answer_idx``, else 0.0.
+
+        An ``answer_idx`` of ``-1`` (an answer outside the vocabulary) never matches: such
+        questions count as wrong, as the benchmarks' papers count them.
+        """
+        target = torch.as_tensor(batch["answer_idx"], device=answers.device)  # type: ignore[union-attr]
+        return (answers == target).float()
 
 
 class Objective(Part):

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
@@ -42,6 +43,70 @@ def quiet_lightning() -> None:
 
 
 quiet_lightning()  # at import: also in the processes that ddp_spawn starts, which unpickle this module
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``monitor`` and ``mode`` may be ``"auto"`` (the ``vqa`` defaults).
+
+    ``monitor: auto`` is what the model reports: at the first validation that is not the sanity
+    check it becomes ``val/acc`` if the model logged an answer accuracy (its head has answers to
+    score and the validation data has ground truth), else ``val/loss``, else no metric (the latest
+    checkpoint is kept); the choice is logged once. ``mode: auto`` is ``min`` for a metric whose
+    name contains ``loss`` and ``max`` for any other (accuracies, recalls). Other values are
+    ``ModelCheckpoint``'s.
+    """
+
+    AUTO = "auto"
+
+    def __init__(self, monitor: str | None = AUTO, mode: str = AUTO, **kwargs: Any) -> None:
+        self.auto_mode = mode == self.AUTO
+        self._configured = (monitor, mode)
+        super().__init__(monitor=monitor, mode="min" if self.auto_mode else mode, **kwargs)
+        if self.auto_mode and monitor != self.AUTO:
+            self._set_mode(self._mode_for(monitor))
+
+    @staticmethod
+    def _mode_for(monitor: str | None) -> str:
+        return "min" if monitor is None or "loss" in monitor else "max"
+
+    def _set_mode(self, mode: str) -> None:
+        self.mode = mode
+        self.kth_value = torch.tensor(torch.inf if mode == "min" else -torch.inf)
+
+    def _resolve_monitor(self, trainer: Any) -> None:
+        if self.monitor != self.AUTO:
+            return
+        metrics = trainer.callback_metrics
+        self.monitor = next((m for m in ("val/acc", "val/loss") if m in metrics), None)
+        if self.auto_mode:
+            self._set_mode(self._mode_for(self.monitor))
+        log.info("checkpoint.monitor auto: %s", f"{self.monitor} (mode {self.mode})" if self.monitor else "none (the latest)")
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.sanity_checking:
+            self._resolve_monitor(trainer)
+        super().on_validation_end(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._should_save_on_train_epoch_end(trainer):  # no validation loop: decide from what is there
+            self._resolve_monitor(trainer)
+        super().on_train_epoch_end(trainer, pl_module)
+
+    @property
+    def state_key(self) -> str:
+        """Keyed on the configured ``monitor``/``mode`` (``auto``), so a resumed run finds its state."""
+        return self._generate_state_key(
+            monitor=self._configured[0], mode=self._configured[1], every_n_train_steps=self._every_n_train_steps,
+            every_n_epochs=self._every_n_epochs, train_time_interval=self._train_time_interval,
+        )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("monitor")
+        if self.monitor == self.AUTO and saved not in (None, self.AUTO):  # resuming: keep the run's choice
+            self.monitor = saved
+            if self.auto_mode:
+                self._set_mode(self._mode_for(saved))
+        super().load_state_dict(state_dict)
 
 
 class TestMetricsWriter(Callback):
@@ -95,11 +160,11 @@ class VQACLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(BestCheckpoint, "checkpoint")
         parser.set_defaults(
             {
-                "checkpoint.monitor": "val/acc",
-                "checkpoint.mode": "max",
+                "checkpoint.monitor": BestCheckpoint.AUTO,
+                "checkpoint.mode": BestCheckpoint.AUTO,
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "best-{epoch:02d}",
                 "checkpoint.enable_version_counter": False,

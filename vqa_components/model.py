@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import Tensor, nn
+from torchmetrics import Metric
 
 from vqa_components.backbones.open_clip import load_strict, read_state_dict, state_mismatch
 from vqa_components.data.feature_cache import FeatureCache
@@ -49,7 +51,7 @@ from vqa_components.interfaces import (
     TextFeatures,
     VideoFeatures,
 )
-from vqa_components.metrics import GroupedAccuracy
+from vqa_components.metrics import answer_metric
 from vqa_components.optim import optimizer_for_precision
 
 log = logging.getLogger(__name__)
@@ -149,7 +151,7 @@ class VideoQAModel(pl.LightningModule):
             self.feature_cache = FeatureCache(feature_cache, self.backbone, dtype=feature_cache_dtype)  # type: ignore[arg-type]
         self.answer_vocab: list[str] = []
         self.families: list[str] = []
-        self._acc: dict[str, GroupedAccuracy] = {}
+        self._metrics: dict[str, Metric | None] = {}
         self.skipped_samples: list[Any] = []
 
     # ------------------------------------------------------------- assembly
@@ -268,15 +270,26 @@ class VideoQAModel(pl.LightningModule):
         fused = self.fusion(sampled.video if sampled is not None else video, text)
         return sampled, fused
 
-    def forward_features(self, video: VideoFeatures, text: TextFeatures) -> ModelOutput:
+    def forward_features(
+        self, video: VideoFeatures, text: TextFeatures, targets: Sequence[str] | None = None
+    ) -> ModelOutput:
+        """Sampler, fusion and head on encoded inputs; ``targets`` go to a head that trains on text."""
         sampled, fused = self.fuse(video, text)
-        return ModelOutput(video=video, text=text, fused=fused, head=self.head(fused, text), sampled=sampled)
+        # a head written before heads took targets keeps working: they are passed only when there are some
+        head = self.head(fused, text) if targets is None else self.head(fused, text, targets=list(targets))
+        return ModelOutput(video=video, text=text, fused=fused, head=head, sampled=sampled)
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         video = self.encode_video(batch["video"], batch)
         if self.head.task == "multiple_choice" and "options" in batch:
             return self._forward_multiple_choice(video, batch)
-        return self.forward_features(video, self.encode_text(batch[self.text_field]))
+        return self.forward_features(video, self.encode_text(batch[self.text_field]), self.targets(batch))
+
+    def targets(self, batch: dict[str, Any]) -> list[str] | None:
+        """The answer strings a generating head trains on (teacher forcing), if the batch has them."""
+        if self.head.task != "generate" or "answer" not in batch:
+            return None
+        return list(batch["answer"])
 
     def _forward_multiple_choice(self, video: VideoFeatures, batch: dict[str, Any]) -> ModelOutput:
         """Score each (question, option) pair; logits come back as ``(b, options)``."""
@@ -285,12 +298,7 @@ class VideoQAModel(pl.LightningModule):
         if any(len(o) != n for o in options):
             raise ValueError("multiple choice: every question in a batch needs the same number of options")
         texts = [f"{q} {o}" for q, opts in zip(batch["question"], options) for o in opts]
-        rep = video.replace(
-            tokens=video.tokens.repeat_interleave(n, 0),
-            cls=video.cls.repeat_interleave(n, 0),
-            frame_mask=None if video.frame_mask is None else video.frame_mask.repeat_interleave(n, 0),
-        )
-        out = self.forward_features(rep, self.encode_text(texts))
+        out = self.forward_features(video.repeat_interleave(n), self.encode_text(texts))
         out.head.logits = out.head.logits.reshape(len(options), n)
         return out
 
@@ -317,15 +325,11 @@ class VideoQAModel(pl.LightningModule):
         out = self(batch)
         loss = self._loss(batch, out, "train")
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=_batch_size(batch))
-        if self._has_answers(batch):
-            acc = (out.logits.argmax(-1) == batch["answer_idx"]).float().mean()
-            self.log("train/acc", acc, prog_bar=True, batch_size=_batch_size(batch))
+        # generating every answer would cost more than the training step
+        if self.head.task != "generate" and self.head.has_ground_truth(batch):
+            scores = self.head.score(self.head.answers(out), batch)
+            self.log("train/acc", scores.mean(), prog_bar=True, batch_size=_batch_size(batch))
         return loss
-
-    def _has_answers(self, batch: dict[str, Any]) -> bool:
-        if self.head.task == "multiple_choice":
-            return "answer_idx" in batch and "options" in batch
-        return "answer_idx" in batch and self.head.task == "classify"
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
         self._record_skips(batch)
@@ -334,22 +338,28 @@ class VideoQAModel(pl.LightningModule):
         out = self(batch)
         loss = self._loss(batch, out, stage)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=_batch_size(batch), sync_dist=True)
-        if self._has_answers(batch):
-            correct = out.logits.argmax(-1) == batch["answer_idx"]
-            self._accuracy(stage).update(correct, batch.get("family"))
+        metric = self._metric(stage)
+        if metric is not None and self.head.has_ground_truth(batch):
+            metric.update(self.head.score(self.head.answers(out), batch), batch.get("family"))
 
-    def _accuracy(self, stage: str) -> GroupedAccuracy:
-        if stage not in self._acc:  # the families are known at setup, so every rank has the same states
-            self._acc[stage] = GroupedAccuracy(self.families).to(self.device)
-        return self._acc[stage]
+    def _metric(self, stage: str) -> Metric | None:
+        """The head task's answer metric of ``stage`` (``metrics.TASK_METRICS``), made at first use."""
+        if stage not in self._metrics:  # the families are known at setup, so every rank has the same states
+            metric = answer_metric(self.head.task, self.families)
+            self._metrics[stage] = None if metric is None else metric.to(self.device)
+        return self._metrics[stage]
 
     def _log_accuracy(self, stage: str) -> None:
-        metric = self._acc.pop(stage, None)
+        metric = self._metrics.pop(stage, None)
         if metric is not None:
-            # compute() sums the counts over all ranks (every rank calls it, once), so the values
-            # are already global: logging them needs no second reduction
-            for key, value in metric.compute().items():
-                self.log(f"{stage}/{key}", value.float(), prog_bar=key == "acc", sync_dist=False)
+            # compute() sums the counts over all ranks (every rank calls it, once, also a rank that
+            # saw no answer), so the values are already global: logging them needs no second reduction
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*before the ``update``")
+                values = metric.compute()
+            if values["num_samples"] > 0:  # no ground truth anywhere (e.g. caption pretraining): no accuracy
+                for key, value in values.items():
+                    self.log(f"{stage}/{key}", value.float(), prog_bar=key == "acc", sync_dist=False)
         self._report_skips(stage)
 
     def _report_skips(self, stage: str) -> None:
@@ -390,10 +400,11 @@ class VideoQAModel(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         out = self(batch)
-        if out.head.predictions is not None:
-            preds = out.head.predictions
+        answers = self.head.answers(out)
+        if isinstance(answers, list):  # generated text
+            preds = answers
         else:
-            idx = out.logits.argmax(-1).tolist()
+            idx = answers.tolist()
             if self.head.task == "multiple_choice":
                 preds = [opts[i] for opts, i in zip(batch["options"], idx)]
             else:

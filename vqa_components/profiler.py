@@ -62,6 +62,14 @@ video-QA papers' "FLOPs"/"GFLOPs" columns are, by the usual convention of
 fvcore/thop, MACs: compare their numbers with :attr:`ProfileReport.gmacs`.
 ``gflops`` is ``2 * gmacs``.
 
+Streams
+-------
+A backbone that holds one backbone per video stream (``multi_stream``: an ``nn.ModuleList``
+``backbones`` of ``num_streams`` parts) is also reported stream by stream, in
+:attr:`ProfileReport.per_stream` and as indented rows under ``backbone`` in the table
+(``backbone.stream0 (x3d)``, ...). The ``backbone`` row and every total stay what they are
+without that breakdown: the stream rows split the backbone row, they do not add to it.
+
 Parameters: ``params`` counts each distinct parameter once (tied weights
 once); buffers are not parameters. ``trainable_params`` counts those with
 ``requires_grad`` that are not in a part listed in the model's ``freeze``.
@@ -113,6 +121,9 @@ class ProfileReport:
         text_tokens: the token count (padded length) of each text batch the text
             encoder(s) tokenized during the forward.
         notes: anything the reader should know (e.g. why fake mode was not used).
+        per_stream: for a multi-stream backbone, ``{"backbone.stream<s>": {"part", "params",
+            "trainable_params", "macs", "gmacs"}}`` per stream (``part``: the stream backbone's
+            registry name); a breakdown of ``per_part["backbone"]``, not more parts. Empty otherwise.
     """
 
     params: int
@@ -127,6 +138,7 @@ class ProfileReport:
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     text_tokens: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    per_stream: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -136,6 +148,7 @@ class ProfileReport:
             "gflops": self.gflops,
             "macs": self.macs,
             "per_part": {k: dict(v) for k, v in self.per_part.items()},
+            "per_stream": {k: dict(v) for k, v in self.per_stream.items()},
             "per_op": dict(self.per_op),
             "method": self.method,
             "batch_size": self.batch_size,
@@ -156,10 +169,14 @@ class ProfileReport:
         def _g(x: float) -> str:
             return _fmt_g(x, dec)
 
-        rows = [
-            (name, _m(p["params"]), _m(p["trainable_params"]), _g(p["gmacs"]))
-            for name, p in self.per_part.items()
-        ]
+        rows = []
+        for name, p in self.per_part.items():
+            rows.append((name, _m(p["params"]), _m(p["trainable_params"]), _g(p["gmacs"])))
+            rows += [
+                (f"  {key} ({s['part']})", _m(s["params"]), _m(s["trainable_params"]), _g(s["gmacs"]))
+                for key, s in self.per_stream.items()
+                if key.startswith(f"{name}.")
+            ]
         total = ("total", _m(self.params), _m(self.trainable_params), _g(self.gmacs))
         widths = [max(len(r[i]) for r in (header, *rows, total)) for i in range(4)]
 
@@ -203,6 +220,14 @@ def _parts(model: nn.Module) -> list[tuple[str, nn.Module]]:
     children = dict(model.named_children())
     ordered = [(n, children.pop(n)) for n in PART_ORDER if n in children]
     return ordered + list(children.items())
+
+
+def _stream_parts(part: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``[("backbones.0", module), ...]`` of a backbone holding one backbone per stream, else ``[]``."""
+    subs = getattr(part, "backbones", None)
+    if not isinstance(subs, nn.ModuleList) or getattr(part, "num_streams", None) != len(subs):
+        return []
+    return [(f"backbones.{i}", sub) for i, sub in enumerate(subs)]
 
 
 def _frozen_param_ids(model: nn.Module) -> set[int]:
@@ -442,6 +467,7 @@ def profile_model(model: nn.Module, batch: Any) -> ProfileReport:
     total_flops = int(counter.get_total_flops())
     root = type(model).__name__
     per_part: dict[str, dict[str, Any]] = {}
+    per_stream: dict[str, dict[str, Any]] = {}
     part_flops = 0
     for name, part in _parts(model):
         p_total, p_trainable = _count(part.parameters(), frozen)
@@ -450,6 +476,13 @@ def profile_model(model: nn.Module, batch: Any) -> ProfileReport:
             continue  # losses without weights: not part of the forward's cost
         part_flops += flops
         per_part[name] = _part_entry(p_total, p_trainable, flops)
+        if name == "backbone":
+            for s, (path, sub) in enumerate(_stream_parts(part)):
+                s_total, s_trainable = _count(sub.parameters(), frozen)
+                s_flops = int(sum(counts.get(f"{root}.{name}.{path}", {}).values()))
+                label = getattr(sub, "registry_name", "") or type(sub).__name__
+                entry = _part_entry(s_total, s_trainable, s_flops)
+                per_stream[f"{name}.stream{s}"] = {"part": label, **entry}
     other = total_flops - part_flops
     if other > 0:
         per_part["other"] = _part_entry(0, 0, other)
@@ -476,6 +509,7 @@ def profile_model(model: nn.Module, batch: Any) -> ProfileReport:
         input_shapes=_input_shapes(batch),
         text_tokens=text_tokens,
         notes=notes,
+        per_stream=per_stream,
     )
 
 

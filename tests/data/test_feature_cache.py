@@ -117,6 +117,27 @@ def test_rejects_trainable_or_uncacheable_backbones(tmp_path):
         FeatureCache(tmp_path, tiny_backbone()).has("../escape")
 
 
+def test_rejects_several_streams_in_one_line(tmp_path):
+    two = create("backbone", "multi_stream", backbones=["blind", "blind"])  # no weights, cacheable
+    with pytest.raises(ValueError) as err:
+        FeatureCache(tmp_path, two)
+    assert str(err.value) == (
+        "feature cache: backbone multi_stream gives 2 streams, but the cache stores the tokens and cls of one "
+        "stream; remove feature_cache or use a single-stream backbone"
+    )
+
+    class Sneaky(type(tiny_backbone())):  # a backbone that does not say it has streams
+        def forward(self, video):
+            out = super().forward(video)
+            return out.replace(streams=(out, out, out))
+
+    torch.manual_seed(0)
+    sneaky = Sneaky("tiny", model_config=TINY)
+    with pytest.raises(ValueError, match=r"^feature cache: backbone open_clip gives 3 streams, but") as err:
+        FeatureCache(tmp_path, sneaky).compute(torch.rand(2, 3, 32, 32))
+    assert "\n" not in str(err.value)
+
+
 # ----------------------------------------------------------- keys, fingerprint
 
 

@@ -59,6 +59,47 @@ def test_roundtrip_picks_the_right_frames(tmp_path):
     assert a.shape == (3, 3, 16, 16) and b.shape == (6, 3, 32, 32)
 
 
+def test_multi_stream_decoding_is_one_pass_with_each_streams_frames_and_sizes(tmp_path, monkeypatch):
+    """Several streams of one clip come from a single decode: the file is opened once, decoded in one
+    pass that converts each needed frame once (at its own time), and each stream holds the frames at
+    its uniform positions, resized as asked, identical to those frames of a full decode."""
+    import torch.nn.functional as F
+
+    from vqa_components.data import video_io
+
+    fps, total = 10, 30
+    frames = np.random.default_rng(0).integers(0, 255, size=(total, 48, 64, 3), dtype=np.uint8)
+    path = write_video(tmp_path / "clip.mp4", frames, fps=fps)
+    (full,) = read_video_streams(path, [(total, None)])  # every frame, in order, native size
+    assert full.shape == (total, 3, 48, 64)
+
+    opened, passes, times = [], [], []
+    real_open, real_decode, real_rgb = video_io.av.open, video_io._decode_indices, video_io._to_rgb
+    monkeypatch.setattr(video_io.av, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    monkeypatch.setattr(video_io, "_decode_indices", lambda *a, **k: passes.append(1) or real_decode(*a, **k))
+    monkeypatch.setattr(video_io, "_to_rgb", lambda frame: times.append(frame.time) or real_rgb(frame))
+
+    spec = [(8, 16), (4, None), (3, (24, 20)), (16, 32)]  # frames and size of each stream
+    streams = read_video_streams(path, spec)
+
+    assert opened == [str(path)] and len(passes) == 1  # one open, one decoding pass
+    wanted = sorted({i for k, _ in spec for i in uniform_indices(total, k)})
+    assert times == pytest.approx([i / fps for i in wanted])  # each needed frame converted once, at its time
+    assert len(streams) == len(spec)
+    for (k, size), got in zip(spec, streams):
+        idx = uniform_indices(total, k)
+        hw = (48, 64) if size is None else ((size, size) if isinstance(size, int) else size)
+        assert got.shape == (k, 3, *hw) and got.dtype == torch.float32
+        expected = full[idx]
+        if size is not None:
+            expected = F.interpolate(expected, size=hw, mode="bilinear", antialias=True, align_corners=False)
+            expected = expected.clamp(0.0, 1.0)
+        assert torch.allclose(got, expected, atol=1e-6), (k, size)
+    # e.g. the native stream holds frames 3, 11, 18 and 26 (times 0.3 s, 1.1 s, 1.8 s, 2.6 s), not the first four
+    assert uniform_indices(total, 4) == [3, 11, 18, 26]
+    assert torch.equal(streams[1], full[[3, 11, 18, 26]]) and not torch.equal(streams[1], full[:4])
+
+
 def test_write_is_deterministic(tmp_path):
     frames = np.random.default_rng(0).integers(0, 255, size=(8, 32, 32, 3), dtype=np.uint8)
     p1 = write_video(tmp_path / "a.mp4", frames)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from vqa_components.fusion.la_gate import LAGateFusion
-from vqa_components.interfaces import TextFeatures, VideoFeatures
+from vqa_components.interfaces import ConfigError, TextFeatures, VideoFeatures
 
 B, T, N, DV, DT = 2, 3, 4, 12, 10
 
@@ -65,3 +66,15 @@ def test_gradients_reach_every_parameter():
     (out.pooled * torch.randn_like(out.pooled)).sum().backward()
     for name, p in f.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_several_streams_raise_instead_of_being_dropped():
+    v, q = inputs()
+    other = VideoFeatures(tokens=torch.randn(B, 2, 5, DV), cls=torch.randn(B, 2, DV))
+    with pytest.raises(ConfigError) as err:
+        fusion()(v.replace(streams=(v, other)), q)
+    message = str(err.value)
+    assert message.startswith("fusion la_gate reads the tokens of one stream, but the backbone gives 2 ")
+    assert message.endswith("use a fusion that reads every stream (co_tokenizer) or a single-stream backbone")
+    out = fusion()(v.replace(streams=(v,)), q)  # one stream is the tokens themselves
+    torch.testing.assert_close(out.pooled, fusion()(v, q).pooled)

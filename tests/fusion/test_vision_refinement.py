@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vqa_components.fusion.vision_refinement import VisionRefinement
-from vqa_components.interfaces import TextFeatures, VideoFeatures
+from vqa_components.interfaces import ConfigError, TextFeatures, VideoFeatures
 
 B, K, N, DV, DT, D = 2, 3, 4, 12, 10, 16
 
@@ -158,3 +158,12 @@ def test_sequential_residual_form_adds_the_gate_output_to_the_stream():
         torch.testing.assert_close(f(v, q).tokens, f.norm(x), atol=1e-5, rtol=1e-5)
         fit = refinement().eval()
         assert not torch.allclose(fit(v, q).tokens, f(v, q).tokens, atol=1e-3)
+
+
+def test_several_streams_raise_instead_of_being_dropped():
+    v, q = inputs()
+    other = VideoFeatures(tokens=torch.randn(B, 2, 5, DV), cls=torch.randn(B, 2, DV))
+    with pytest.raises(
+        ConfigError, match=r"^fusion vision_refinement reads the tokens of one stream, .* gives 3 streams"
+    ):
+        refinement()(v.replace(streams=(v, other, other)), q)

@@ -71,3 +71,13 @@ def test_two_processes_with_disjoint_groups_reduce_to_the_global_counts():
     assert r["num_samples"] == 8 and r["acc"] == pytest.approx(5 / 8)
     assert r["acc_spatial"] == pytest.approx(2 / 3) and r["acc_motion"] == pytest.approx(1 / 2)
     assert r["acc_needle"] == pytest.approx(2 / 3)
+
+
+def test_soft_scores_are_averaged_and_out_of_range_is_an_error():
+    m = GroupedAccuracy(["a"])
+    m.update(torch.tensor([1.0, 0.5, 0.0, 1 / 3]), ["a", "a", "b", "a"])
+    out = m.compute()
+    assert out["acc"].item() == pytest.approx((1 + 0.5 + 0 + 1 / 3) / 4)
+    assert out["acc_a"].item() == pytest.approx((1 + 0.5 + 1 / 3) / 3) and out["num_samples"].item() == 4
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        m.update(torch.tensor([1.5]), ["a"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vqa_components.interfaces import TextFeatures, VideoFeatures
+from vqa_components.interfaces import ConfigError, TextFeatures, VideoFeatures
 from vqa_components.samplers.gumbel_topk import GumbelTopKSampler, straight_through_select
 
 B, T, N, D = 2, 8, 3, 16
@@ -211,3 +211,16 @@ def test_more_frames_than_temporal_table_and_registry():
     assert out.indices.shape == (B, 3)
     hidden = sampler(dim=32)
     assert hidden.scorer.w_s.in_features == 32 and hidden(video(), text()).video.tokens.shape == (B, 4, N, D)
+
+
+def test_several_streams_raise_instead_of_being_dropped():
+    v = video()
+    other = VideoFeatures(tokens=torch.randn(B, 2, 5, D), cls=torch.randn(B, 2, D))
+    with pytest.raises(ConfigError) as err:
+        sampler()(v.replace(streams=(v, other, other)), text())
+    assert str(err.value) == (
+        "sampler gumbel_topk selects frames of one stream, but the backbone gives 3 streams (a multi-stream "
+        "backbone such as multi_stream): remove the sampler or use a single-stream backbone"
+    )
+    one = sampler()(v.replace(streams=(v,)), text())  # one stream: tokens are that stream, nothing dropped
+    assert one.video.streams is None and one.video.tokens.shape == (B, 4, N, D)

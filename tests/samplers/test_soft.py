@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from vqa_components.interfaces import TextFeatures, VideoFeatures
+from vqa_components.interfaces import ConfigError, TextFeatures, VideoFeatures
 from vqa_components.samplers._frame_scorer import FrameScorer
 from vqa_components.samplers.soft import SoftSampler
 
@@ -101,3 +102,10 @@ def test_scores_frames_exactly_as_gumbel_topk_and_ignores_the_random_state():
     a = soft(v, q).weights
     torch.manual_seed(2)
     assert torch.equal(a, soft(v, q).weights)
+
+
+def test_several_streams_raise_instead_of_being_dropped():
+    v, q = inputs()
+    other = VideoFeatures(tokens=torch.randn(B, 2, 5, D), cls=torch.randn(B, 2, D))
+    with pytest.raises(ConfigError, match=r"^sampler soft selects frames of one stream, .* 2 streams"):
+        sampler()(v.replace(streams=(v, other)), q)

@@ -3,6 +3,7 @@
 from vqa_components.backbones import (  # noqa: F401
     blind,
     frame_cnn,
+    multi_stream,
     x3d,
 )
 from vqa_components.backbones import open_clip as _open_clip  # noqa: F401

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from vqa_components.backbones.multi_stream import one_stream
 from vqa_components.interfaces import Backbone, VideoFeatures
 from vqa_components.layers.transformer import sinusoidal_positions
 from vqa_components.registry import BACKBONES
@@ -104,8 +105,7 @@ class FrameCNN(Backbone):
         nn.init.trunc_normal_(self.pos, std=0.02)
 
     def forward(self, video: Tensor | tuple[Tensor, ...]) -> VideoFeatures:
-        if isinstance(video, (tuple, list)):
-            video = video[0]
+        video = one_stream(video, "frame_cnn")
         b, t = video.shape[:2]
         x = rearrange(video, "b t c h w -> (b t) c h w") * 2.0 - 1.0
         for stage, temp in zip(self.stages, self.temporal):

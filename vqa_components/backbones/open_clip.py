@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqa_components.backbones.multi_stream import one_stream
 from vqa_components.interfaces import Backbone, ConfigError, VideoFeatures
 from vqa_components.registry import BACKBONES
 
@@ -384,8 +385,7 @@ class OpenClipBackbone(Backbone):
         return patches, pooled
 
     def forward(self, video: Tensor | tuple[Tensor, ...]) -> VideoFeatures:
-        if isinstance(video, (tuple, list)):
-            video = video[0]
+        video = one_stream(video, "open_clip")
         if video.ndim != 5 or video.shape[2] != 3:
             raise ValueError(f"open_clip backbone expects video (b, t, 3, h, w), got {tuple(video.shape)}")
         b, t = video.shape[:2]

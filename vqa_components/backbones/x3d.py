@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from vqa_components.backbones.multi_stream import one_stream
 from vqa_components.backbones.open_clip import load_strict, read_state_dict, resolve_checkpoint_file
 from vqa_components.interfaces import Backbone, VideoFeatures
 from vqa_components.registry import BACKBONES
@@ -302,8 +303,7 @@ class X3D(Backbone):
     # --------------------------------------------------------------- forward
     def feature_map(self, video: Tensor) -> Tensor:
         """``(b, t, 3, h, w)`` pixels in [0, 1] -> conv5 features ``(b, feature_dim, t, h', w')``."""
-        if isinstance(video, (tuple, list)):
-            video = video[0]
+        video = one_stream(video, "x3d")
         if video.ndim != 5 or video.shape[2] != 3:
             raise ValueError(f"x3d backbone expects video (b, t, 3, h, w), got {tuple(video.shape)}")
         x = (video.to(self.conv_5.weight.dtype) - X3D_MEAN) / X3D_STD

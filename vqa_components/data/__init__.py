@@ -1,5 +1,6 @@
 """Datasets (each registered in ``DATASETS``), video decoding, annotations and the DataModule."""
 
+from vqa_components.data import benchmarks  # registers the benchmark adapters
 from vqa_components.data.annotations import AnnotationError, QARecord, load_qa_annotations
 from vqa_components.data.datamodule import SkippedSample, VideoQADataModule, collate_videoqa
 from vqa_components.data.dataset import VideoQADataset
@@ -17,6 +18,7 @@ __all__ = [
     "VideoDecodeError",
     "VideoQADataModule",
     "VideoQADataset",
+    "benchmarks",
     "collate_videoqa",
     "load_qa_annotations",
     "read_video_frames",

@@ -24,7 +24,8 @@ REQUIRED_FIELDS: tuple[str, ...] = ("video_id", "question", "answer", "question_
 
 
 class AnnotationError(ValueError):
-    """Malformed annotation file. ``path``, ``index`` and ``field`` say where."""
+    """Malformed annotation file. ``path``, ``index`` and ``field`` say where; the message shows the
+    record's ``keys`` fields (default ``id`` and ``video_id``) when they are readable."""
 
     def __init__(
         self,
@@ -34,6 +35,7 @@ class AnnotationError(ValueError):
         record: Any = None,
         field: str | None = None,
         line: int | None = None,
+        keys: tuple[str, ...] = ("id", "video_id"),
     ) -> None:
         self.path = str(path)
         self.index = index
@@ -46,7 +48,7 @@ class AnnotationError(ValueError):
                 rec += f" (line {line})"
             ident = []
             if isinstance(record, dict):
-                for key in ("id", "video_id"):
+                for key in keys:  # the fields that identify a record, shown when readable
                     if key in record and isinstance(record[key], (str, int)) and not isinstance(record[key], bool):
                         ident.append(f"{key}={record[key]!r}")
             if ident:

@@ -278,21 +278,12 @@ class VideoQADataset(Dataset):
         feature_cache_fingerprint: str | None = None,
     ) -> None:
         super().__init__()
-        if on_bad_video not in BAD_VIDEO_POLICIES:
-            raise ValueError(f"on_bad_video must be one of {BAD_VIDEO_POLICIES}, got {on_bad_video!r}")
-        self.split = split
-        self.training = split == "train" if training is None else bool(training)
+        self._init_decoding(
+            split, training, num_frames, frame_size, streams, resize_short, crop_size, frame_sampling, on_bad_video
+        )
         self.annotation_file = _for_split(annotation_file, split, "annotation_file")
         self.video_dir = _for_split(video_dir, split, "video_dir")
         self.video_ext = video_ext if not video_ext or video_ext.startswith(".") else "." + video_ext
-        self.on_bad_video = on_bad_video
-        self.streams = normalize_streams(num_frames, frame_size, streams)
-        self.multi_stream = streams is not None
-        check_preprocessing(self.streams, resize_short, crop_size, frame_sampling)
-        self.frame_sampling = frame_sampling
-        self.transform = ClipTransform(resize_short, crop_size, random_crop=self.training)
-        self._rng: torch.Generator | None = None
-        self._rng_seed: tuple[int, int] | None = None
         self.records: list[QARecord] = load_qa_annotations(self.annotation_file)
         if not self.records:
             log.warning("%s: no records for split %r", self.annotation_file, split)
@@ -308,6 +299,32 @@ class VideoQADataset(Dataset):
         self._answer_to_idx = {a: i for i, a in enumerate(self.answer_vocab)}
         self.families = sorted({r.question_type for r in self.records})
         self.enable_feature_cache(feature_cache, feature_cache_fingerprint)
+
+    def _init_decoding(
+        self,
+        split: str,
+        training: bool | None,
+        num_frames: int,
+        frame_size: int | None,
+        streams: list[dict[str, int]] | None,
+        resize_short: int | None,
+        crop_size: int | None,
+        frame_sampling: str,
+        on_bad_video: str,
+    ) -> None:
+        """Check and set the split, mode and frame options (shared with the benchmark adapters)."""
+        if on_bad_video not in BAD_VIDEO_POLICIES:
+            raise ValueError(f"on_bad_video must be one of {BAD_VIDEO_POLICIES}, got {on_bad_video!r}")
+        self.split = split
+        self.training = split == "train" if training is None else bool(training)
+        self.on_bad_video = on_bad_video
+        self.streams = normalize_streams(num_frames, frame_size, streams)
+        self.multi_stream = streams is not None
+        check_preprocessing(self.streams, resize_short, crop_size, frame_sampling)
+        self.frame_sampling = frame_sampling
+        self.transform = ClipTransform(resize_short, crop_size, random_crop=self.training)
+        self._rng: torch.Generator | None = None
+        self._rng_seed: tuple[int, int] | None = None
 
     # ----------------------------------------------------------- feature cache
     def enable_feature_cache(self, root: str | os.PathLike | None, fingerprint: str | None = None) -> None:
@@ -423,13 +440,18 @@ class VideoQADataset(Dataset):
         positions: Callable[[int, int], list[int]] = uniform_indices
         if self.training and self.frame_sampling == "random":
             positions = partial(random_indices, generator=generator)
-        videos = read_video_streams(self.video_path(index), self.streams, dtype=torch.uint8, indices=positions)
+        videos = self._decode(index, positions)
         if self.transform.identity:
             return videos
         try:
             return self.transform(videos, generator)
         except ValueError as exc:
             raise ValueError(f"{self.video_path(index)} (record {index}): {exc}") from exc
+
+    def _decode(self, index: int, positions: Callable[[int, int], list[int]]) -> tuple[Tensor, ...]:
+        """The ``uint8`` frames of record ``index``, one tensor per stream, before resizing and cropping
+        (a subclass that reads part of a file, or a folder of frames, overrides this)."""
+        return read_video_streams(self.video_path(index), self.streams, dtype=torch.uint8, indices=positions)
 
     def __getitem__(self, index: int) -> dict[str, Any] | SkippedSample:
         if index < 0:

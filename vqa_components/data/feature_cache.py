@@ -197,6 +197,17 @@ class CachedClip:
 # -------------------------------------------------------------------- cache
 
 
+def _backbone_name(backbone: nn.Module) -> str:
+    return getattr(backbone, "registry_name", "") or type(backbone).__name__
+
+
+def _streams_message(backbone: nn.Module, num_streams: int) -> str:
+    return (
+        f"feature cache: backbone {_backbone_name(backbone)} gives {num_streams} streams, but the cache stores "
+        f"the tokens and cls of one stream; remove feature_cache or use a single-stream backbone"
+    )
+
+
 def _as_float(pixels: Tensor) -> Tensor:
     """``uint8`` pixels (as datasets may emit them) to floats in ``[0, 1]``, as the model does."""
     return pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels
@@ -226,6 +237,8 @@ class FeatureCache:
             raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
         if getattr(backbone, "cacheable", True) is False:
             raise ValueError(f"{type(backbone).__name__} is not cacheable (its forward is not a pure function)")
+        if getattr(backbone, "num_streams", 1) > 1:
+            raise ValueError(_streams_message(backbone, backbone.num_streams))
         trainable = [n for n, p in backbone.named_parameters() if p.requires_grad]
         if trainable:
             raise ValueError(
@@ -321,10 +334,14 @@ class FeatureCache:
             clip = _as_float(video.unsqueeze(0).to(dev))
         with torch.no_grad():
             feats = self.backbone(clip)
-        if feats.streams is not None or feats.frame_mask is not None or feats.extras:
+        if feats.streams is not None:
+            raise ValueError(_streams_message(self.backbone, len(feats.streams)))
+        unstored = ["frame_mask"] if feats.frame_mask is not None else []
+        unstored += ["extras"] if feats.extras else []
+        if unstored:
             raise ValueError(
-                f"{type(self.backbone).__name__} returns streams/frame_mask/extras, which the feature cache "
-                f"does not store; it cannot be cached"
+                f"feature cache: backbone {_backbone_name(self.backbone)} returns {' and '.join(unstored)}, "
+                f"which the cache does not store (only tokens and cls); remove feature_cache to run the backbone"
             )
         return feats.tokens[0], feats.cls[0]
 

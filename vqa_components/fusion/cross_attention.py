@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from vqa_components.interfaces import Fusion, FusionOutput, TextFeatures, VideoFeatures
+from vqa_components.interfaces import Fusion, FusionOutput, TextFeatures, VideoFeatures, require_single_stream
 from vqa_components.layers.transformer import CrossAttentionBlock, TransformerBlock, masked_mean
 from vqa_components.registry import FUSIONS
+
+#: What a fusion that reads only ``tokens`` says when it is given several streams (:func:`require_single_stream`).
+READS_ONE_STREAM = "reads the tokens of one stream"
+ONE_STREAM_REMEDY = "use a fusion that reads every stream (co_tokenizer) or a single-stream backbone"
 
 
 def video_padding_mask(video: VideoFeatures):
@@ -33,6 +37,8 @@ class CrossAttentionFusion(Fusion):
         num_layers: ``L``.
         num_heads: attention heads.
         dropout: dropout in the blocks.
+
+    Features of several streams (a ``multi_stream`` backbone) raise :class:`ConfigError`.
     """
 
     def __init__(
@@ -47,6 +53,7 @@ class CrossAttentionFusion(Fusion):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, video: VideoFeatures, text: TextFeatures) -> FusionOutput:
+        require_single_stream(video, f"fusion {self.registry_name}", READS_ONE_STREAM, ONE_STREAM_REMEDY)
         x = self.text_proj(text.tokens)
         v = self.video_proj(video.flat_tokens())
         v_pad = video_padding_mask(video)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from vqa_components.fusion.cross_attention import video_padding_mask
-from vqa_components.interfaces import Fusion, FusionOutput, TextFeatures, VideoFeatures
+from vqa_components.fusion.cross_attention import ONE_STREAM_REMEDY, READS_ONE_STREAM, video_padding_mask
+from vqa_components.interfaces import Fusion, FusionOutput, TextFeatures, VideoFeatures, require_single_stream
 from vqa_components.layers.la_gate import LAGate
 from vqa_components.layers.transformer import masked_mean
 from vqa_components.registry import FUSIONS
@@ -33,7 +33,8 @@ class LAGateFusion(Fusion):
         num_heads: gate heads.
         num_layers: stacked LA-Gates.
 
-    ``extras["gates"]``: list (one per gate) of ``(b, heads, t*n)`` importances.
+    ``extras["gates"]``: list (one per gate) of ``(b, heads, t*n)`` importances. Features of
+    several streams (a ``multi_stream`` backbone) raise :class:`ConfigError`.
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class LAGateFusion(Fusion):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, video: VideoFeatures, text: TextFeatures) -> FusionOutput:
+        require_single_stream(video, f"fusion {self.registry_name}", READS_ONE_STREAM, ONE_STREAM_REMEDY)
         v = self.video_proj(video.flat_tokens())
         gates = []
         for gate in self.gates:

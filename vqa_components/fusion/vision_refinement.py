@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vqa_components.interfaces import Fusion, FusionOutput, TextFeatures, VideoFeatures
+from vqa_components.fusion.cross_attention import ONE_STREAM_REMEDY, READS_ONE_STREAM
+from vqa_components.interfaces import Fusion, FusionOutput, TextFeatures, VideoFeatures, require_single_stream
 from vqa_components.layers.divided_space_time import DividedSpaceTimeBlock, check_residual
 from vqa_components.layers.la_gate import GATES, build_gate, gate_text
 from vqa_components.layers.position_table import resize_table
@@ -56,7 +57,8 @@ class VisionRefinement(Fusion):
         residual: ``"frozen_in_time"`` (the paper's skip form, default) or ``"sequential"``.
 
     ``extras["gates"]``: list (one per block) of LA-Gate importances ``(b, heads, 1 + K*n)``,
-    the first token being ``v_cls*``; an empty list for the other gates.
+    the first token being ``v_cls*``; an empty list for the other gates. Features of several
+    streams (a ``multi_stream`` backbone) raise :class:`ConfigError`.
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class VisionRefinement(Fusion):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, video: VideoFeatures, text: TextFeatures) -> FusionOutput:
+        require_single_stream(video, f"fusion {self.registry_name}", READS_ONE_STREAM, ONE_STREAM_REMEDY)
         b, k, n, _ = video.tokens.shape
         x = self.video_proj(video.tokens)
         x = x + resize_table(self.temporal_embed, k).to(x.dtype)[:, None] + resize_table(self.spatial_embed, n).to(x.dtype)

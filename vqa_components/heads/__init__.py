@@ -1,3 +1,3 @@
 """Heads: FusionOutput -> :class:`~vqa_components.interfaces.HeadOutput`."""
 
-from vqa_components.heads import answer_classifier, retrieval, vtm_choice  # noqa: F401
+from vqa_components.heads import answer_classifier, retrieval, text_decoder, vtm_choice  # noqa: F401

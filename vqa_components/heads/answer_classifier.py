@@ -36,5 +36,5 @@ class AnswerClassifier(Head):
         else:
             self.mlp = nn.Linear(in_dim, num_answers)
 
-    def forward(self, fused: FusionOutput, text: TextFeatures) -> HeadOutput:
+    def forward(self, fused: FusionOutput, text: TextFeatures, targets: list[str] | None = None) -> HeadOutput:
         return HeadOutput(logits=self.mlp(fused.pooled))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +85,10 @@ class RetrievalHead(Head):
         with float32_region(video_emb.device):
             return F.normalize(video_emb.float(), dim=-1) @ F.normalize(text_emb.float(), dim=-1).T
 
-    def forward(self, fused: FusionOutput, text: TextFeatures) -> HeadOutput:
+    def forward(self, fused: FusionOutput, text: TextFeatures, targets: list[str] | None = None) -> HeadOutput:
         sim = self.similarity(self.embed_video(fused.pooled), self.embed_text(text.cls))
         return HeadOutput(logits=sim * self.scale.float())
+
+    def has_ground_truth(self, batch: dict[str, Any]) -> bool:
+        """Retrieval answers no question: the objectives log its losses."""
+        return False

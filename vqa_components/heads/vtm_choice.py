@@ -45,6 +45,6 @@ class VTMHead(Head):
         """``(b, d) -> (b, 2)`` the two VTM logits ``(no match, match)``."""
         return self.proj(pooled)
 
-    def forward(self, fused: FusionOutput, text: TextFeatures) -> HeadOutput:
+    def forward(self, fused: FusionOutput, text: TextFeatures, targets: list[str] | None = None) -> HeadOutput:
         y = self.matching_logits(fused.pooled)
         return HeadOutput(logits=(y[:, MATCH] - y[:, 1 - MATCH])[:, None])

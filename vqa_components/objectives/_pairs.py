@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vqa_components.interfaces import ModelOutput, VideoFeatures
+from vqa_components.interfaces import ModelOutput
 
 
 def matched_pairs(model: nn.Module, batch: dict[str, Any], out: ModelOutput) -> tuple[Tensor, list[str]]:
@@ -43,20 +43,3 @@ def matched_pairs(model: nn.Module, batch: dict[str, Any], out: ModelOutput) -> 
             f"{out.fused.pooled.shape[0]} video-text pairs"
         )
     return torch.arange(len(texts), device=device), texts
-
-
-def select_video(video: VideoFeatures, rows: Tensor) -> VideoFeatures:
-    """The ``rows`` of a :class:`VideoFeatures` batch (streams too; a stream with ``1/k`` of the
-    rows, as the multiple-choice path leaves them, is indexed by ``rows // k``)."""
-    full = video.tokens.shape[0]
-
-    def pick(v: VideoFeatures) -> VideoFeatures:
-        r = rows if v.tokens.shape[0] == full else rows // (full // v.tokens.shape[0])
-        return v.replace(
-            tokens=v.tokens[r],
-            cls=v.cls[r],
-            frame_mask=None if v.frame_mask is None else v.frame_mask[r],
-            streams=None if v.streams is None else tuple(pick(s) for s in v.streams),
-        )
-
-    return pick(video)

@@ -1,4 +1,4 @@
-"""Cross-entropy on the answer (open-ended classes or multiple-choice options)."""
+"""Cross-entropy on the answer: open-ended classes, multiple-choice options, or generated answer tokens."""
 
 from __future__ import annotations
 
@@ -7,13 +7,31 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqa_components.interfaces import ModelOutput, Objective
+from vqa_components.interfaces import HeadOutput, ModelOutput, Objective
 from vqa_components.registry import OBJECTIVES
+
+#: target id that ``token_cross_entropy`` ignores (padding of generated targets)
+IGNORE = -100
+
+
+def token_cross_entropy(head: HeadOutput, label_smoothing: float = 0.0) -> Tensor:
+    """Teacher-forced cross-entropy of a generating head: mean over the target tokens (padding ignored)."""
+    if head.target_ids is None:
+        raise ValueError("a generating head's output has no target_ids: the model gave the head no targets")
+    logits = head.logits.float()
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), head.target_ids.reshape(-1), ignore_index=IGNORE,
+        label_smoothing=label_smoothing,
+    )
 
 
 @OBJECTIVES.register("answer_cross_entropy")
 class AnswerCrossEntropy(Objective):
     """``CE(logits, answer_idx)``; answers outside the vocabulary (index -1) are ignored.
+
+    With a generating head (``task: generate``) the answer is text: the loss is the teacher-forced
+    cross-entropy of the answer's tokens (:func:`token_cross_entropy`; every answer counts, as a
+    generating head has no vocabulary to fall outside of).
 
     Args:
         weight: scale of this loss in the total.
@@ -26,6 +44,8 @@ class AnswerCrossEntropy(Objective):
         self.label_smoothing = label_smoothing
 
     def forward(self, model: nn.Module, batch: dict[str, Any], out: ModelOutput) -> dict[str, Tensor]:
+        if out.head.target_ids is not None:
+            return {"loss": token_cross_entropy(out.head, self.label_smoothing)}
         target = batch["answer_idx"]
         if (target < 0).all():
             return {"loss": out.logits.sum() * 0.0}

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from vqa_components.heads.vtm_choice import VTMHead
 from vqa_components.interfaces import ModelOutput, Objective
-from vqa_components.objectives._pairs import matched_pairs, select_video
+from vqa_components.objectives._pairs import matched_pairs
 from vqa_components.registry import OBJECTIVES
 
 
@@ -109,7 +109,7 @@ class VideoTextMatching(Objective):
         changed = torch.tensor([a != o for a, o in zip(new_texts, texts)], dtype=torch.bool)
         if changed.any():
             idx = torch.nonzero(changed).flatten().to(pooled.device)
-            video = select_video(out.video, rows[idx])
+            video = out.video.select(rows[idx])
             swapped = model.forward_features(video, model.encode_text([new_texts[i] for i in idx.tolist()]))
             pooled = pooled.index_copy(0, idx, swapped.fused.pooled.to(pooled.dtype))
         classifier = self.classifier(model)

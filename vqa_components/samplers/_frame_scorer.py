@@ -8,11 +8,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from vqa_components.interfaces import Sampler, SamplerOutput, TextFeatures, VideoFeatures
+from vqa_components.interfaces import (
+    Sampler,
+    SamplerOutput,
+    TextFeatures,
+    VideoFeatures,
+    require_single_stream,
+)
 from vqa_components.layers.divided_space_time import check_residual
 from vqa_components.layers.la_gate import GATES, build_gate, gate_text
 from vqa_components.layers.position_table import resize_table
 from vqa_components.layers.transformer import TransformerBlock
+from vqa_components.samplers.uniform import NO_SAMPLER, SELECTS_ONE_STREAM
 
 
 class FSBlock(nn.Module):
@@ -202,7 +209,8 @@ class ScoredSampler(Sampler):
         )
 
     def score(self, video: VideoFeatures, text: TextFeatures) -> tuple[Tensor, list[Tensor]]:
-        """Selection logits ``(b, K, N)`` and the FS-blocks' gates."""
+        """Selection logits ``(b, K, N)`` and the FS-blocks' gates (:class:`ConfigError` for several streams)."""
+        require_single_stream(video, f"sampler {self.registry_name}", SELECTS_ONE_STREAM, NO_SAMPLER)
         return self.scorer(video.cls, text, video.frame_mask)
 
     def select(

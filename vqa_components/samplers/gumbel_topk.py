@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vqa_components.interfaces import SamplerOutput, TextFeatures, VideoFeatures
+from vqa_components.interfaces import SamplerOutput, TextFeatures, VideoFeatures, require_single_stream
 from vqa_components.layers.precision import float32_region
 from vqa_components.registry import SAMPLERS
 from vqa_components.samplers._frame_scorer import ScoredSampler
+from vqa_components.samplers.uniform import NO_SAMPLER, SELECTS_ONE_STREAM
 
 
 def gumbel_noise(like: Tensor) -> Tensor:
@@ -142,6 +143,7 @@ class GumbelTopKSampler(ScoredSampler):
         self.allow_repeats = allow_repeats
 
     def forward(self, video: VideoFeatures, text: TextFeatures) -> SamplerOutput:
+        require_single_stream(video, f"sampler {self.registry_name}", SELECTS_ONE_STREAM, NO_SAMPLER)
         n = video.cls.shape[1]
         if not self.allow_repeats and n < self.num_frames:
             raise ValueError(f"cannot choose {self.num_frames} distinct frames of {n}; set allow_repeats=True")

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import torch
 
-from vqa_components.interfaces import Sampler, SamplerOutput, TextFeatures, VideoFeatures
+from vqa_components.interfaces import (
+    Sampler,
+    SamplerOutput,
+    TextFeatures,
+    VideoFeatures,
+    require_single_stream,
+)
 from vqa_components.registry import SAMPLERS
+
+#: What a frame sampler says when it is given several streams (:func:`require_single_stream`).
+SELECTS_ONE_STREAM = "selects frames of one stream"
+NO_SAMPLER = "remove the sampler or use a single-stream backbone"
 
 
 def uniform_indices(total: int, k: int) -> torch.Tensor:
@@ -22,6 +32,9 @@ class UniformSampler(Sampler):
 
     Args:
         num_frames: ``k``, frames kept.
+
+    Features of several streams (a ``multi_stream`` backbone) raise :class:`ConfigError`: the
+    streams have different frame counts, so one selection cannot serve them all.
     """
 
     def __init__(self, num_frames: int = 16) -> None:
@@ -29,6 +42,7 @@ class UniformSampler(Sampler):
         self.num_frames = num_frames
 
     def forward(self, video: VideoFeatures, text: TextFeatures) -> SamplerOutput:
+        require_single_stream(video, f"sampler {self.registry_name}", SELECTS_ONE_STREAM, NO_SAMPLER)
         b, t = video.cls.shape[:2]
         idx = uniform_indices(t, self.num_frames).to(video.cls.device)
         weights = torch.zeros(b, self.num_frames, t, device=video.cls.device, dtype=video.cls.dtype)

@@ -13,7 +13,10 @@ Two ways to build it, neither of which touches the network:
   The library ships no vocabulary of its own, so a tokenizer must be named;
   ``config["vocab_size"]`` defaults to the tokenizer's size.
 
-Everything is loaded with ``local_files_only=True``; a hub id is refused.
+Everything is loaded with ``local_files_only=True``; a hub id is refused, and so is a folder
+without ``config.json`` or a weights file (one line naming what is missing). The loading code
+(:func:`load_local_model`, :func:`load_tokenizer`, :func:`check_model_folder`) is shared with
+the ``t5`` text encoder.
 The model's pooler layer (BERT's tanh dense on ``[CLS]``), if any, is kept so
 that checkpoints round-trip but frozen: neither pooling mode reads it, and
 trainable parameters without gradients break DDP.
@@ -26,6 +29,7 @@ tokens (``pooling="mean"``, the sentence-transformers convention).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,21 +40,21 @@ from vqa_components.interfaces import TextEncoder, TextFeatures
 from vqa_components.registry import TEXT_ENCODERS
 
 
-def _local_dir(path: str | Path, what: str) -> Path:
+def _local_dir(path: str | Path, what: str, owner: str = "hf_transformer") -> Path:
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundError(
-            f"hf_transformer: {what} {str(path)!r} is not a local path (hub ids are not supported: "
+            f"{owner}: {what} {str(path)!r} is not a local path (hub ids are not supported: "
             f"nothing is downloaded; copy the model folder to disk and pass its path)"
         )
     return p
 
 
-def load_tokenizer(path: str | Path) -> Any:
+def load_tokenizer(path: str | Path, owner: str = "hf_transformer") -> Any:
     """A tokenizer from a local folder (``AutoTokenizer``) or a WordPiece ``vocab.txt`` file."""
     from transformers import AutoTokenizer, BertTokenizerFast
 
-    p = _local_dir(path, "tokenizer_path")
+    p = _local_dir(path, "tokenizer_path", owner)
     if p.is_file():
         # transformers >= 5 takes ``vocab`` (a dict or file) and silently ignores ``vocab_file``;
         # 4.x takes ``vocab_file``. Pass what this version understands.
@@ -62,9 +66,67 @@ def load_tokenizer(path: str | Path) -> Any:
         else:
             tok = BertTokenizerFast(vocab_file=str(p))
         if len(tok) < len(vocab):
-            raise ValueError(f"hf_transformer: {p} has {len(vocab)} tokens but the tokenizer built from it has {len(tok)}")
+            raise ValueError(f"{owner}: {p} has {len(vocab)} tokens but the tokenizer built from it has {len(tok)}")
         return tok
     return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+
+
+#: weight files of a ``save_pretrained`` folder that ``from_pretrained`` reads (one is enough)
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check_model_folder(folder: Path, owner: str = "hf_transformer") -> None:
+    """Raise one clear ``FileNotFoundError`` unless ``folder`` holds ``config.json`` and a weights file."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{owner}: pretrained_path {str(folder)!r} is a file; pass the model folder")
+    missing = [name for name in ("config.json",) if not (folder / name).is_file()]
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        missing.append(" or ".join(WEIGHT_FILES))
+    if missing:
+        raise FileNotFoundError(
+            f"{owner}: pretrained_path {str(folder)!r} is not a model folder (no {'; no '.join(missing)}); "
+            f"write one with save_pretrained"
+        )
+
+
+def load_local_model(
+    owner: str,
+    pretrained_path: str | Path | None,
+    config: dict[str, Any] | None,
+    tokenizer_path: str | Path | None,
+    from_pretrained: Callable[[str], Any],
+    from_config: Callable[[dict[str, Any]], Any],
+) -> tuple[Any, Any, str | None]:
+    """``(model, tokenizer, weights_source)`` from a local folder or a config dict, never the network.
+
+    ``pretrained_path``: checked with :func:`check_model_folder`, the tokenizer from
+    ``tokenizer_path`` or that folder, the model from ``from_pretrained(folder)`` (which must pass
+    ``local_files_only=True``); ``weights_source`` is the folder. Otherwise ``config``: the
+    tokenizer from ``tokenizer_path`` (required), ``vocab_size`` (at least the tokenizer's size)
+    and ``pad_token_id`` default to the tokenizer's, and ``from_config(cfg)`` builds a random
+    init (``weights_source`` ``None``).
+    """
+    if pretrained_path is not None:
+        folder = _local_dir(pretrained_path, "pretrained_path", owner)
+        check_model_folder(folder, owner)
+        tokenizer = load_tokenizer(tokenizer_path or folder, owner)
+        return from_pretrained(str(folder)), tokenizer, str(folder)
+    if config is None:
+        raise ValueError(f"{owner} needs pretrained_path (a local model folder) or config")
+    if tokenizer_path is None:
+        raise ValueError(
+            f"{owner}: a random-init build (config=...) needs tokenizer_path "
+            "(a tokenizer folder or a WordPiece vocab.txt)"
+        )
+    tokenizer = load_tokenizer(tokenizer_path, owner)
+    cfg = dict(config)
+    cfg.setdefault("vocab_size", len(tokenizer))
+    if cfg["vocab_size"] < len(tokenizer):
+        raise ValueError(
+            f"{owner}: config vocab_size={cfg['vocab_size']} is smaller than the tokenizer's {len(tokenizer)} tokens"
+        )
+    cfg.setdefault("pad_token_id", tokenizer.pad_token_id)
+    return from_config(cfg), tokenizer, None
 
 
 @TEXT_ENCODERS.register("hf_transformer")
@@ -97,30 +159,19 @@ class HFTransformerTextEncoder(TextEncoder):
 
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
-        if pretrained_path is not None:
-            folder = _local_dir(pretrained_path, "pretrained_path")
-            self.tokenizer = load_tokenizer(tokenizer_path or folder)
-            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True)
-            self.weights_source = str(folder)
-        elif config is not None:
-            if tokenizer_path is None:
-                raise ValueError(
-                    "hf_transformer: a random-init build (config=...) needs tokenizer_path "
-                    "(a tokenizer folder or a WordPiece vocab.txt)"
-                )
-            self.tokenizer = load_tokenizer(tokenizer_path)
-            cfg = dict(config)
+
+        def from_config(cfg: dict[str, Any]) -> Any:
             model_type = cfg.pop("model_type", "bert")
-            cfg.setdefault("vocab_size", len(self.tokenizer))
-            if cfg["vocab_size"] < len(self.tokenizer):
-                raise ValueError(
-                    f"hf_transformer: config vocab_size={cfg['vocab_size']} is smaller than the "
-                    f"tokenizer's {len(self.tokenizer)} tokens"
-                )
-            cfg.setdefault("pad_token_id", self.tokenizer.pad_token_id)
-            self.model = AutoModel.from_config(AutoConfig.for_model(model_type, **cfg))
-        else:
-            raise ValueError("hf_transformer needs pretrained_path (a local model folder) or config")
+            return AutoModel.from_config(AutoConfig.for_model(model_type, **cfg))
+
+        self.model, self.tokenizer, self.weights_source = load_local_model(
+            "hf_transformer",
+            pretrained_path,
+            config,
+            tokenizer_path,
+            lambda folder: AutoModel.from_pretrained(folder, local_files_only=True),
+            from_config,
+        )
 
         tok = self.tokenizer
         for name in ("pad_token_id", "mask_token_id"):

@@ -1,0 +1,86 @@
+"""webvid (metadata/results_2M_{split}.csv, videos/<page_dir>/<videoid>.mp4) and video_text_jsonl
+((video, text) lines): caption samples, errors, caption pretraining through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vqa_components.data.annotations import AnnotationError
+from vqa_components.data.benchmarks import ReleaseLayoutError, VideoTextJSONLDataset, WebVidDataset
+
+WEBVID = ["videoid", "contentUrl", "duration", "page_dir", "name"]
+URL = "https://ak.picdn.net/shutterstock/videos/{}/preview/stock-footage.mp4"
+
+
+@pytest.fixture
+def webvid(tmp_path, mini):
+    root = tmp_path / "WebVid"
+    rows = [
+        [
+            31353427,
+            URL.format(31353427),
+            "PT00H00M15S",
+            "023701_023750",
+            "Merida, mexico - may 23, 2017: tourists",
+        ],
+        [14781349, URL.format(14781349), "PT00H00M29S", "006501_006550", "Waving pastel colored fabric"],
+        [2610028, URL.format(2610028), "PT00H00M11S", "006501_006550", "Flying over the ice, aerial shot"],
+        [21234567, URL.format(21234567), "PT00H00M08S", "023701_023750", "Young woman laughing, slow motion"],
+    ]
+    mini.write_csv(root / "metadata" / "results_2M_train.csv", WEBVID, rows)
+    mini.write_csv(root / "metadata" / "results_2M_val.csv", WEBVID, rows[:2])
+    for i, (vid, _, _, page, _) in enumerate(rows):
+        mini.mp4(root / "videos" / page / f"{vid}.mp4", level=40 * i)
+    return root
+
+
+def test_webvid_samples_are_captions(webvid):
+    ds = WebVidDataset(str(webvid), "train", num_frames=2)
+    assert len(ds) == 4 and ds.answer_vocab == [] and ds.families == []
+    assert ds.video_path(1) == webvid / "videos" / "006501_006550" / "14781349.mp4"
+    sample = ds[1]
+    assert sample["caption"] == sample["question"] == "Waving pastel colored fabric"
+    assert (
+        sample["video_id"] == "14781349"
+        and sample["family"] == "caption"
+        and sample["video"].shape == (2, 3, 32, 32)
+    )
+    assert "answer_idx" not in sample and "answer" not in sample
+    assert WebVidDataset(str(webvid), "val").annotation_file.name == "results_2M_val.csv"
+    with pytest.raises(
+        ReleaseLayoutError, match=r"results_10M_train.csv: webvid: expected the WebVid-10M train CSV"
+    ):
+        WebVidDataset(str(webvid), "train", cut="10M")
+
+
+def test_video_text_jsonl(tmp_path, mini):
+    root = tmp_path / "pairs"
+    mini.write_jsonl(root / "train.jsonl", [
+        {"video": "a/clip1.mp4", "text": "a man cooks pasta", "id": "p1"},
+        {"video": "b/clip2.mp4", "text": ["two dogs play", "dogs playing in a park"]},
+        {"video": "a/clip1.mp4", "text": "the end of the cooking", "start": 0.5, "end": 1.0},
+    ])  # fmt: skip
+    mini.mp4(root / "videos" / "a" / "clip1.mp4", level=0)
+    mini.mp4(root / "videos" / "b" / "clip2.mp4", level=100)
+    ds = VideoTextJSONLDataset(str(root), "train", num_frames=2)
+    assert [r.caption for r in ds.records] == [
+        "a man cooks pasta", "two dogs play", "dogs playing in a park", "the end of the cooking"
+    ]  # fmt: skip
+    assert [r.video_id for r in ds.records] == ["a/clip1", "b/clip2", "b/clip2", "a/clip1"]
+    assert (ds.records[3].start, ds.records[3].end) == (0.5, 1.0)
+    late = ds[3]["video"].float().mean(dim=(1, 2, 3)) / 4  # frames 4..7 of the clip (level 4 i)
+    assert float(late.min()) > 3.5
+    (root / "train.jsonl").write_text(json.dumps({"video": "a/clip1.mp4", "text": 7}) + "\n")
+    with pytest.raises(
+        AnnotationError,
+        match=r"train.jsonl: record 0 \(line 1\) \[video='a/clip1.mp4'\]: field 'text': must be a string",
+    ):
+        VideoTextJSONLDataset(str(root), "train")
+
+
+def test_caption_pretraining_through_the_cli(webvid, tmp_path, mini):
+    cfg = mini.recipe("webvid", {"root": str(webvid)}, "captions", tmp_path / "run")
+    cfg["checkpoint"] = {"monitor": "val/loss", "mode": "min"}
+    assert mini.run_cli("fit", cfg, tmp_path)[0] == 0

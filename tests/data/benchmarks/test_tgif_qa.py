@@ -1,0 +1,185 @@
+"""tgif_qa: the four tasks' tab-separated {Train,Test}_*_question.csv files and GIFs; FrameQA types,
+5-way multiple choice, counts, the held-out validation option, errors, fits through the CLI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vqa_components.data.annotations import AnnotationError
+from vqa_components.data.benchmarks import ReleaseLayoutError, TGIFQADataset
+
+GIFS = [f"tumblr_n{i}k172bbdPI1u1lr18o1_250" for i in range(6)]
+FRAMEQA = ["gif_name", "question", "answer", "type", "vid_id", "key", "description"]
+MC = ["gif_name", "question", "a1", "a2", "a3", "a4", "a5", "answer", "vid_id", "key"]
+COUNT = ["gif_name", "question", "answer", "vid_id", "key"]
+
+
+@pytest.fixture
+def release(tmp_path, mini):
+    root = tmp_path / "TGIF-QA"
+    d = root / "dataset"
+    mini.write_csv(
+        d / "Train_frameqa_question.csv",
+        FRAMEQA,
+        [
+            [
+                GIFS[0],
+                "what is the color of the shirt ?",
+                "black",
+                2,
+                "FRAMEQA1",
+                10,
+                "a man in a black shirt .",
+            ],
+            [GIFS[1], "how many dogs are playing ?", "two", 1, "FRAMEQA2", 11, "two dogs are playing ."],
+            [GIFS[2], "what is the man playing ?", "guitar", 0, "FRAMEQA3", 12, "a man is playing guitar ."],
+            [
+                GIFS[3],
+                "where is the woman dancing . ?",
+                "room",
+                3,
+                "FRAMEQA4",
+                13,
+                "a woman dances in a room .",
+            ],
+            [GIFS[0], "what is the color of the hat ?", "black", 2, "FRAMEQA5", 10, "a black hat ."],
+        ],
+        delimiter="\t",
+    )
+    mini.write_csv(
+        d / "Test_frameqa_question.csv",
+        FRAMEQA,
+        [
+            [GIFS[4], "what is the color of the car ?", "white", 2, "FRAMEQA6", 14, "a white car ."],
+            [GIFS[5], "what is the cat eating ?", "guitar", 0, "FRAMEQA7", 15, "a cat eats a guitar ."],
+        ],
+        delimiter="\t",
+    )
+    for task, prefix in (("action", "ACTION"), ("transition", "TRANS")):
+        rows = [
+            [
+                GIFS[i],
+                f"What does the man do {i + 2} times ?",
+                "nod",
+                "wave hand",
+                "jump",
+                "sway",
+                "clap",
+                i % 5,
+                f"{prefix}{i}",
+                i,
+            ]
+            for i in range(4)
+        ]
+        mini.write_csv(d / f"Train_{task}_question.csv", MC, rows, delimiter="\t")
+        mini.write_csv(d / f"Test_{task}_question.csv", MC, rows[:2], delimiter="\t")
+    mini.write_csv(
+        d / "Train_count_question.csv",
+        COUNT,
+        [
+            [GIFS[0], "How many times does the man nod ?", 3, "COUNT1", 10],
+            [GIFS[1], "How many times does the dog jump ?", 10, "COUNT2", 11],
+            [GIFS[2], "How many times does the cat blink ?", 2, "COUNT3", 12],
+        ],
+        delimiter="\t",
+    )
+    mini.write_csv(
+        d / "Test_count_question.csv",
+        COUNT,
+        [
+            [GIFS[3], "How many times does the woman clap ?", 4, "COUNT4", 13],
+            [GIFS[4], "How many times does the man jump ?", 2, "COUNT5", 14],
+        ],
+        delimiter="\t",
+    )
+    for i, name in enumerate(GIFS):
+        mini.gif(root / "gifs" / f"{name}.gif", level=30 * i)
+    return root
+
+
+def test_frameqa_types_vocab_and_gifs(release):
+    train = TGIFQADataset(str(release), "train", task="frameqa", num_frames=4)
+    assert train.answer_vocab == ["black", "guitar", "room", "two"] and train.max_answers == 1000
+    assert train.families == ["object", "number", "color", "location"]
+    assert [r.family for r in train.records] == ["color", "number", "object", "location", "color"]
+    sample = train[2]
+    assert sample["answer"] == "guitar" and sample["answer_idx"] == 1 and sample["video_id"] == GIFS[2]
+    assert sample["video"].shape == (4, 3, 32, 32) and sample["video"].dtype == torch.uint8
+    # GIF frame i has grey level 60 + 4 i (palette-quantised): frames come in order, from this GIF
+    levels = sample["video"].float().mean(dim=(1, 2, 3))
+    assert torch.all(levels[1:] > levels[:-1]) and 56 < float(levels[0]) < 70
+    test = TGIFQADataset(str(release), "test", task="frameqa", max_answers=2)
+    assert test.answer_vocab == ["black", "guitar"]
+    assert [test[i]["answer_idx"] for i in range(2)] == [-1, 1]
+
+
+def test_action_and_transition_are_five_way_multiple_choice(release):
+    for task in ("action", "transition"):
+        ds = TGIFQADataset(str(release), "train", task=task, num_frames=2)
+        assert ds.answer_vocab == [] and ds.families == [task] and len(ds) == 4
+        sample = ds[3]
+        assert sample["options"] == ["nod", "wave hand", "jump", "sway", "clap"]
+        assert sample["answer_idx"] == 3 and sample["answer"] == "sway" and sample["family"] == task
+        assert ds.protocol["metric"] == "multiple-choice accuracy"
+
+
+def test_count_emits_the_number(release):
+    train = TGIFQADataset(str(release), "train", task="count", num_frames=2)
+    assert train.answer_vocab == ["2", "3", "10"]  # numeric order
+    assert [train[i]["count"] for i in range(3)] == [3, 10, 2]
+    assert train[1]["answer_idx"] == 2 and train.families == ["count"]
+    test = TGIFQADataset(str(release), "test", task="count", num_frames=2)
+    assert [test[i]["count"] for i in range(2)] == [4, 2] and [test[i]["answer_idx"] for i in range(2)] == [
+        -1,
+        0,
+    ]
+    assert test.protocol["metric"] == "mean squared error of the count"
+
+
+def test_validation_split(release):
+    val = TGIFQADataset(str(release), "val", task="frameqa")
+    assert val.annotation_file.name == "Test_frameqa_question.csv" and len(val) == 2
+    train = TGIFQADataset(str(release), "train", task="frameqa", val_fraction=0.3)
+    held = TGIFQADataset(str(release), "val", task="frameqa", val_fraction=0.3)
+    assert held.annotation_file.name == "Train_frameqa_question.csv"
+    train_gifs = {r.video_id for r in train.records}
+    held_gifs = {r.video_id for r in held.records}
+    assert held_gifs == {GIFS[0], GIFS[2]} and train_gifs == {
+        GIFS[1],
+        GIFS[3],
+    }  # sha1 of the name; a GIF on one side
+    assert (
+        len(held) == 3 and len(train) == 2 and train.answer_vocab == ["room", "two"]
+    )  # vocabulary: train only
+
+
+def test_errors_name_the_file_line_and_field(release, mini):
+    with pytest.raises(ValueError, match="task must be one of"):
+        TGIFQADataset(str(release), "train", task="actions")
+    (release / "dataset" / "Test_count_question.csv").unlink()
+    with pytest.raises(
+        ReleaseLayoutError, match=r"Test_count_question.csv: tgif_qa: expected the TGIF-QA count test"
+    ):
+        TGIFQADataset(str(release), "test", task="count")
+    path = release / "dataset" / "Train_action_question.csv"
+    mini.write_csv(path, MC, [[GIFS[0], "What ?", "a", "b", "c", "d", "e", 7, "ACTION9", 1]], delimiter="\t")
+    with pytest.raises(AnnotationError) as err:
+        TGIFQADataset(str(release), "train", task="action")
+    assert (
+        f"Train_action_question.csv: record 0 (line 2) [vid_id='ACTION9', gif_name='{GIFS[0]}']: "
+        "field 'answer': must be in [0, 4], got 7"
+    ) in str(err.value)
+    mini.write_csv(path, MC, [[GIFS[0], "What ?", "a", "b", "c", "d", "e", 1, "A", 1]], delimiter=",")
+    with pytest.raises(AnnotationError, match=r"line 1: the header lacks the column\(s\) \['gif_name'"):
+        TGIFQADataset(str(release), "train", task="action")
+
+
+@pytest.mark.parametrize(
+    ("task", "kind", "answers"), [("frameqa", "open_ended", 4), ("action", "multiple_choice", 0)]
+)
+def test_fit_through_the_cli(release, tmp_path, mini, task, kind, answers):
+    cfg = mini.recipe(
+        "tgif_qa", {"root": str(release), "task": task}, kind, tmp_path / "run", num_answers=answers
+    )
+    assert mini.run_cli("fit", cfg, tmp_path)[0] == 0

