@@ -139,3 +139,20 @@ def test_errors(tmp_path, vocab_file):
         TextDecoderHead(in_dim=8, pretrained_path="google/t5-small")
     with pytest.raises(ValueError, match="max_answer_tokens"):
         head(vocab_file, max_answer_tokens=1)
+
+
+def test_clip_bpe_vocabulary_of_open_clip(vocab_file):
+    from open_clip.tokenizer import SimpleTokenizer
+
+    torch.manual_seed(0)
+    h = TextDecoderHead(in_dim=12, config=T5, tokenizer_path="clip_bpe").eval()
+    bpe = SimpleTokenizer()
+    assert h.t5.config.vocab_size == 49409 and (h.pad_id, h.eos_id, h.start_id) == (0, bpe.eot_token_id, bpe.sot_token_id)
+    ids = h.target_ids(["two cats", "red"])
+    assert ids[0, :3].tolist() == [*bpe.encode("two cats"), bpe.eot_token_id]
+    assert ids[1].tolist() == [*bpe.encode("red"), bpe.eot_token_id, IGNORE]
+    assert h.decode(torch.tensor([[bpe.sot_token_id, *bpe.encode("two cats"), bpe.eot_token_id]])) == ["two cats"]
+    f = fused(b=2)
+    out = h(f, None, targets=["two cats", "red"])
+    first = h.t5(encoder_outputs=(h.proj(f.tokens),), decoder_input_ids=torch.full((2, 1), bpe.sot_token_id)).logits
+    assert torch.allclose(out.logits[:, 0], first[:, 0], atol=1e-6)  # decoding starts from <start_of_text>

@@ -16,7 +16,7 @@ DDP rejects).
 
 * **Training** (``targets`` given): teacher forcing. The targets are tokenized without special
   tokens, cut to ``max_answer_tokens - 1`` tokens and closed with the end token; the decoder reads
-  them shifted right behind the start token (T5's convention: the padding id). ``logits``
+  them shifted right behind the start token (T5's convention: the padding id; see Tokenizer). ``logits``
   ``(b, l, vocab)`` score ``target_ids`` (``-100`` at padding), which the ``answer_cross_entropy``
   and ``captioning`` objectives turn into a token-level cross-entropy.
 * **Evaluation and prediction**: :meth:`generate`, greedy (``num_beams=1``) or beam search,
@@ -28,7 +28,10 @@ DDP rejects).
 
 Tokenizer: T5's own SentencePiece model is not reachable offline, so like ``hf_transformer`` the
 head takes ``tokenizer_path`` (a tokenizer folder or a WordPiece ``vocab.txt``), usually the text
-encoder's; its end token is ``eos`` or, for BERT-style vocabularies, ``[SEP]``.
+encoder's; its end token is ``eos`` or, for BERT-style vocabularies, ``[SEP]``, and the start
+token is the padding id (T5's convention). ``tokenizer_path: clip_bpe`` uses CLIP's BPE vocabulary
+that ships with ``open_clip`` (the ``small_transformer`` text encoder's): end ``<end_of_text>``,
+start ``<start_of_text>``, padding id 0.
 """
 
 from __future__ import annotations
@@ -41,10 +44,21 @@ from torch import Tensor, nn
 from vqa_components.interfaces import FusionOutput, Head, HeadOutput, ModelOutput, TextFeatures
 from vqa_components.metrics.exact_match import exact_match
 from vqa_components.registry import HEADS
+from vqa_components.text.clip_bpe import ClipBPETokenizer
 from vqa_components.text.hf_transformer import _local_dir, load_tokenizer
 
 #: label of positions the loss ignores (PyTorch's and transformers' convention)
 IGNORE = -100
+#: ``tokenizer_path`` value that selects CLIP's BPE vocabulary shipped with open_clip
+CLIP_BPE = "clip_bpe"
+
+
+def _load(path: str | Any) -> Any:
+    return ClipBPETokenizer() if str(path) == CLIP_BPE else load_tokenizer(path)
+
+
+def _size(tokenizer: Any) -> int:
+    return tokenizer.vocab_size if isinstance(tokenizer, ClipBPETokenizer) else len(tokenizer)
 
 
 @HEADS.register("text_decoder")
@@ -56,8 +70,8 @@ class TextDecoderHead(Head):
         config: a ``T5Config`` dict for a random-init build (``d_model``, ``num_layers`` = decoder
             layers, ``num_heads``, ``d_kv``, ``d_ff``, ...); ``vocab_size`` and the special ids
             come from the tokenizer.
-        tokenizer_path: tokenizer folder or WordPiece ``vocab.txt`` (required with ``config``;
-            default with ``pretrained_path``: that folder).
+        tokenizer_path: tokenizer folder, WordPiece ``vocab.txt``, or ``clip_bpe`` (required with
+            ``config``; default with ``pretrained_path``: that folder).
         pretrained_path: a local ``T5ForConditionalGeneration`` folder (``save_pretrained``); its
             decoder, shared embeddings and LM head are used, its encoder is dropped.
         max_answer_tokens: most tokens of a target (end token included) and of a generated answer.
@@ -86,31 +100,32 @@ class TextDecoderHead(Head):
             raise ValueError(f"text_decoder: num_beams must be >= 1, got {num_beams}")
         if pretrained_path is not None:
             folder = _local_dir(pretrained_path, "pretrained_path")
-            self.tokenizer = load_tokenizer(tokenizer_path or folder)
+            self.tokenizer = _load(tokenizer_path or folder)
             self.t5 = T5ForConditionalGeneration.from_pretrained(str(folder), local_files_only=True)
             self.t5.encoder.block = nn.ModuleList()  # the fused tokens take the encoder's place
             self.weights_source = str(folder)
         elif config is not None:
             if tokenizer_path is None:
                 raise ValueError("text_decoder: a random-init build (config=...) needs tokenizer_path "
-                                 "(a tokenizer folder or a WordPiece vocab.txt)")
-            self.tokenizer = load_tokenizer(tokenizer_path)
+                                 "(a tokenizer folder, a WordPiece vocab.txt, or clip_bpe)")
+            self.tokenizer = _load(tokenizer_path)
             cfg = dict(config)
             cfg.pop("model_type", None)
             cfg["num_decoder_layers"] = cfg.pop("num_layers", cfg.get("num_decoder_layers", 2))
-            cfg.setdefault("vocab_size", len(self.tokenizer))
-            if cfg["vocab_size"] < len(self.tokenizer):
+            cfg.setdefault("vocab_size", _size(self.tokenizer))
+            if cfg["vocab_size"] < _size(self.tokenizer):
                 raise ValueError(f"text_decoder: config vocab_size={cfg['vocab_size']} is smaller than the "
-                                 f"tokenizer's {len(self.tokenizer)} tokens")
-            pad, eos = self._special_ids(self.tokenizer)
+                                 f"tokenizer's {_size(self.tokenizer)} tokens")
+            pad, eos, start = self._special_ids(self.tokenizer)
             self.t5 = T5ForConditionalGeneration(
-                T5Config(num_layers=0, pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad, **cfg)
+                T5Config(num_layers=0, pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=start, **cfg)
             )
         else:
             raise ValueError("text_decoder needs config (random init) or pretrained_path (a local T5 folder)")
         self.t5.encoder.requires_grad_(False)  # unused: only its final LayerNorm (and the shared embedding) remain
         self.t5.shared.requires_grad_(True)  # shared with the decoder's input embedding and (tied) LM head
-        self.pad_id, self.eos_id = self._special_ids(self.tokenizer)
+        self.pad_id, self.eos_id, self.start_id = self._special_ids(self.tokenizer)
+        self.t5.config.decoder_start_token_id = self.start_id
         d_model = int(self.t5.config.d_model)
         self.proj: nn.Module = nn.Identity() if in_dim == d_model else nn.Linear(in_dim, d_model)
         self.max_answer_tokens = max_answer_tokens
@@ -118,21 +133,36 @@ class TextDecoderHead(Head):
         self.length_penalty = length_penalty
         gen = self.t5.generation_config
         gen.max_length = gen.min_length = None
-        gen.pad_token_id, gen.eos_token_id, gen.decoder_start_token_id = self.pad_id, self.eos_id, self.pad_id
+        gen.pad_token_id, gen.eos_token_id, gen.decoder_start_token_id = self.pad_id, self.eos_id, self.start_id
 
     @staticmethod
-    def _special_ids(tokenizer: Any) -> tuple[int, int]:
+    def _special_ids(tokenizer: Any) -> tuple[int, int, int]:
+        """``(pad, end, start)`` token ids."""
+        if isinstance(tokenizer, ClipBPETokenizer):
+            return tokenizer.pad_token_id, tokenizer.eot_token_id, tokenizer.sot_token_id
         pad = tokenizer.pad_token_id
         eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
         if pad is None or eos is None:
             raise ValueError("text_decoder: the tokenizer needs a padding token and an end token (eos or [SEP])")
-        return int(pad), int(eos)
+        return int(pad), int(eos), int(pad)
+
+    def _pieces(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, without special tokens, at most ``max_answer_tokens - 1``."""
+        n = self.max_answer_tokens - 1
+        if isinstance(self.tokenizer, ClipBPETokenizer):
+            return [self.tokenizer._tok.encode(t)[:n] for t in texts]
+        return self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=n)["input_ids"]
+
+    def decode(self, ids: Tensor) -> list[str]:
+        """Generated ids -> text, special tokens left out."""
+        if isinstance(self.tokenizer, ClipBPETokenizer):
+            return [self.tokenizer.decode(row) for row in ids.tolist()]
+        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     # ------------------------------------------------------------------ targets
     def target_ids(self, texts: list[str]) -> Tensor:
         """``(b, l)`` token ids of ``texts`` closed with the end token, ``-100`` at padding."""
-        pieces = self.tokenizer(list(texts), add_special_tokens=False, truncation=True,
-                                max_length=self.max_answer_tokens - 1)["input_ids"]
+        pieces = self._pieces(list(texts))
         rows = [list(p) + [self.eos_id] for p in pieces]
         out = torch.full((len(rows), max(len(r) for r in rows)), IGNORE, dtype=torch.long)
         for i, r in enumerate(rows):
@@ -148,7 +178,7 @@ class TextDecoderHead(Head):
     def forward(self, fused: FusionOutput, text: TextFeatures, targets: list[str] | None = None) -> HeadOutput:
         memory, mask = self._memory(fused)
         if targets is None:  # one step from the start token: the cost of a generated token (profiling)
-            start = torch.full((memory.shape[0], 1), self.pad_id, dtype=torch.long, device=memory.device)
+            start = torch.full((memory.shape[0], 1), self.start_id, dtype=torch.long, device=memory.device)
             logits = self.t5(encoder_outputs=(memory,), attention_mask=mask, decoder_input_ids=start).logits
             return HeadOutput(logits=logits)
         labels = self.target_ids(targets)
