@@ -91,7 +91,8 @@ def find_checkpoint(root: str | Path, which: str) -> str:
 
     state = read_checkpoint(last)
     for key, cb_state in state.get("callbacks", {}).items():
-        if str(key).startswith("ModelCheckpoint") and cb_state.get("best_model_path"):
+        # ModelCheckpoint's state, or a subclass's (BestCheckpoint): the key starts with the class name
+        if isinstance(cb_state, dict) and "Checkpoint" in str(key) and cb_state.get("best_model_path"):
             best = Path(cb_state["best_model_path"])
             if not best.is_absolute():
                 best = Path.cwd() / best

