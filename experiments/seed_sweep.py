@@ -8,9 +8,12 @@ time) and its table (mean ± std over seeds, overall and per family), which the 
   ``experiments/results/videodistill_tiny.json`` and ``docs/results/videodistill_table.md``;
 * ``--set quickstart``: ``recipes/quickstart*.yaml``, into ``experiments/results/quickstart.json``
   and ``docs/results/quickstart_table.md``.
+* ``--set cotok_tiny``: ``recipes/cotok/tiny/``, into ``experiments/results/cotok_tiny.json`` and
+  ``docs/results/cotok_table.md``.
 
     python experiments/seed_sweep.py --set videodistill_tiny --seeds 0 1 2 --parallel 7 [--accelerator gpu]
     python experiments/seed_sweep.py --set quickstart --seeds 0 1 2
+    python experiments/seed_sweep.py --set cotok_tiny --seeds 0 1 2
     python experiments/seed_sweep.py --set quickstart --seeds 0 --name bf16 -- --trainer.precision=bf16-mixed
 
 Extra ``vqa`` arguments (after ``--``) are recorded with each run; give such a variant its own
@@ -52,10 +55,23 @@ VIDEODISTILL_LABELS = {
     "e_cross_attention": "(e) cross-attention instead of LA-Gate",
     "f_full": "(f) full: top-K sampling + vision refinement",
 }
+COTOK_LABELS = {
+    "question_only": "question only (blind streams)",
+    "three_streams": "3 streams, K = 8, I = 3, generating decoder",
+    "streams_1": "1 stream: 4 x 64² (full resolution)",
+    "streams_1_fast": "1 stream: 16 x 24² (high frame rate)",
+    "streams_2": "2 streams: 16 x 24² + 4 x 64²",
+    "iterations_1": "3 streams, I = 1 iteration",
+    "iterations_2": "3 streams, I = 2 iterations",
+    "classifier_head": "3 streams, classifier head instead of the decoder",
+    "concat": "concatenation baseline: all streams' tokens, 3 layers",
+}
 #: name -> (recipe folder, {recipe stem: label}, results file, table file)
 SETS = {
     "videodistill_tiny": (ROOT / "recipes" / "videodistill" / "tiny", VIDEODISTILL_LABELS,
                           "experiments/results/videodistill_tiny.json", "docs/results/videodistill_table.md"),
+    "cotok_tiny": (ROOT / "recipes" / "cotok" / "tiny", COTOK_LABELS,
+                   "experiments/results/cotok_tiny.json", "docs/results/cotok_table.md"),
     "quickstart": (ROOT / "recipes", {"quickstart": "quickstart", "quickstart_question_only": "question only (blind video)"},
                    "experiments/results/quickstart.json", "docs/results/quickstart_table.md"),
 }

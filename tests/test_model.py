@@ -1,4 +1,5 @@
-"""VideoQAModel: assembly from parts, freezing, loading parts from an earlier stage, multiple choice."""
+"""VideoQAModel: assembly from parts, freezing, loading parts from an earlier stage, multiple choice,
+evaluation through the head task's metric, and the samples it leaves out (reports, long questions)."""
 
 from __future__ import annotations
 
@@ -156,15 +157,51 @@ def test_multiple_choice_regroups_pair_scores():
     assert [p["prediction"] for p in preds] == [b["options"][i][int(ref[i].argmax())] for i in range(2)]
 
 
-def test_skipped_videos_are_reported_at_epoch_end(caplog):
+def test_skipped_samples_are_reported_per_stage_and_cause_at_epoch_end(caplog):
+    from vqa_components.data.bad_input import SkippedSample
+
     model = tiny_model()
-    model._record_skips({"num_skipped": 2, "skipped": ["/d/a.mp4 (record 3): corrupt", "/d/b.mp4 (record 9): gone"]})
+    corrupt = SkippedSample(3, "a", "/d/a.mp4", "corrupt video data", cause="undecodable_video")
+    gone = SkippedSample(9, "b", "/d/b.mp4", "file not found", cause="missing_video")
+    model._record_skips({"num_skipped": 2, "skipped": [gone, corrupt]}, "train")
+    model._record_skips({"num_skipped": 1, "skipped": [corrupt]}, "val")  # validation keeps its own report
     logged = {}
     model.log = lambda name, value, **kw: logged.__setitem__(name, value)
-    model.on_train_epoch_end()
-    assert logged["train/skipped_videos"] == 2.0
-    assert "skipped 2 unreadable video(s)" in caplog.text and "/d/b.mp4" in caplog.text
-    assert model.skipped_samples == []
+    with caplog.at_level("WARNING"):
+        model.on_train_epoch_end()
+    assert logged == {"train/skipped_videos": 2.0, "train/skipped_missing_video": 1.0, "train/skipped_undecodable_video": 1.0}
+    assert "train epoch: left out 2 sample(s): missing_video 1, undecodable_video 1" in caplog.text
+    assert "missing_video: b;" in caplog.text and "undecodable_video: a;" in caplog.text
+    model.on_train_epoch_end()  # the next epoch starts from nothing
+    assert logged["train/skipped_videos"] == 0.0
+    model._report_skips("val")
+    assert model.skip_summaries["val"].counts == {"undecodable_video": 1}
+
+
+def test_questions_longer_than_the_text_encoder_s_limit_are_left_out_or_stop_the_run():
+    from vqa_components.data.bad_input import QuestionTooLongError
+
+    long_question = "what colour is the ball that the man in the red coat throws at the wall"  # > 8 tokens
+    data = {**batch(), "question": ["what color?", long_question, "which way?"], "index": torch.tensor([0, 1, 2]),
+            "video_id": ["v0", "v1", "v2"]}  # fmt: skip
+    encoder = {"dim": D, "num_layers": 1, "num_heads": 2, "max_length": 8}
+    model = tiny_model(text_encoder=create("text_encoder", "small_transformer", **encoder))
+    model.log = lambda *a, **k: None
+    assert model.training_step(data, 0) is not None
+    model._eval_step(data, "val")
+    assert model._metrics["val"].compute()["num_samples"] == 2  # the long question was not scored
+    model._report_skips("train")
+    summary = model.skip_summaries["train"]
+    assert summary.counts == {"question_too_long": 1} and summary.first["question_too_long"][0].video_id == "v1"
+    strict = tiny_model(text_encoder=create("text_encoder", "small_transformer", **encoder), on_long_question="raise")
+    with pytest.raises(QuestionTooLongError, match=r"a train batch: record 1 \[video_id='v1'\]: field 'question'"):
+        strict.training_step(data, 0)
+    lenient = tiny_model(text_encoder=create("text_encoder", "small_transformer", **encoder), on_long_question="truncate")
+    lenient.log = lambda *a, **k: None
+    lenient._eval_step(data, "val")
+    assert lenient._metrics["val"].compute()["num_samples"] == 3
+    with pytest.raises(ConfigError, match="on_long_question must be one of skip, raise, truncate"):
+        tiny_model(on_long_question="cut")
 
 
 def test_a_generating_head_trains_on_answer_text_and_is_scored_by_its_exact_match(minilm_folder, monkeypatch):
@@ -202,6 +239,8 @@ def test_a_model_without_ground_truth_logs_no_accuracy(monkeypatch):
     model._eval_step(batch(), "val")
     model._log_accuracy("val")
     assert "val/loss" in logged and not any(k.startswith("val/acc") for k in logged)
+    # its metric ranks the pairs instead (hand-checked values: tests/metrics/test_retrieval.py)
+    assert logged["val/num_samples"] == 3 and {"val/t2v_r1", "val/v2t_r10", "val/t2v_median_rank"} <= set(logged)
     # a classifier on data without answers (e.g. pretraining captions)
     model = tiny_model(objectives=[create("objective", "contrastive", video_dim=D, text_dim=D)])
     logged.clear()

@@ -7,6 +7,12 @@ tiny synthetic data with the frame encoder's input shrunk to 32x32 pixels (every
 is otherwise as in the recipe; the frozen CLIP tower keeps its random weights,
 ``allow_random_frozen``, and fine-tuning recipes start from scratch, ``init_parts: null``) and
 are profiled (``vqa profile``) at full size.
+
+The co-tokenization paper recipes (``recipes/cotok/``, three X3D streams and two T5-base stacks)
+keep their streams, 8x fewer frames and 4x smaller, and run their T5 stacks and fusion at width 64
+with one layer (:data:`SMALL_T5`). They are profiled at full size on the meta device (no weights
+allocated). Models with X3D run on one thread (its depthwise 3D convolutions are up to 50x slower on
+two contended threads).
 """
 
 from __future__ import annotations
@@ -46,6 +52,23 @@ def run(*args: str) -> tuple[int, str]:
     return code, out.getvalue()
 
 
+def uses_x3d(recipe: str) -> bool:
+    return "name: x3d" in (ROOT / recipe).read_text()
+
+
+@pytest.fixture
+def one_thread_for_x3d(request):
+    """X3D's depthwise conv3d takes ~1 ms on one thread and 60-80 ms on two contended ones (docs/parts/x3d.md)."""
+    import torch
+
+    recipe = request.node.callspec.params.get("recipe", "")
+    threads = torch.get_num_threads()
+    if uses_x3d(recipe):
+        torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_there_are_recipes():
     assert "recipes/quickstart.yaml" in RECIPES and len(RECIPES) >= 2
 
@@ -70,10 +93,49 @@ SHRINK_PAPER = [
 ]  # parts (the full-width towers take minutes per step in bf16 on a CPU without bf16 instructions)
 
 
+#: Multi-stream paper recipes (co-tokenization) in ``fast_dev_run``: their T5 stacks (text encoder,
+#: text_decoder head) and the fusion shrink to this width and one layer. At full width building the
+#: model alone takes 15-30 s on a loaded 2-core CPU, much of it the random init of two 49,409 x 768
+#: embeddings; the full-size model is checked by test_cotok_paper_recipes_profile_at_full_size
+#: (every part and width, on the meta device).
+SMALL_T5 = {"d_model": 64, "num_layers": 1, "num_heads": 2, "d_kv": 32, "d_ff": 128}
+
+
+def shrink_streams(streams: list[dict]) -> str:
+    """The streams of a multi-stream recipe, 8x fewer frames and 4x smaller, as a dataset_args value."""
+    small = ", ".join(f"{{num_frames: {max(1, s['num_frames'] // 8)}, frame_size: {s['frame_size'] // 4}}}"
+                      for s in streams)
+    return f"--data.dataset_args={{num_train: 32, num_val: 16, num_test: 16, clip_frames: 32, streams: [{small}]}}"
+
+
+def shrink_t5(model: dict) -> list[str]:
+    """Overrides that give a T5-based recipe's text encoder, fusion and head the width of SMALL_T5."""
+    config = "{" + ", ".join(f"{k}: {v}" for k, v in SMALL_T5.items()) + "}"
+    d = SMALL_T5["d_model"]
+    args = []
+    if model["text_encoder"].get("name") == "t5":
+        args += [f"--model.text_encoder.init_args.config={config}", f"--model.fusion.init_args.text_dim={d}"]
+    if model["head"].get("name") == "text_decoder":
+        args += [f"--model.head.init_args.config={config}", f"--model.head.init_args.in_dim={d}"]
+    if args:
+        args += [f"--model.fusion.init_args.dim={d}", f"--model.fusion.init_args.num_heads={SMALL_T5['num_heads']}"]
+    return args
+
+
 def paper_args(recipe: str) -> list[str]:
-    """A paper-scale recipe on tiny synthetic data, offline: no CLIP weights, no pretraining checkpoint."""
-    args = [*SHRINK_PAPER, "--model.backbone.init_args.image_size=32", "--model.allow_random_frozen=true"]
-    if yaml.safe_load((ROOT / recipe).read_text())["model"]["head"].get("name") == "answer_classifier":
+    """A paper-scale recipe on tiny synthetic data, offline: no CLIP weights, no pretraining checkpoint.
+
+    Multi-stream recipes (co-tokenization) keep their streams, shrunk by :func:`shrink_streams`,
+    and their T5 parts shrink to :data:`SMALL_T5` (:func:`shrink_t5`)."""
+    cfg = yaml.safe_load((ROOT / recipe).read_text())
+    model = cfg["model"]
+    streams = (cfg["data"].get("dataset_args") or {}).get("streams")
+    if streams:
+        args = [*SHRINK_PAPER[:1], shrink_streams(streams), *SHRINK_PAPER[2:], "--model.allow_random_frozen=true",
+                *shrink_t5(model)]
+    else:
+        args = [*SHRINK_PAPER, "--model.backbone.init_args.image_size=32", "--model.allow_random_frozen=true"]
+    if model["head"].get("name") == "answer_classifier":
         args.append("--model.head.init_args.num_answers=16")
     if needs_init_from(recipe):
         args.append("--model.init_parts=null")
@@ -82,7 +144,7 @@ def paper_args(recipe: str) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_recipe_trains(recipe, tmp_path, tiny_data):
+def test_recipe_trains(recipe, tmp_path, tiny_data, one_thread_for_x3d):
     """Recipes on the embedded benchmark: one training batch, one validation batch and the
     checkpoint of the monitored metric (a recipe whose model does not log that metric fails).
     Paper-scale recipes: ``fast_dev_run`` (no checkpoint: it would be a full-size model on disk)."""
@@ -134,8 +196,13 @@ def test_paper_recipe_without_its_weights_stops_before_training(tmp_path, capsys
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
-@pytest.mark.parametrize("recipe", [r for r in RECIPES if r.startswith("recipes/videodistill/") or r == "recipes/quickstart.yaml"])
+COTOK_PAPER = [r for r in RECIPES if r.startswith("recipes/cotok/") and is_paper_scale(r)]
+
+
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if r.startswith("recipes/videodistill/") or r == "recipes/quickstart.yaml"
+                                    or (r.startswith("recipes/cotok/") and r not in COTOK_PAPER)])
 def test_recipe_profiles(recipe):
+    """``vqa profile``; the co-tokenization paper recipes: test_cotok_paper_recipes_profile_at_full_size."""
     code, out = run("profile", "--config", str(ROOT / recipe))
     assert code == 0
     report = json.loads(out.strip().splitlines()[-1])
@@ -144,12 +211,70 @@ def test_recipe_profiles(recipe):
     assert all(p["params"] >= p["trainable_params"] >= 0 for p in report["per_part"].values())
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
-def test_every_trainable_parameter_learns_and_frozen_parts_stay_out_of_the_optimizer(recipe, tiny_data):
-    """What DDP needs without ``find_unused_parameters``: one training step reaches every trainable
-    parameter; frozen parts get no gradient and are not given to the optimizer."""
+def profile_on_meta(recipe: str):
+    """What ``vqa profile`` reports, with the model built on the meta device (no weights allocated):
+    seconds instead of half a minute for two random-init T5-base stacks (experiments/cotok_profile.py)."""
     import torch
 
+    from vqa_components.cli import NO_INIT, release, run_cli
+    from vqa_components.profiler import profile_model
+
+    def meta(value):
+        if isinstance(value, torch.Tensor):
+            return value.to("meta")
+        return tuple(meta(v) for v in value) if isinstance(value, tuple) else value
+
+    with torch.device("meta"):
+        cli = run_cli(["--config", str(ROOT / recipe), *NO_INIT], run=False)
+    model, batch = cli.model, {k: meta(v) for k, v in cli.datamodule.example_batch(1).items()}
+    release(cli)
+    return profile_model(model, batch)
+
+
+#: GMACs per sample that docs/parts/cotok.md quotes (written by experiments/cotok_profile.py): the paper
+#: configuration (3 X3D streams, T5-base encoder and decoder, K = 8, I = 3), shared by these recipes
+COTOK_PAPER_GMACS = 6.169
+
+
+@pytest.mark.parametrize("recipe", COTOK_PAPER)
+def test_cotok_paper_recipes_profile_at_full_size(recipe):
+    report = profile_on_meta(recipe)
+    cfg = yaml.safe_load((ROOT / recipe).read_text())
+    assert report.method == "fake_tensor" and report.params > 100e6
+    assert report.gmacs == pytest.approx(sum(p["gmacs"] for p in report.per_part.values()), rel=1e-9)
+    assert len(report.per_stream) == len(cfg["data"]["dataset_args"]["streams"])  # one X3D per stream
+    ablation = recipe.startswith("recipes/cotok/ablations/") and not recipe.endswith("/full.yaml")
+    if not ablation:  # every other recipe is the paper configuration
+        assert report.gmacs == pytest.approx(COTOK_PAPER_GMACS, abs=5e-4)
+
+
+def test_meta_profile_counts_what_vqa_profile_counts():
+    recipe = "recipes/cotok/tiny/three_streams.yaml"
+    code, out = run("profile", "--config", str(ROOT / recipe))
+    assert code == 0
+    report = json.loads(out.strip().splitlines()[-1])
+    meta = profile_on_meta(recipe)
+    assert (meta.macs, meta.params, meta.trainable_params) == (report["macs"], report["params"], report["trainable_params"])
+
+
+def test_sweep_sets_name_their_recipes():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("seed_sweep", ROOT / "experiments" / "seed_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    for name, (folder, labels, results, table) in sweep.SETS.items():
+        assert set(labels) <= {p.stem for p in folder.glob("*.yaml")}, name  # every label names a recipe
+        assert results.startswith("experiments/results/") and table.startswith("docs/results/"), name
+    folder, labels, _, _ = sweep.SETS["cotok_tiny"]
+    assert set(labels) == {p.stem for p in folder.glob("*.yaml")}  # and every recipe is swept
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_trainable_parameter_learns_and_frozen_parts_stay_out_of_the_optimizer(recipe, tiny_data,
+                                                                                     one_thread_for_x3d):
+    """What DDP needs without ``find_unused_parameters``: one training step reaches every trainable
+    parameter; frozen parts get no gradient and are not given to the optimizer."""
     from vqa_components.cli import release, run_cli
 
     args = ["--config", str(ROOT / recipe), "--data.num_workers=0"]

@@ -8,7 +8,7 @@
     vqa validate | predict ...
     vqa list [KIND] [PATTERN]                         # registered parts
     vqa profile  --config recipes/quickstart.yaml     # params and FLOPs, no real compute
-    vqa explain  --config RECIPE --ckpt_path best     # PNG: chosen frames and gate values
+    vqa explain  --config RECIPE --ckpt_path best     # PNG: chosen frames and gates, or co-token maps
 
 Parts in recipes and on the command line may be given by registry name (see
 :mod:`vqa_components.recipe`). User errors (unknown or duplicate names, model
@@ -262,7 +262,11 @@ def cmd_explain(args: list[str]) -> int:
         raise CLIError(f"sample {index} of split {split!r} could not be read: {batch['skipped'][0]}")
     out_path = Path(out) if out else Path(root) / f"explain_{split}_{index}.png"
     result = explain(model, batch, out_path)
-    print(f"selected frames: {result['selected']}")
+    if "stream_share" in result:  # co-tokenizer: the share of the tokens' weight on each stream, per iteration
+        for i, shares in enumerate(result["stream_share"], start=1):
+            print(f"iteration {i}: " + ", ".join(f"stream {s} {100 * v:.0f} %" for s, v in enumerate(shares)))
+    else:
+        print(f"selected frames: {result['selected']}")
     print(f"prediction: {result['prediction']}  answer: {result['answer']}")
     print(f"figure written to {out_path}")
     return 0
@@ -276,7 +280,8 @@ USAGE = """usage: vqa {fit,validate,test,predict,list,profile,explain} ...
   list [KIND] [PATTERN]       registered parts, e.g. `vqa list fusion 'cross*'`
   profile --config RECIPE     parameters and forward FLOPs of a recipe for one sample
   explain --config RECIPE [--ckpt_path best] [--split test] [--index 0] [--out PNG]
-                              figure of the frames a sampler chose and the LA-Gate values
+                              figure of the frames a sampler chose and the LA-Gate values, or of
+                              the co-tokenizer's selection maps per stream and iteration
 """
 
 

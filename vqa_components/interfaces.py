@@ -375,8 +375,9 @@ class Head(Part):
     * ``"classify"``: logits ``(b, c)`` over the answer vocabulary.
     * ``"multiple_choice"``: one logit per question+option pair, regrouped to
       ``(b, options)`` by the model.
-    * ``"retrieval"``: ``(b, b)`` video-text similarities; no answer accuracy
-      (the objectives log their losses).
+    * ``"retrieval"``: ``(b, b)`` video-text similarities; no answer accuracy. The
+      head also gives ``embeddings(out) -> (video (b, e), text (b, e))``, which the
+      retrieval metric ranks over the whole split (R@1/5/10, median rank).
     * ``"generate"``: token logits, trained on ``targets`` (the answer or caption
       strings) with teacher forcing; answers are generated text.
 
@@ -389,7 +390,10 @@ class Head(Part):
     * ``has_ground_truth(batch)``: whether the batch holds what ``score`` compares
       with (the model neither generates nor scores answers otherwise);
       ``score(answers, batch)``: how right each answer is, ``(b,)`` floats in
-      ``[0, 1]`` (1 = correct). The model's accuracy metrics average these.
+      ``[0, 1]`` (1 = correct; a fraction for soft scores). The task's metric
+      (:data:`vqa_components.metrics.TASK_METRICS`) averages these, overall and per
+      question group, and reads the counts that answers name where the batch has a
+      ``count``.
     """
 
     task: str = "classify"
@@ -420,9 +424,21 @@ class Head(Part):
         """``(b,)`` 1.0 where ``answers`` equals the batch's ``answer_idx``, else 0.0.
 
         An ``answer_idx`` of ``-1`` (an answer outside the vocabulary) never matches: such
-        questions count as wrong, as the benchmarks' papers count them.
+        questions count as wrong, as the benchmarks' papers count them. A classifier whose batch
+        has ``answers_idx`` (``(b, k)``: the vocabulary index of each of ``k`` annotators'
+        answers, ``-1`` outside it; iVQA) scores the soft accuracy
+        ``min(#annotators who gave the answer / 2, 1)`` instead
+        (:func:`~vqa_components.metrics.soft_accuracy.annotator_agreement`).
         """
-        target = torch.as_tensor(batch["answer_idx"], device=answers.device)  # type: ignore[union-attr]
+        if not isinstance(answers, Tensor):
+            raise TypeError(f"{type(self).__name__}: its answers are text; a head that generates text overrides score")
+        if self.task == "classify" and batch.get("answers_idx") is not None:
+            # imported here: the metrics package imports this module
+            from vqa_components.metrics.soft_accuracy import annotator_agreement
+
+            given = torch.as_tensor(batch["answers_idx"], device=answers.device)
+            return annotator_agreement((given == answers[:, None]) & (given >= 0))
+        target = torch.as_tensor(batch["answer_idx"], device=answers.device)
         return (answers == target).float()
 
 

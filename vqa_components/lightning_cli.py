@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,11 @@ from vqa_components.cli import CLIError, find_checkpoint, is_launching_process
 log = logging.getLogger(__name__)
 
 #: Lightning messages that are not the user's business: internal deprecations, an advert, and the
-#: advice to reduce epoch-level metrics across ranks, which VideoQAModel's metrics already are.
+#: advice to reduce epoch-level metrics across ranks, which VideoQAModel's metrics and skip counts
+#: already are (only its losses are reduced by Lightning).
 _NOISE = (
     r".*isinstance\(treespec, LeafSpec\)",
-    r"It is recommended to use `self.log\('(val|test)/(acc|num_samples)",
+    r"It is recommended to use `self.log\('(train|val|test)/(?![^']*loss)",
     r"LightningCLI's args parameter is intended to run from within Python",
 )
 
@@ -110,15 +112,31 @@ class BestCheckpoint(ModelCheckpoint):
 
 
 class TestMetricsWriter(Callback):
-    """Writes the final test metrics to ``<default_root_dir>/test_metrics.json`` and prints a table."""
+    """Writes the final test metrics to ``<default_root_dir>/test_metrics.json`` and prints a table.
+
+    The file holds every ``test/...`` figure the model logged (accuracies, ``count_mse``, retrieval
+    recalls, ``num_samples``, ``skipped_videos`` and ``skipped_<cause>`` counts) as numbers, and:
+
+    * ``"protocol"``: how the test split is scored, when its dataset says (the benchmark
+      adapters' ``protocol``: metric, vocabulary size and origin, unknown answers, skipped records);
+    * ``"skipped"``: ``{cause: {"count", "first_ids", "first"}}`` for the samples the test left
+      out, when it left any out (over every rank; ``vqa_components.data.bad_input``).
+    """
 
     def on_test_end(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        written: dict[str, Any] = dict(metrics)
+        protocol = getattr(_test_dataset(trainer), "protocol", None)
+        if isinstance(protocol, dict):
+            written["protocol"] = protocol
+        summary = getattr(pl_module, "skip_summaries", {}).get("test")
+        if summary is not None and summary.total:
+            written["skipped"] = summary.as_dict()
         path = Path(trainer.default_root_dir) / "test_metrics.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        path.write_text(json.dumps(written, indent=2, sort_keys=True) + "\n")
         rows = [("overall", metrics["test/acc"])] if "test/acc" in metrics else []
         rows += sorted((k[len("test/acc_") :], v) for k, v in metrics.items() if k.startswith("test/acc_"))
         if rows:
@@ -126,9 +144,30 @@ class TestMetricsWriter(Callback):
             print(f"\n{'question family'.ljust(width)}  test accuracy")
             for name, value in rows:
                 print(f"{name.ljust(width)}  {100 * value:12.2f} %")
+        others = sorted((k[len("test/") :], v) for k, v in metrics.items() if k.startswith(_OTHER_FIGURES))
+        if others:
+            width = max(15, *(len(r[0]) for r in others))
+            print(f"\n{'metric'.ljust(width)}  test value")
+            for name, value in others:
+                recall = re.fullmatch(r"(t2v|v2t)_r\d+", name) is not None
+                print(f"{name.ljust(width)}  {f'{100 * value:12.2f} %' if recall else f'{value:12.4g}'}")
         if "test/num_samples" in metrics:
             print(f"samples evaluated: {int(metrics['test/num_samples'])}")
+        if summary is not None and summary.total:
+            print(summary.format("test"))
         print(f"test metrics written to {path}")
+
+
+#: ``test/`` figures besides accuracies printed in the table (the count error, retrieval ranks)
+_OTHER_FIGURES = ("test/count_mse", "test/t2v_", "test/v2t_")
+
+
+def _test_dataset(trainer: Any) -> Any:
+    """The dataset the test loader read (its ``protocol`` goes into ``test_metrics.json``)."""
+    loaders = trainer.test_dataloaders
+    if isinstance(loaders, (list, tuple)):
+        loaders = loaders[0] if loaders else None
+    return getattr(loaders, "dataset", None)
 
 
 def guard_earlier_run(ckpt_dir: Path, root: Path, overwrite: bool) -> None:

@@ -36,6 +36,14 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from vqa_components.backbones.open_clip import load_strict, read_state_dict, state_mismatch
+from vqa_components.data.bad_input import (
+    LONG_QUESTION_POLICIES,
+    SkipReport,
+    SkipSummary,
+    question_token_counter,
+    screen_long_questions,
+    startup_skips,
+)
 from vqa_components.data.feature_cache import FeatureCache
 from vqa_components.interfaces import (
     Backbone,
@@ -99,6 +107,12 @@ class VideoQAModel(pl.LightningModule):
             (``docs/parts/feature_cache.md``).
         feature_cache_dtype: storage precision of the cache, ``"float32"``
             (exact) or ``"float16"`` (half the disk).
+        on_long_question: what training and evaluation do with a question (or question+option
+            pair) longer than the text encoder's token limit, which the encoder would truncate:
+            ``"skip"`` leaves the sample out and counts it (``question_too_long`` in the epoch's
+            report), ``"raise"`` stops naming the record (strict mode), ``"truncate"`` lets the
+            encoder cut it. Prediction always truncates (every sample gets an answer). Encoders
+            whose tokenizer is not CLIP's BPE or a Hugging Face tokenizer are not checked.
     """
 
     def __init__(
@@ -118,8 +132,12 @@ class VideoQAModel(pl.LightningModule):
         feature_cache: str | None = None,
         feature_cache_dtype: str = "float32",
         allow_random_frozen: bool = False,
+        on_long_question: str = "skip",
     ) -> None:
         super().__init__()
+        if on_long_question not in LONG_QUESTION_POLICIES:
+            raise ConfigError(f"on_long_question must be one of {', '.join(LONG_QUESTION_POLICIES)}, got {on_long_question!r}")
+        self.on_long_question = on_long_question
         self.save_hyperparameters(ignore=["backbone", "text_encoder", "fusion", "head", "objectives", "sampler"])
         self.backbone = backbone
         self.text_encoder = text_encoder
@@ -151,8 +169,12 @@ class VideoQAModel(pl.LightningModule):
             self.feature_cache = FeatureCache(feature_cache, self.backbone, dtype=feature_cache_dtype)  # type: ignore[arg-type]
         self.answer_vocab: list[str] = []
         self.families: list[str] = []
+        self.breakdowns: dict[str, list[str]] = {}
         self._metrics: dict[str, Metric | None] = {}
-        self.skipped_samples: list[Any] = []
+        self._skips: dict[str, SkipReport] = {}
+        #: the last report of each stage (``train``, ``val``, ``test``): what it left out, over every rank
+        self.skip_summaries: dict[str, SkipSummary] = {}
+        self._unchecked_questions_logged = False
 
     # ------------------------------------------------------------- assembly
     def _part(self, name: str) -> nn.Module | None:
@@ -297,7 +319,7 @@ class VideoQAModel(pl.LightningModule):
         n = len(options[0])
         if any(len(o) != n for o in options):
             raise ValueError("multiple choice: every question in a batch needs the same number of options")
-        texts = [f"{q} {o}" for q, opts in zip(batch["question"], options) for o in opts]
+        texts = [t for q, opts in zip(batch["question"], options) for t in _pair_texts(q, opts)]
         out = self.forward_features(video.repeat_interleave(n), self.encode_text(texts))
         out.head.logits = out.head.logits.reshape(len(options), n)
         return out
@@ -314,12 +336,34 @@ class VideoQAModel(pl.LightningModule):
                 self.log(key, v.detach().float(), batch_size=_batch_size(batch), sync_dist=stage != "train")
         return total
 
-    def _record_skips(self, batch: dict[str, Any]) -> None:
+    def _record_skips(self, batch: dict[str, Any], stage: str = "train") -> None:
         if batch.get("num_skipped"):
-            self.skipped_samples.extend(batch.get("skipped", []))
+            self._skips.setdefault(stage, SkipReport()).add(batch.get("skipped", []))
+
+    def _admit(self, batch: dict[str, Any], stage: str) -> dict[str, Any]:
+        """The batch without the samples left out: counts those the loader dropped and screens
+        the questions against the text encoder's limit (``on_long_question``)."""
+        self._record_skips(batch, stage)
+        if self.on_long_question == "truncate" or self.text_field != "question" or _batch_size(batch) == 0:
+            return batch
+        counter = question_token_counter(self.text_encoder)  # looked up per batch: nothing unpicklable kept
+        if counter is None or "question" not in batch:
+            if counter is None and not self._unchecked_questions_logged:
+                log.info("on_long_question: the text encoder's tokenizer is not one it knows; questions are not checked")
+                self._unchecked_questions_logged = True
+            return batch
+        if self.head.task == "multiple_choice" and "options" in batch:
+            texts = [_pair_texts(q, opts) for q, opts in zip(batch["question"], batch["options"])]
+        else:
+            texts = [[q] for q in batch["question"]]
+        source = str(getattr(self._stage_dataset(stage), "annotation_file", "") or "")
+        batch, skipped = screen_long_questions(batch, counter, texts, self.on_long_question, stage, source)
+        if skipped:
+            self._skips.setdefault(stage, SkipReport()).add(skipped)
+        return batch
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
-        self._record_skips(batch)
+        batch = self._admit(batch, "train")
         if _batch_size(batch) == 0:
             return None
         out = self(batch)
@@ -332,20 +376,20 @@ class VideoQAModel(pl.LightningModule):
         return loss
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
-        self._record_skips(batch)
+        batch = self._admit(batch, stage)
         if _batch_size(batch) == 0:
             return
         out = self(batch)
         loss = self._loss(batch, out, stage)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=_batch_size(batch), sync_dist=True)
         metric = self._metric(stage)
-        if metric is not None and self.head.has_ground_truth(batch):
-            metric.update(self.head.score(self.head.answers(out), batch), batch.get("family"))
+        if metric is not None:  # the metric asks the head what it needs (answers and scores, or embeddings)
+            metric.update_from(self.head, out, batch)  # type: ignore[attr-defined]
 
     def _metric(self, stage: str) -> Metric | None:
-        """The head task's answer metric of ``stage`` (``metrics.TASK_METRICS``), made at first use."""
-        if stage not in self._metrics:  # the families are known at setup, so every rank has the same states
-            metric = answer_metric(self.head.task, self.families)
+        """The head task's metric of ``stage`` (``metrics.TASK_METRICS``), made at first use."""
+        if stage not in self._metrics:  # the groups are known at setup, so every rank has the same states
+            metric = answer_metric(self.head.task, self.families, self.breakdowns, self.answer_vocab)
             self._metrics[stage] = None if metric is None else metric.to(self.device)
         return self._metrics[stage]
 
@@ -363,13 +407,31 @@ class VideoQAModel(pl.LightningModule):
         self._report_skips(stage)
 
     def _report_skips(self, stage: str) -> None:
-        n = len(self.skipped_samples)
-        if n:
-            shown = "; ".join(str(s) for s in self.skipped_samples[:5])
-            log.warning("%s epoch: skipped %d unreadable video(s): %s%s", stage, n, shown, " ..." if n > 5 else "")
-        # logged on every rank, 0 included: the sum across ranks is a collective every rank must join
-        self.log(f"{stage}/skipped_videos", float(n), sync_dist=True, reduce_fx="sum")
-        self.skipped_samples = []
+        """The end-of-epoch report of what ``stage`` left out: counts per cause and the first ids,
+        over every rank and with the records its dataset left out at start-up (every rank calls
+        this: the merge is a collective). Logged as ``<stage>/skipped_videos`` (always) and
+        ``<stage>/skipped_<cause>`` (causes that occurred); kept in :attr:`skip_summaries`."""
+        summary = self._skips.pop(stage, SkipReport()).reduce(startup_skips(self._stage_dataset(stage)))
+        self.skip_summaries[stage] = summary
+        if summary.total and self.global_rank == 0:
+            log.warning("%s", summary.format(stage))
+        # the values are global already: no second reduction
+        self.log(f"{stage}/skipped_videos", float(summary.videos), sync_dist=False)
+        for cause, n in summary.counts.items():
+            self.log(f"{stage}/skipped_{cause}", float(n), sync_dist=False)
+
+    def _stage_dataset(self, stage: str) -> Any:
+        """The dataset the trainer's loader of ``stage`` reads (``None`` without a trainer)."""
+        if self._trainer is None:
+            return None
+        loaders = {
+            "train": lambda: self.trainer.train_dataloader,
+            "val": lambda: self.trainer.val_dataloaders,
+            "test": lambda: self.trainer.test_dataloaders,
+        }.get(stage, lambda: None)()
+        if isinstance(loaders, (list, tuple)):
+            loaders = loaders[0] if loaders else None
+        return getattr(loaders, "dataset", None)
 
     def on_train_epoch_end(self) -> None:
         self._report_skips("train")
@@ -430,10 +492,12 @@ class VideoQAModel(pl.LightningModule):
                     f"set model.head.init_args.num_answers: {len(vocab)} in the recipe"
                 )
         self.families = list(getattr(dm, "families", []) or [])
+        self.breakdowns = {str(k): list(v) for k, v in (getattr(dm, "breakdowns", None) or {}).items()}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["answer_vocab"] = self.answer_vocab
         checkpoint["families"] = self.families
+        checkpoint["breakdowns"] = self.breakdowns
         hparams = checkpoint.get("hyper_parameters")
         if isinstance(hparams, dict):
             # a class or function given from Python (optimizer=torch.optim.AdamW) would make the file
@@ -446,6 +510,7 @@ class VideoQAModel(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.answer_vocab = checkpoint.get("answer_vocab", [])
         self.families = checkpoint.get("families", [])
+        self.breakdowns = checkpoint.get("breakdowns", {})
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
@@ -507,6 +572,11 @@ def pixels_to_float(video: Any) -> Any:
     if isinstance(video, tuple):
         return tuple(pixels_to_float(v) for v in video)
     return video
+
+
+def _pair_texts(question: str, options: Sequence[str]) -> list[str]:
+    """What the model encodes for each option of a multiple-choice question."""
+    return [f"{question} {o}" for o in options]
 
 
 def _batch_size(batch: dict[str, Any]) -> int:

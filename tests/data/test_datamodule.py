@@ -31,7 +31,8 @@ def test_collate_stacks_and_counts_skips():
     assert batch["answer_idx"].tolist() == [0, 2]
     assert batch["question"] == ["q0", "q2"]
     assert batch["num_skipped"] == 2 and batch["batch_size"] == 2
-    assert "/data/v1.mp4" in batch["skipped"][0] and "record 1" in batch["skipped"][0]
+    assert batch["skipped"][0] is skipped and "/data/v1.mp4" in str(skipped) and "record 1" in str(skipped)
+    assert batch["skipped"][1].cause == "unreadable_sample"  # a dataset that returned None
 
 
 def test_collate_multi_stream_and_empty():
@@ -86,7 +87,19 @@ def test_bad_video_skip_is_counted_per_epoch(tmp_path):
     ds = VideoQADataset(str(ann), str(vids), on_bad_video="skip", num_frames=2)
     batch = collate_videoqa([ds[i] for i in range(len(ds))])
     assert batch["batch_size"] == 4 and batch["num_skipped"] == 2
-    assert any("v2.mp4" in s for s in batch["skipped"]) and any("v5.mp4" in s for s in batch["skipped"])
+    assert [(s.index, s.video_id, s.cause) for s in batch["skipped"]] == [(2, "v2", "undecodable_video"),
+                                                                       (5, "v5", "undecodable_video")]
+    assert str(batch["skipped"][0]).startswith(str(vids / "v2.mp4"))
+
+
+def test_strict_mode_names_the_first_missing_or_empty_clip_at_start_up(tmp_path):
+    ann, vids = _videoqa_folder(tmp_path, broken=())
+    (vids / "v4.mp4").unlink()
+    (vids / "v3.mp4").write_bytes(b"")
+    with pytest.raises(VideoDecodeError, match=r"v3.mp4: file is empty \(0 bytes\) \(record 3 of .*train.json"):
+        VideoQADataset(str(ann), str(vids), on_bad_video="raise", num_frames=2)
+    ds = VideoQADataset(str(ann), str(vids), on_bad_video="skip", num_frames=2)
+    assert [(s.index, s.cause) for s in (ds[3], ds[4])] == [(3, "empty_video"), (4, "missing_video")]
 
 
 @pytest.mark.parametrize("world_size", [2, 3])

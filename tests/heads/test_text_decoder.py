@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers.modeling_outputs import BaseModelOutput
 
 from vqa_components import create
 from vqa_components.heads.text_decoder import IGNORE, TextDecoderHead
@@ -156,3 +157,8 @@ def test_clip_bpe_vocabulary_of_open_clip(vocab_file):
     out = h(f, None, targets=["two cats", "red"])
     first = h.t5(encoder_outputs=(h.proj(f.tokens),), decoder_input_ids=torch.full((2, 1), bpe.sot_token_id)).logits
     assert torch.allclose(out.logits[:, 0], first[:, 0], atol=1e-6)  # decoding starts from <start_of_text>
+    texts = h.generate(f)  # generated ids decode through CLIP's BPE (which has no batch_decode)
+    memory = BaseModelOutput(last_hidden_state=h.proj(f.tokens))
+    ids = h.t5.generate(encoder_outputs=memory, attention_mask=torch.ones(2, 3, dtype=torch.long),
+                        max_new_tokens=h.max_answer_tokens, num_beams=1, do_sample=False)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts) and texts == h.decode(ids)

@@ -81,3 +81,32 @@ def test_soft_scores_are_averaged_and_out_of_range_is_an_error():
     assert out["acc_a"].item() == pytest.approx((1 + 0.5 + 1 / 3) / 3) and out["num_samples"].item() == 4
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         m.update(torch.tensor([1.5]), ["a"])
+
+
+def test_breakdowns_count_a_question_toward_each_of_its_groups():
+    # AGQA-like: family = semantic, structural is one group per question, reasoning a list (multi-label)
+    m = GroupedAccuracy(["object", "action"], {"structural": ["verify", "query"], "reasoning": ["exists", "obj-rel", "seq"]})
+    m.update(
+        torch.tensor([1.0, 0.0, 1.0, 1.0]),
+        ["object", "object", "action", "relation"],  # "relation" is not a family: overall only
+        {"structural": ["verify", "query", "query", "compare"], "reasoning": [["exists"], ["obj-rel", "seq"], ["seq"], []]},
+    )
+    out = {k: float(v) for k, v in m.compute().items()}
+    assert out["acc"] == pytest.approx(3 / 4) and out["num_samples"] == 4  # each question once overall
+    assert out["acc_object"] == pytest.approx(1 / 2) and out["acc_action"] == 1.0
+    assert out["acc_structural_verify"] == 1.0 and out["acc_structural_query"] == pytest.approx(1 / 2)
+    assert "acc_structural_compare" not in out  # not a listed group
+    # exists: q0 (right); obj-rel: q1 (wrong); seq: q1 (wrong) and q2 (right)
+    assert out["acc_reasoning_exists"] == 1.0 and out["acc_reasoning_obj_rel"] == 0.0
+    assert out["acc_reasoning_seq"] == pytest.approx(1 / 2)
+
+
+def test_a_breakdown_missing_from_the_batch_is_left_out_and_a_wrong_length_is_an_error():
+    m = GroupedAccuracy([], {"question_type": ["CW", "TN"]})
+    m.update(torch.tensor([1, 0]), None, {"question_type": None})
+    m.update(torch.tensor([1, 0, 1]), None, {"question_type": ["CW", "TN", "TN"]})
+    out = {k: float(v) for k, v in m.compute().items()}
+    assert out["num_samples"] == 5 and out["acc"] == pytest.approx(3 / 5)
+    assert out["acc_question_type_cw"] == 1.0 and out["acc_question_type_tn"] == pytest.approx(1 / 2)
+    with pytest.raises(ValueError, match="2 answers but 1 values of 'question_type'"):
+        m.update(torch.tensor([1, 0]), None, {"question_type": ["CW"]})

@@ -13,8 +13,8 @@ predict loaders' with ``training=False`` (evenly spaced frames, centre crops).
 
 Batches are dicts (see :func:`collate_videoqa`). Samples a dataset could not
 read (``None``, or a :class:`SkippedSample`) are dropped from the batch and
-counted in ``batch["num_skipped"]`` / ``batch["skipped"]``; the model reports
-them at the end of the epoch.
+listed in ``batch["skipped"]`` (``batch["num_skipped"]`` counts them); the model
+reports them by cause at the end of the epoch (:mod:`vqa_components.data.bad_input`).
 """
 
 from __future__ import annotations
@@ -41,13 +41,18 @@ def collate_videoqa(samples: Sequence[dict[str, Any] | SkippedSample | None]) ->
 
     Tensors are stacked (a multi-stream ``video`` becomes a tuple of stacked
     streams), ints become a long tensor, everything else a list. Unreadable
-    samples are dropped and listed in ``skipped`` (``num_skipped`` counts them);
-    a batch may therefore be empty (``video`` with batch size 0 is then absent
-    and ``batch_size`` is 0).
+    samples are dropped and listed in ``skipped`` (:class:`SkippedSample` objects,
+    with their cause; ``None`` becomes one of cause ``unreadable_sample``), and
+    ``num_skipped`` counts them; a batch may therefore be empty (``video`` with
+    batch size 0 is then absent and ``batch_size`` is 0).
     """
     kept = [s for s in samples if isinstance(s, dict)]
-    skipped = [s for s in samples if not isinstance(s, dict)]
-    batch: dict[str, Any] = {"num_skipped": len(skipped), "skipped": [str(s) for s in skipped], "batch_size": len(kept)}
+    skipped = [
+        s if isinstance(s, SkippedSample) else
+        SkippedSample(index=-1, video_id="", path="", reason=f"the dataset returned {s!r}", cause="unreadable_sample")
+        for s in samples if not isinstance(s, dict)
+    ]  # fmt: skip
+    batch: dict[str, Any] = {"num_skipped": len(skipped), "skipped": skipped, "batch_size": len(kept)}
     if not kept:
         return batch
     for key in kept[0]:
@@ -167,6 +172,12 @@ class VideoQADataModule(pl.LightningDataModule):
         """Question families (accuracy is reported for each)."""
         ref = self._reference
         return list(getattr(ref, "families", [])) if ref is not None else []
+
+    @property
+    def breakdowns(self) -> dict[str, list[str]]:
+        """Other sample fields the accuracy is broken down by, with their groups (a benchmark's ``breakdowns``)."""
+        ref = self._reference
+        return {k: list(v) for k, v in (getattr(ref, "breakdowns", None) or {}).items()} if ref is not None else {}
 
     # ------------------------------------------------------------- loaders
     def _loader(self, key: str, shuffle: bool) -> DataLoader:

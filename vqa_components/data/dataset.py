@@ -42,6 +42,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vqa_components.data.annotations import QARecord, load_qa_annotations
+from vqa_components.data.bad_input import SkippedSample, file_problem, video_cause
 from vqa_components.data.clip_transforms import FRAME_SAMPLINGS, ClipTransform, random_indices
 from vqa_components.data.feature_cache import (
     CachedClip,
@@ -64,23 +65,6 @@ GENERIC_QUESTION = "what is happening in the video?"
 BAD_VIDEO_POLICIES = ("skip", "raise")
 #: Mixed into the seed of a dataset's random draws, so that they do not repeat the global RNG's stream.
 _DRAW_STREAM = 0x5EED_C11B
-
-
-@dataclass(frozen=True)
-class SkippedSample:
-    """What a dataset returns instead of a sample whose video it cannot read (``on_bad_video="skip"``).
-
-    The collate function drops it from the batch and lists it in ``batch["skipped"]``;
-    the model reports the count and the files at the end of the epoch.
-    """
-
-    index: int
-    video_id: str
-    path: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path} (record {self.index}, video_id={self.video_id!r}): {self.reason}"
 
 
 @dataclass
@@ -242,9 +226,12 @@ class VideoQADataset(Dataset):
         training: whether this dataset serves training (random crops and positions) or
             evaluation; ``None``: ``split == "train"``. ``VideoQADataModule`` sets it per loader.
         video_ext: file extension of videos.
-        on_bad_video: ``"skip"`` returns a :class:`SkippedSample` for a missing/corrupt
-            video (the collate function drops and counts it); ``"raise"`` raises
-            :class:`VideoDecodeError` naming the file, the record and ``video_id``.
+        on_bad_video: ``"skip"`` returns a :class:`SkippedSample` for a missing, empty or
+            undecodable video, with its cause (the collate function drops it; the model
+            reports each cause's count and first ids at the end of the epoch); ``"raise"``
+            (strict mode) raises :class:`VideoDecodeError` naming the file, the record and
+            ``video_id``: at start-up for the first missing or empty clip
+            (:meth:`check_video_files`), when read for an undecodable one.
         feature_cache: root of a frozen backbone's feature cache (the same folder
             as ``VideoQAModel(feature_cache=...)``). Samples get ``video_key``; once
             the backbone's fingerprint is known, cached clips are served as
@@ -299,6 +286,8 @@ class VideoQADataset(Dataset):
         self._answer_to_idx = {a: i for i, a in enumerate(self.answer_vocab)}
         self.families = sorted({r.question_type for r in self.records})
         self.enable_feature_cache(feature_cache, feature_cache_fingerprint)
+        if self.on_bad_video == "raise":
+            self.check_video_files()
 
     def _init_decoding(
         self,
@@ -392,6 +381,24 @@ class VideoQADataset(Dataset):
         video = videos if self.multi_stream else videos[0]
         return key, video if folder is None else CachedClip(key, folder.name, video=video)
 
+    def check_video_files(self) -> None:
+        """Strict mode (``on_bad_video="raise"``): stop at start-up at the first record (in file order)
+        whose clip is missing or empty, naming it; each clip is looked at once (no decoding: a
+        corrupt clip stops the run when it is read)."""
+        seen: set[Path] = set()
+        for index in range(len(self.records)):
+            path = self.video_path(index)
+            if path in seen:
+                continue
+            seen.add(path)
+            found = file_problem(path)
+            if found is not None:
+                raise VideoDecodeError(
+                    path,
+                    f"{found[1]} (record {index} of {self.annotation_file}, field 'video_id'="
+                    f"{self.records[index].video_id!r}; on_bad_video: skip leaves such records out and reports them)",
+                )
+
     # ---------------------------------------------------------------- access
     def __len__(self) -> int:
         return len(self.records)
@@ -471,7 +478,9 @@ class VideoQADataset(Dataset):
                     f"{exc.reason} (record {index} of {self.annotation_file}, field 'video_id'={rec.video_id!r})",
                 ) from exc
             log.debug("skipping record %d (video_id=%r) of split %r: %s", index, rec.video_id, self.split, exc)
-            return SkippedSample(index=index, video_id=rec.video_id, path=exc.path, reason=exc.reason)
+            return SkippedSample(
+                index=index, video_id=rec.video_id, path=exc.path, reason=exc.reason, cause=video_cause(exc.path)
+            )
         sample: dict[str, Any] = {
             "video": video,
             "question": rec.question,

@@ -16,6 +16,12 @@ class AnswerClassifier(Head):
     ``hidden_dim=0`` a single linear layer. VideoDistill's open-ended head is
     this MLP on its video feature ``v_cls*``.
 
+    Answers are the argmax class; a batch with ``answer_idx`` scores 1 where it matches, and one
+    with several annotators' answers (``answers_idx``, iVQA) the soft accuracy
+    ``min(#annotators who gave it / 2, 1)`` (:meth:`Head.score <vqa_components.interfaces.Head.score>`).
+    Over a count vocabulary (TGIF-QA Count) the metric also takes the mean squared error of the
+    counts the predicted classes name (``metrics.count_error``).
+
     Args:
         in_dim: width of ``FusionOutput.pooled``.
         num_answers: size of the answer vocabulary.

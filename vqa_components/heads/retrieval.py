@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqa_components.interfaces import FusionOutput, Head, HeadOutput, TextFeatures
+from vqa_components.interfaces import FusionOutput, Head, HeadOutput, ModelOutput, TextFeatures
 from vqa_components.layers.precision import float32_region
 from vqa_components.registry import HEADS
 
@@ -89,6 +89,11 @@ class RetrievalHead(Head):
         sim = self.similarity(self.embed_video(fused.pooled), self.embed_text(text.cls))
         return HeadOutput(logits=sim * self.scale.float())
 
+    def embeddings(self, out: ModelOutput) -> tuple[Tensor, Tensor]:
+        """``(video (b, embed_dim), text (b, embed_dim))`` unit-norm embeddings of the batch's pairs,
+        which the retrieval metric ranks over the whole split (``metrics.RetrievalRanks``)."""
+        return self.embed_video(out.fused.pooled), self.embed_text(out.text.cls)
+
     def has_ground_truth(self, batch: dict[str, Any]) -> bool:
-        """Retrieval answers no question: the objectives log its losses."""
+        """Retrieval answers no question (no answer accuracy): its metric ranks :meth:`embeddings`."""
         return False

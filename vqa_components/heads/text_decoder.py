@@ -24,7 +24,8 @@ DDP rejects).
   tokenizer decodes the ids without special tokens.
 * **What counts as correct**: exact match of the generated text and the batch's ``answer`` after
   :func:`~vqa_components.metrics.exact_match.normalize_answer` (lower case, punctuation as spaces,
-  no articles, one space between words).
+  no articles, one space between words); with several annotators' answers (``answers``, iVQA) the
+  soft accuracy ``min(#annotators whose normalised answer equals it / 2, 1)``.
 
 Tokenizer: T5's own SentencePiece model is not reachable offline, so like ``hf_transformer`` the
 head takes ``tokenizer_path`` (a tokenizer folder or a WordPiece ``vocab.txt``), usually the text
@@ -42,7 +43,8 @@ import torch
 from torch import Tensor, nn
 
 from vqa_components.interfaces import FusionOutput, Head, HeadOutput, ModelOutput, TextFeatures
-from vqa_components.metrics.exact_match import exact_match
+from vqa_components.metrics.exact_match import annotator_matches, exact_match
+from vqa_components.metrics.soft_accuracy import annotator_agreement
 from vqa_components.registry import HEADS
 from vqa_components.text.clip_bpe import ClipBPETokenizer
 from vqa_components.text.hf_transformer import _local_dir, load_tokenizer
@@ -63,7 +65,7 @@ def _size(tokenizer: Any) -> int:
 
 @HEADS.register("text_decoder")
 class TextDecoderHead(Head):
-    """Generates answers with a T5 decoder over ``FusionOutput.tokens``.
+    """Generates answers with a T5 decoder over the fusion's tokens.
 
     Args:
         in_dim: width of ``FusionOutput.tokens``.
@@ -200,7 +202,7 @@ class TextDecoderHead(Head):
             length_penalty=self.length_penalty,
             do_sample=False,
         )
-        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        return self.decode(ids)  # clip_bpe has no batch_decode
 
     # --------------------------------------------------------------- evaluation
     def answers(self, out: ModelOutput) -> list[str]:
@@ -210,8 +212,13 @@ class TextDecoderHead(Head):
         return "answer" in batch
 
     def score(self, answers: Tensor | list[str], batch: dict[str, Any]) -> Tensor:
-        """1.0 where the normalised generated text equals the normalised ``answer``."""
-        return exact_match(list(answers), list(batch["answer"]), device=self.t5.shared.weight.device)
+        """1.0 where the normalised generated text equals the normalised ``answer``; with ``answers``
+        (several annotators' answers per question) ``min(#annotators whose normalised answer equals
+        it / 2, 1)``."""
+        device = self.t5.shared.weight.device
+        if batch.get("answers") is not None:
+            return annotator_agreement(annotator_matches(list(answers), batch["answers"]).to(device))
+        return exact_match(list(answers), list(batch["answer"]), device=device)
 
     def extra_repr(self) -> str:
         c = self.t5.config

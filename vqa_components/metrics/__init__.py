@@ -1,35 +1,56 @@
-"""Evaluation metrics (torchmetrics), correct under DDP: their states are summed across ranks.
+"""Evaluation metrics (torchmetrics), correct under DDP: their states are summed (or gathered) across ranks.
 
-:func:`answer_metric` chooses the metric object for a head's task; the head itself decides how
-right each answer is (:meth:`~vqa_components.interfaces.Head.score`), so a new kind of answer
-(generated text, soft multi-annotator scores) needs no change to the model.
+:func:`answer_metric` chooses the metric object for a head's task. The model gives it every
+evaluation batch (``metric.update_from(head, out, batch)``) and logs what ``compute()`` returns;
+the metric asks the head what it needs: its answers and how right each is
+(:meth:`~vqa_components.interfaces.Head.score`: exact, soft multi-annotator, exact match of
+generated text) for the answer tasks, the pair embeddings for retrieval. A new kind of answer
+needs a head method or a metric class, not a change to the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from torchmetrics import Metric
 
 from vqa_components.interfaces import HEAD_TASKS
+from vqa_components.metrics.answer_metrics import AnswerMetrics
+from vqa_components.metrics.count_error import CountError
 from vqa_components.metrics.exact_match import normalize_answer
 from vqa_components.metrics.grouped_accuracy import GroupedAccuracy
+from vqa_components.metrics.retrieval import RetrievalRanks
+from vqa_components.metrics.soft_accuracy import annotator_agreement
 
-#: The answer metric of each head task: accuracy overall and per question family. A retrieval
-#: head answers no question (its ranks are measured over a whole split; see docs/concepts.md).
+#: The metric of each head task. Each class takes the evaluation context (``groups``,
+#: ``breakdowns``, ``answer_vocab``) and has ``update_from(head, out, batch)``.
 TASK_METRICS: dict[str, type[Metric] | None] = {
-    "classify": GroupedAccuracy,
-    "multiple_choice": GroupedAccuracy,
-    "generate": GroupedAccuracy,  # the head scores exact match of the normalised generated text
-    "retrieval": None,
+    "classify": AnswerMetrics,  # accuracy overall / per family / per breakdown; count MSE where counts are given
+    "multiple_choice": AnswerMetrics,
+    "generate": AnswerMetrics,  # the head scores exact match of the normalised generated text
+    "retrieval": RetrievalRanks,  # R@1/5/10 and median rank over the whole split, both directions
 }
 assert set(TASK_METRICS) == set(HEAD_TASKS)
 
 
-def answer_metric(task: str, groups: Sequence[str] = ()) -> Metric | None:
-    """A fresh metric for a head of ``task`` (``update(scores, groups)``), or ``None`` if it has none."""
+def answer_metric(
+    task: str,
+    groups: Sequence[str] = (),
+    breakdowns: Mapping[str, Sequence[str]] | None = None,
+    answer_vocab: Sequence[str] = (),
+) -> Metric | None:
+    """A fresh metric for a head of ``task``, or ``None`` if the task has none."""
     cls = TASK_METRICS[task]
-    return None if cls is None else cls(groups)
+    return None if cls is None else cls(groups=groups, breakdowns=breakdowns, answer_vocab=answer_vocab)
 
 
-__all__ = ["TASK_METRICS", "GroupedAccuracy", "answer_metric", "normalize_answer"]
+__all__ = [
+    "TASK_METRICS",
+    "AnswerMetrics",
+    "CountError",
+    "GroupedAccuracy",
+    "RetrievalRanks",
+    "annotator_agreement",
+    "answer_metric",
+    "normalize_answer",
+]

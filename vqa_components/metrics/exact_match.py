@@ -35,6 +35,20 @@ def normalize_answer(text: str) -> str:
     return _SPACE.sub(" ", text).strip()
 
 
+def annotator_matches(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -> Tensor:
+    """``(b, k)`` booleans: annotator ``j``'s answer to question ``i`` equals prediction ``i`` (both
+    normalised); questions with fewer than ``k`` answers are padded with ``False``."""
+    if len(predictions) != len(answers):
+        raise ValueError(f"annotator_matches: {len(predictions)} predictions but {len(answers)} answer lists")
+    k = max((len(a) for a in answers), default=0)
+    rows = []
+    for p, given in zip(predictions, answers):
+        norm = normalize_answer(p)
+        row = [normalize_answer(a) == norm for a in given]
+        rows.append(row + [False] * (k - len(row)))
+    return torch.tensor(rows, dtype=torch.bool).reshape(len(predictions), k)
+
+
 def exact_match(predictions: Sequence[str], answers: Sequence[str], device: torch.device | None = None) -> Tensor:
     """``(b,)`` 1.0 where the normalised prediction equals the normalised answer, else 0.0."""
     if len(predictions) != len(answers):

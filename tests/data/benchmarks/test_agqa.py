@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from vqa_components.data.annotations import AnnotationError
 from vqa_components.data.benchmarks import AGQADataset, ReleaseLayoutError
@@ -104,3 +105,32 @@ def test_fit_through_the_cli(release, tmp_path, mini):
 def test_the_videodistill_recipe_runs_on_the_miniature_release(release, tmp_path, mini):
     recipe = "recipes/videodistill/finetune_agqa.yaml"
     assert mini.run_paper_recipe(recipe, {"root": str(release)}, 5, tmp_path) == 0
+
+
+def test_accuracy_per_category_through_the_cli(release, tmp_path, mini, monkeypatch):
+    """A question counts toward each of its reasoning categories. Answers [yes, a book, a book, yes]
+    are right for q1 and q2: semantic action 1, object 1/2, relation 0; structural verify 1/2,
+    query 1, compare 0; binary 1/3, open 1; exists 1/2, obj-rel 1, sequencing 1/2, rel-act 0."""
+    from vqa_components.heads.answer_classifier import AnswerClassifier
+
+    mini.write_json(release / "AGQA_balanced" / "test_balanced.txt", {
+        "0A8ZT-3": question("Did they hold a pillow?", "yes", "0A8ZT", "action", "verify", "binary", ["exists"]),
+        "LSKA2-9": question("What did they take first?", "a book", "LSKA2", "object", "query", "open",
+                            ["obj-rel", "sequencing"]),
+        "LSKA2-10": question("Before or after walking?", "after", "LSKA2", "relation", "compare", "binary",
+                             ["rel-act", "sequencing"]),
+        "YSKX3-21": question("Did they touch a blanket?", "no", "YSKX3", "object", "verify", "binary", ["exists"]),
+    })  # fmt: skip
+    monkeypatch.setattr(AnswerClassifier, "answers", lambda self, out: torch.tensor([4, 0, 0, 4][: len(out.logits)]))
+    cfg = mini.recipe("agqa", {"root": str(release)}, "open_ended", tmp_path / "run", num_answers=5,
+                      train_split=None, val_split=None, eval_batch_size=4)  # fmt: skip
+    assert mini.run_cli("test", cfg, tmp_path)[0] == 0
+    metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
+    acc = {k[len("test/acc_") :]: v for k, v in metrics.items() if k.startswith("test/acc_")}
+    assert metrics["test/acc"] == pytest.approx(0.5)
+    assert acc == pytest.approx({
+        "action": 1.0, "object": 0.5, "relation": 0.0,
+        "structural_verify": 0.5, "structural_query": 1.0, "structural_compare": 0.0,
+        "ans_type_binary": 1 / 3, "ans_type_open": 1.0,
+        "reasoning_exists": 0.5, "reasoning_obj_rel": 1.0, "reasoning_sequencing": 0.5, "reasoning_rel_act": 0.0,
+    })  # fmt: skip

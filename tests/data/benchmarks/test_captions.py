@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from vqa_components.data.annotations import AnnotationError
 from vqa_components.data.benchmarks import ReleaseLayoutError, VideoTextJSONLDataset, WebVidDataset
@@ -84,3 +85,40 @@ def test_caption_pretraining_through_the_cli(webvid, tmp_path, mini):
     cfg = mini.recipe("webvid", {"root": str(webvid)}, "captions", tmp_path / "run")
     cfg["checkpoint"] = {"monitor": "val/loss", "mode": "min"}
     assert mini.run_cli("fit", cfg, tmp_path)[0] == 0
+
+
+def test_retrieval_ranks_through_the_cli(tmp_path, mini, monkeypatch):
+    """A retrieval head's test figures are ranks over the whole split. Embeddings fixed at angles
+    (video 0, 90, 180, 270 degrees; text 10, 200, 170, 260), pairs 1 and 2 captions of one clip:
+    text 1's true video ranks 2nd (video 3 is closer; video 2, its own clip, is not counted),
+    video 1's true text ranks 2nd (text 0 ties text 2 but text 2 is its own clip): R@1 3/4 both ways."""
+    from vqa_components.heads.retrieval import RetrievalHead
+
+    root = tmp_path / "pairs"
+    mini.write_jsonl(root / "test.jsonl", [
+        {"video": "a/clip1.mp4", "text": "a man cooks pasta"},
+        {"video": "b/clip2.mp4", "text": ["two dogs play", "dogs playing in a park"]},
+        {"video": "a/clip1.mp4", "text": "the end of the cooking", "start": 0.5, "end": 1.0},
+    ])  # fmt: skip
+    mini.mp4(root / "videos" / "a" / "clip1.mp4", level=0)
+    mini.mp4(root / "videos" / "b" / "clip2.mp4", level=100)
+
+    def unit(degrees):
+        r = torch.deg2rad(torch.tensor(degrees))
+        return torch.stack([r.cos(), r.sin()], dim=1)
+
+    monkeypatch.setattr(RetrievalHead, "embeddings", lambda self, out: (unit([0.0, 90, 180, 270]), unit([10.0, 200, 170, 260])))
+    cfg = mini.recipe("video_text_jsonl", {"root": str(root)}, "captions", tmp_path / "run",
+                      train_split=None, val_split=None, eval_batch_size=4)  # fmt: skip
+    cfg["model"]["head"] = {"name": "retrieval", "video_dim": 32, "text_dim": 32, "embed_dim": 16}
+    cfg["model"]["objectives"] = [{"name": "contrastive", "video_dim": 32, "text_dim": 32}]
+    code, out = mini.run_cli("test", cfg, tmp_path)
+    assert code == 0
+    metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
+    ranks = {k[len("test/") :]: v for k, v in metrics.items() if k[len("test/") :].startswith(("t2v", "v2t"))}
+    assert ranks == pytest.approx({
+        "t2v_r1": 0.75, "t2v_r5": 1.0, "t2v_r10": 1.0, "t2v_median_rank": 1.0,
+        "v2t_r1": 0.75, "v2t_r5": 1.0, "v2t_r10": 1.0, "v2t_median_rank": 1.0,
+    })  # fmt: skip
+    assert metrics["test/num_samples"] == 4 and "test/acc" not in metrics
+    assert "t2v_r1" in out and "75.00 %" in out and metrics["protocol"]["kind"] == "captions"

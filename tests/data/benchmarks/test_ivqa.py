@@ -3,6 +3,8 @@ whole videos read from start to end), the min-count vocabulary, all five answers
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -42,6 +44,9 @@ def release(tmp_path, mini):
         HEADER,
         [
             ["zzLmK0rTn3c", 3, 9, "what is poured?", "water", "soup", "soup", "oil", "soup"],
+            ["Bj2aQ4z1QvE", 12, 20, "what is chopped?", "onion", "onion", "onion", "leek", "garlic"],
+            ["Bj2aQ4z1QvE", 12, 20, "what is held?", "onion", "spoon", "spoon", "spoon", "knife"],
+            ["zzLmK0rTn3c", 3, 9, "what is cooked?", "rice", "rice", "rice", "rice", "rice"],
         ],
     )
     mini.mp4(root / "video" / "Bj2aQ4z1QvE_12_20.mp4", level=20)
@@ -100,3 +105,23 @@ def test_malformed_rows(release, mini):
 def test_fit_through_the_cli(release, tmp_path, mini):
     cfg = mini.recipe("ivqa", {"root": str(release)}, "open_ended", tmp_path / "run", num_answers=5)
     assert mini.run_cli("fit", cfg, tmp_path)[0] == 0
+
+
+def test_soft_accuracy_through_the_cli(release, tmp_path, mini, monkeypatch):
+    """test_metrics.json holds iVQA's soft accuracy: a model that always answers "onion" scores
+    min(#annotators who said onion / 2, 1) per question: 0 (soup x3), 1 (onion x3), 1/2 (onion x1),
+    0 (rice, not in the vocabulary) -> 0.375 (exact match of the most frequent answer would be 0.25)."""
+    from vqa_components.heads.answer_classifier import AnswerClassifier
+
+    test = IVQADataset(str(release), "test")
+    assert test.answer_vocab[0] == "onion" and [test[i]["answers_idx"] for i in range(4)] == [
+        [-1, 3, 3, -1, 3], [0, 0, 0, -1, -1], [0, 1, 1, 1, -1], [-1] * 5]  # fmt: skip
+    monkeypatch.setattr(AnswerClassifier, "answers", lambda self, out: out.logits.new_zeros(len(out.logits), dtype=torch.long))
+    cfg = mini.recipe("ivqa", {"root": str(release)}, "open_ended", tmp_path / "run", num_answers=5,
+                      train_split=None, val_split=None, eval_batch_size=4)  # fmt: skip
+    code, out = mini.run_cli("test", cfg, tmp_path)
+    assert code == 0
+    metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
+    assert metrics["test/acc"] == pytest.approx(0.375) and metrics["test/num_samples"] == 4
+    assert metrics["protocol"]["metric"].startswith("soft accuracy min(#annotators who gave the answer / 2, 1)")
+    assert metrics["protocol"]["unknown_answer_questions"] == 1 and "37.50 %" in out

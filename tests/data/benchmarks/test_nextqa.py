@@ -3,6 +3,8 @@ options, families from the type codes, errors, a fit through the CLI."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -93,3 +95,31 @@ def test_errors(release, mini):
 def test_fit_through_the_cli(release, tmp_path, mini):
     cfg = mini.recipe("nextqa", {"root": str(release)}, "multiple_choice", tmp_path / "run")
     assert mini.run_cli("fit", cfg, tmp_path)[0] == 0
+
+
+def test_accuracy_per_family_and_question_type_through_the_cli(release, tmp_path, mini, monkeypatch):
+    """Five test questions, answered [3, 0, 1, 0, 0] by the vtm_choice head (right: CW, TN, TP):
+    causal 1/2, temporal 2/2 (TP counts as TN), descriptive 0/1; per type CW 1, CH 0, TN 1, DC 0."""
+    from vqa_components.heads.vtm_choice import VTMHead
+
+    mini.write_csv(release / "nextqa" / "test.csv", HEADER, [
+        row("4010069381", "why is the man smiling", 3, 9, "CW"),
+        row("4010069381", "how does the man hold the guitar", 2, 10, "CH"),
+        row("4882821564", "what does the boy do next", 1, 3, "TN"),
+        row("4882821564", "what did the boy do before", 0, 4, "TP"),
+        row("2435100235", "how many people are there", 4, 8, "DC"),
+    ])  # fmt: skip
+    ds = NExTQADataset(str(release), "test")
+    assert ds.breakdowns == {"question_type": ["CH", "CW", "DC", "TN"]}
+    monkeypatch.setattr(VTMHead, "answers", lambda self, out: torch.tensor([3, 0, 1, 0, 0][: len(out.logits)]))
+    cfg = mini.recipe("nextqa", {"root": str(release)}, "multiple_choice", tmp_path / "run",
+                      train_split=None, val_split=None, eval_batch_size=5)  # fmt: skip
+    assert mini.run_cli("test", cfg, tmp_path)[0] == 0
+    metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
+    acc = {k[len("test/") :]: v for k, v in metrics.items() if k.startswith("test/acc")}
+    assert acc == pytest.approx({
+        "acc": 3 / 5, "acc_causal": 1 / 2, "acc_temporal": 1.0, "acc_descriptive": 0.0,
+        "acc_question_type_cw": 1.0, "acc_question_type_ch": 0.0, "acc_question_type_tn": 1.0,
+        "acc_question_type_dc": 0.0,
+    })  # fmt: skip
+    assert metrics["test/num_samples"] == 5 and metrics["protocol"]["kind"] == "multiple_choice"

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -134,7 +136,7 @@ def test_count_emits_the_number(release):
         -1,
         0,
     ]
-    assert test.protocol["metric"] == "mean squared error of the count"
+    assert test.protocol["metric"] == "mean squared error of the count (count_mse), and accuracy"
 
 
 def test_validation_split(release):
@@ -183,3 +185,37 @@ def test_fit_through_the_cli(release, tmp_path, mini, task, kind, answers):
         "tgif_qa", {"root": str(release), "task": task}, kind, tmp_path / "run", num_answers=answers
     )
     assert mini.run_cli("fit", cfg, tmp_path)[0] == 0
+
+
+def _answer(monkeypatch, head_cls, indices):
+    """Make every head of ``head_cls`` answer ``indices`` (in loader order): known answers, hand-checked metrics."""
+    monkeypatch.setattr(head_cls, "answers", lambda self, out: torch.tensor(indices[: len(out.logits)]))
+
+
+def test_count_mean_squared_error_through_the_cli(release, tmp_path, mini, monkeypatch):
+    """Test counts 4 and 2; the classifier answers vocabulary entries 2 ("10") and 0 ("2"):
+    squared errors (10 - 4)^2 = 36 and 0 -> count_mse 18; accuracy 1/2 (4 is not a training count)."""
+    from vqa_components.heads.answer_classifier import AnswerClassifier
+
+    _answer(monkeypatch, AnswerClassifier, [2, 0])
+    cfg = mini.recipe("tgif_qa", {"root": str(release), "task": "count"}, "open_ended", tmp_path / "run",
+                      num_answers=3, train_split=None, val_split=None)  # fmt: skip
+    code, out = mini.run_cli("test", cfg, tmp_path)
+    assert code == 0
+    metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
+    assert metrics["test/count_mse"] == pytest.approx(18.0) and metrics["test/num_samples"] == 2
+    assert metrics["test/acc"] == pytest.approx(0.5) and metrics["test/acc_count"] == pytest.approx(0.5)
+    assert metrics["protocol"]["answer_vocab_size"] == 3 and "count_mse" in out
+
+
+def test_multiple_choice_accuracy_through_the_cli(release, tmp_path, mini, monkeypatch):
+    """Action test questions' right options are 0 and 1; the vtm_choice head picks 0 for both: 1/2."""
+    from vqa_components.heads.vtm_choice import VTMHead
+
+    _answer(monkeypatch, VTMHead, [0, 0])
+    cfg = mini.recipe("tgif_qa", {"root": str(release), "task": "action"}, "multiple_choice", tmp_path / "run",
+                      train_split=None, val_split=None)  # fmt: skip
+    assert mini.run_cli("test", cfg, tmp_path)[0] == 0
+    metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
+    assert metrics["test/acc"] == pytest.approx(0.5) and metrics["test/acc_action"] == pytest.approx(0.5)
+    assert metrics["protocol"]["metric"] == "multiple-choice accuracy"

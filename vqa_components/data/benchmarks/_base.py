@@ -19,7 +19,12 @@ line or record, and the field), and turns each question into a :class:`Benchmark
   ``options`` for multiple choice, where ``answer_idx`` is then the correct option's position)
   plus each benchmark's own fields (:attr:`BenchmarkRecord.extra`).
 - **protocol**: a dict saying how answers are scored (vocabulary size and source, what
-  happened to out-of-vocabulary answers, the metric), meant for ``test_metrics.json``.
+  happened to out-of-vocabulary answers, the metric), which ``vqa test`` writes into
+  ``test_metrics.json``.
+- **breakdowns**: the groups of each of :attr:`BenchmarkDataset.breakdown_fields` (sample fields
+  the accuracy is also broken down by, besides ``family``).
+- **Strict mode** (``on_bad_video: raise``): every clip is looked at once at start-up and the
+  first missing or empty one stops the run, named with the release's ids.
 
 Decoding, frame options, bad-video policy and the feature cache are ``VideoQADataset``'s.
 """
@@ -42,15 +47,15 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vqa_components.data.annotations import AnnotationError
+from vqa_components.data.bad_input import SkippedSample, file_problem
 from vqa_components.data.dataset import (
     NOT_IN_VOCAB,
     ExampleSpec,
-    SkippedSample,
     VideoQADataset,
     load_answer_vocab,
 )
 from vqa_components.data.frame_folder import read_frame_folder
-from vqa_components.data.video_io import read_video_streams
+from vqa_components.data.video_io import VideoDecodeError, read_video_streams
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +143,15 @@ class Fields:
         if not isinstance(raw, dict):
             raise self.fail(f"each record must be an object, got {type(raw).__name__}")
 
-    def fail(self, problem: str, name: str | None = None) -> AnnotationError:
-        return AnnotationError(
+    def fail(self, problem: str, name: str | None = None, cause: str = "malformed_record") -> AnnotationError:
+        """The error naming the file, record, line and field; ``cause`` (one of
+        :data:`~vqa_components.data.bad_input.RECORD_CAUSES`) is what ``on_bad_record: skip`` counts it as."""
+        err = AnnotationError(
             self.path, problem, index=self.index, record=self.raw, field=name, line=self.line, keys=self.keys
         )
+        err.cause = cause  # type: ignore[attr-defined]
+        return err
+
 
     def has(self, name: str) -> bool:
         value = self.raw.get(name)
@@ -149,7 +159,7 @@ class Fields:
 
     def _get(self, name: str) -> Any:
         if name not in self.raw or self.raw[name] is None:
-            raise self.fail("required field is missing", name)
+            raise self.fail("required field is missing", name, "missing_field")
         return self.raw[name]
 
     def text(self, name: str) -> str:
@@ -158,7 +168,7 @@ class Fields:
         if not isinstance(value, str):
             raise self.fail(f"must be a string, got {type(value).__name__} {value!r}", name)
         if not value.strip():
-            raise self.fail("must be a non-empty string", name)
+            raise self.fail("must be a non-empty string", name, "empty_question" if name == "question" else "malformed_record")
         return value.strip()
 
     def ident(self, name: str) -> str:
@@ -207,6 +217,13 @@ class Fields:
             if not isinstance(v, str) or not v.strip():
                 raise self.fail(f"entry {j} must be a non-empty string, got {v!r}", name)
         return [v.strip() for v in value]
+
+
+def _record_id(raw: Any, keys: Sequence[str], index: int) -> str:
+    """A record's identifying fields as the release writes them (``vid_id=ACTION9, gif_name=...``), or ``record N``."""
+    raw = raw if isinstance(raw, dict) else {}
+    found = [f"{k}={raw[k]}" for k in keys if isinstance(raw.get(k), (str, int)) and not isinstance(raw[k], bool)]
+    return ", ".join(found) or f"record {index}"
 
 
 # ----------------------------------------------------------------------- files
@@ -300,8 +317,10 @@ class BenchmarkDataset(VideoQADataset):
             whose answer is not in the vocabulary (the papers do); other splits always keep them
             (``answer_idx = -1``, counted wrong).
         on_bad_record: ``"raise"`` stops at the first malformed record (naming the file, record and
-            field); ``"skip"`` leaves it out, logs it and counts it in :attr:`protocol`. Errors of
-            the file itself (invalid JSON, a missing column) always stop.
+            field); ``"skip"`` leaves it out, logs it, keeps it in :attr:`skipped_records` with its
+            cause (``missing_field``, ``empty_question``, ``malformed_record``), which the model's
+            end-of-epoch report lists, and counts it in :attr:`protocol`. Errors of the file itself
+            (invalid JSON, a missing column) always stop.
         num_frames, frame_size, streams, resize_short, crop_size, frame_sampling, training,
         on_bad_video, feature_cache, feature_cache_fingerprint: as in
             :class:`~vqa_components.data.dataset.VideoQADataset`.
@@ -322,9 +341,15 @@ class BenchmarkDataset(VideoQADataset):
     family_names: ClassVar[tuple[str, ...] | None] = None
     #: The release's fields that identify a record, shown in error messages.
     id_keys: ClassVar[tuple[str, ...]] = ("id", "video_id")
+    #: Sample fields (of :attr:`BenchmarkRecord.extra`) by which accuracy is also reported, besides
+    #: ``family``; a field whose value is a list puts the question in each of its groups.
+    breakdown_fields: ClassVar[tuple[str, ...]] = ()
 
     answer_vocab: list[str]
     families: list[str]
+    #: ``{field: [group, ...]}`` for each of :attr:`breakdown_fields` (the groups found in the
+    #: training and this split's records), read by the model's accuracy metric.
+    breakdowns: dict[str, list[str]]
 
     def __init__(
         self,
@@ -369,7 +394,10 @@ class BenchmarkDataset(VideoQADataset):
         ):
             raise ValueError(f"max_answers must be a positive int, null or 'default', got {max_answers!r}")
         self.on_bad_record = on_bad_record
-        self.skipped_records: list[str] = []
+        #: the records of this split left out at start-up (``on_bad_record: skip``), with their causes
+        self.skipped_records: list[SkippedSample] = []
+        self._skipped_by_split: dict[str, list[SkippedSample]] = {}
+        self._parsing = split
         self.root = require_dir(
             Path(root).expanduser(), self.name, f"the {self.release} release's root folder"
         )
@@ -408,8 +436,12 @@ class BenchmarkDataset(VideoQADataset):
                 for r in self.split_records(self.vocab_split if self.vocab_split in self.splits else split)
             }
             self.families = sorted(found | {r.family for r in records})
+        self.breakdowns = self.find_breakdowns(records)
+        self.skipped_records = self._skipped_by_split.get(split, [])
         self._records_cache, self._clip_paths = {}, {}  # parsed once; only self.records is kept
         self.enable_feature_cache(feature_cache, feature_cache_fingerprint)
+        if self.on_bad_video == "raise":
+            self.check_video_files()
 
     # ------------------------------------------------------------ subclass API
     @property
@@ -440,6 +472,22 @@ class BenchmarkDataset(VideoQADataset):
         k = "every" if self.max_answers is None else f"the {self.max_answers} most frequent"
         return ranked, f"{k} {self.vocab_split} answers ({len(ranked)} of {len(counts)})"
 
+    def find_breakdowns(self, records: Sequence[BenchmarkRecord]) -> dict[str, list[str]]:
+        """The groups of each of :attr:`breakdown_fields` found in the vocabulary split's and ``records``."""
+        if not self.breakdown_fields:
+            return {}
+        pool = list(records)
+        if self.vocab_split in self.splits and self.vocab_split != self.split:
+            pool += self.split_records(self.vocab_split)
+        out: dict[str, list[str]] = {}
+        for name in self.breakdown_fields:
+            found: set[str] = set()
+            for r in pool:
+                value = r.extra.get(name)
+                found.update(str(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if v not in (None, ""))
+            out[name] = sorted(found)
+        return out
+
     def sample_fields(self, record: BenchmarkRecord) -> dict[str, Any]:
         """Fields added to (or replacing) the sample's; default: ``record.extra``."""
         return dict(record.extra)
@@ -448,6 +496,7 @@ class BenchmarkDataset(VideoQADataset):
     def split_records(self, split: str) -> list[BenchmarkRecord]:
         """The parsed records of ``split`` (parsed once)."""
         if split not in self._records_cache:
+            self._parsing = split
             self._records_cache[split] = self.load_split(split)
         return self._records_cache[split]
 
@@ -466,7 +515,16 @@ class BenchmarkDataset(VideoQADataset):
             except AnnotationError as exc:
                 if self.on_bad_record == "raise" or exc.index is None:
                     raise
-                self.skipped_records.append(str(exc))
+                self._skipped_by_split.setdefault(self._parsing, []).append(
+                    SkippedSample(
+                        index=index,
+                        video_id=str(raw.get("video_id", "")) if isinstance(raw, dict) else "",
+                        path=str(path),
+                        reason=str(exc),
+                        cause=getattr(exc, "cause", "malformed_record"),
+                        record_id=_record_id(raw, self.id_keys, index),
+                    )
+                )
                 log.warning("%s: skipping a malformed record: %s", self.name, exc)
                 continue
             if isinstance(rec, list):
@@ -491,6 +549,23 @@ class BenchmarkDataset(VideoQADataset):
     # ---------------------------------------------------------------- access
     def video_path(self, index: int) -> Path:
         return self.records[index].video  # type: ignore[attr-defined]
+
+    def check_video_files(self) -> None:
+        """Strict mode: the first record (in file order) whose clip or frame folder is missing or
+        empty stops the run at start-up, named with the release's ids."""
+        seen: set[Path] = set()
+        for index, rec in enumerate(self.records):
+            if rec.video in seen:  # type: ignore[attr-defined]
+                continue
+            seen.add(rec.video)  # type: ignore[attr-defined]
+            found = file_problem(rec.video)  # type: ignore[attr-defined]
+            if found is not None:
+                ident = f"video_id={rec.video_id!r}" + (f", id={rec.id!r}" if rec.id is not None else "")  # type: ignore[attr-defined]
+                raise VideoDecodeError(
+                    rec.video,  # type: ignore[attr-defined]
+                    f"{found[1]} (record {index} of {self.annotation_file}, {ident}; on_bad_video: skip leaves "
+                    f"such records out and reports them)",
+                )
 
     def answer_index(self, answer: str) -> int:
         return self._answer_to_idx.get(answer, NOT_IN_VOCAB)
@@ -564,7 +639,7 @@ class BenchmarkDataset(VideoQADataset):
         return {
             "open_ended": "accuracy over all questions of the split",
             "multiple_choice": "multiple-choice accuracy",
-            "count": "mean squared error of the count",
+            "count": "mean squared error of the count (count_mse), and accuracy",
             "captions": "none (caption pretraining)",
         }[self.kind]
 

@@ -23,7 +23,8 @@ out of ``train``.
 Families: ``semantic`` (object / relation / action, AGQA's "semantic" split of the test set).
 Samples also carry ``structural`` (query / compare / choose / logic / verify), ``ans_type``
 (binary / open) and ``reasoning`` (the ``global`` list: a question counts toward each of its
-reasoning categories), the other breakdowns the AGQA README defines.
+reasoning categories), the other breakdowns the AGQA README defines; accuracy is reported for
+each (``acc_structural_verify``, ``acc_ans_type_binary``, ``acc_reasoning_exists``, ...).
 
 Vocabulary: every training answer (``max_answers: null``); AGQA's answers are the templates'
 object, action and relation names plus yes/no/before/after, a closed set.
@@ -57,6 +58,7 @@ class AGQADataset(BenchmarkDataset):
     default_max_answers = None
     vocab_source = "every training answer (AGQA's answer set is closed)"
     family_names = SEMANTIC
+    breakdown_fields = ("structural", "ans_type", "reasoning")
 
     def __init__(
         self,

@@ -21,7 +21,8 @@ references, tested on indirect ones), the release's two splits.
 
 Families: ``semantic`` (as found in the training file; the paper's action / object / state /
 change). Samples also carry ``ans_type`` (``binary`` for yes/no answers, else ``open``: the
-paper's Open / Binary columns), ``structural``, ``reference`` and ``categories`` (type + category).
+paper's Open / Binary columns), ``structural``, ``reference`` and ``categories`` (type + category),
+and accuracy is reported for each (``acc_ans_type_binary``, ``acc_categories_<c>``, ...).
 
 Vocabulary: every training answer (``max_answers: null``; the release's ``answer_set.txt`` is
 built from all of them). The feature cache is refused (it keys clips by one file's bytes).
@@ -47,6 +48,7 @@ class EgoTaskQADataset(BenchmarkDataset):
     id_keys = ("question_id", "interval")
     default_max_answers = None
     vocab_source = "every training answer (the release's answer_set.txt)"
+    breakdown_fields = ("ans_type", "structural", "reference", "categories")
 
     def __init__(
         self,

@@ -15,8 +15,9 @@ seconds of the file. ``start``/``end`` are written as in the CSV (``12`` stays `
 
 Vocabulary: every answer given at least twice among the five answers of the training questions
 (``min_count: 2``, ``max_answers: null``; just-ask's ``preproc_ivqa.py``). Samples keep all five
-answers in ``answers`` (list of str) for the soft accuracy ``min(#annotators who gave the
-prediction / 2, 1)``; ``answer`` is the most frequent of the five that is in the vocabulary (ties:
+answers in ``answers`` (list of str) and their vocabulary indices in ``answers_idx`` (-1 when not
+in it), from which the heads score the soft accuracy ``min(#annotators who gave the prediction /
+2, 1)`` (:func:`~vqa_components.metrics.soft_accuracy.annotator_agreement`); ``answer`` is the most frequent of the five that is in the vocabulary (ties:
 annotator order), else the most frequent, and ``answer_idx`` its index (-1 when none of the five
 is in the vocabulary). Training questions with none of their answers in the vocabulary are
 dropped. No question types: ``family`` is ``all``.
@@ -105,6 +106,10 @@ class IVQADataset(BenchmarkDataset):
             ranked = ranked[: self.max_answers]
         return ranked, f"train answers given at least {self.min_count} times ({len(ranked)} of {len(counts)})"
 
+    @property
+    def metric(self) -> str:
+        return "soft accuracy min(#annotators who gave the answer / 2, 1), over all questions of the split"
+
     def in_vocab(self, record: BenchmarkRecord) -> bool:
         return any(a in self._answer_to_idx for a in record.extra["answers"])
 
@@ -114,4 +119,9 @@ class IVQADataset(BenchmarkDataset):
         known = [a for a in answers if a in self._answer_to_idx]
         pool = known or answers
         best = max(pool, key=lambda a: (counts[a], -answers.index(a)))
-        return {"answers": answers, "answer": best, "answer_idx": self.answer_index(best)}
+        return {
+            "answers": answers,
+            "answers_idx": [self.answer_index(a) for a in answers],
+            "answer": best,
+            "answer_idx": self.answer_index(best),
+        }

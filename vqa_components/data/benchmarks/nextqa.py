@@ -17,7 +17,8 @@ two folders.
 
 Samples: ``options`` (five), ``answer_idx`` = the correct option, ``family`` causal / temporal /
 descriptive (the first letter of ``type``, as the release's ``eval_mc.py`` groups them), and
-``question_type`` = ``type`` with TP counted as TN (``eval_mc.py`` merges them). The question id
+``question_type`` = ``type`` with TP counted as TN (``eval_mc.py`` merges them); accuracy is
+reported per family and per ``question_type`` (``acc_question_type_cw``, ...). The question id
 is ``<video>_<qid>`` (``eval_mc.py``'s key).
 """
 
@@ -49,6 +50,7 @@ class NExTQADataset(BenchmarkDataset):
     id_keys = ("video", "qid")
     kind = "multiple_choice"
     family_names = ("causal", "temporal", "descriptive")
+    breakdown_fields = ("question_type",)
 
     def __init__(
         self,
