@@ -98,7 +98,8 @@ def test_default_init_from_loads_the_parts_that_fit_and_logs_the_others(tmp_path
     line = next(r.getMessage() for r in caplog.records if "init_from" in r.getMessage())
     assert "loaded backbone, text_encoder, fusion;" in line
     assert "head (does not fit: missing keys" in line and "mlp.0.weight" in line
-    assert "objectives (the model's part has no weights)" in line
+    assert "objectives.answer_cross_entropy (the model's part has no weights)" in line
+    assert "objectives.vtm (in the file, but the model has no such objective)" in line
     # named parts stay strict: one the file lacks, or one that does not fit, is an error
     torch.save({"state_dict": {k: v for k, v in pretrain.state_dict().items() if not k.startswith("fusion.")}},
                tmp_path / "no_fusion.ckpt")
@@ -248,3 +249,106 @@ def test_a_model_without_ground_truth_logs_no_accuracy(monkeypatch):
     model._eval_step({k: v for k, v in batch().items() if k != "answer_idx"}, "val")
     model._log_accuracy("val")
     assert "val/loss" in logged and not any(k.startswith("val/acc") for k in logged)
+
+
+# ------------------------------------------------- stages, modules inside parts, objectives by name
+from torch import nn  # noqa: E402
+
+from vqa_components.interfaces import Objective  # noqa: E402
+
+
+class _Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(3, 4)
+        self.drop = nn.Dropout(0.5)
+
+
+class StageOne(Objective):
+    """A first stage with its own encoder (as E-ViLM's tokenizer): needs no model forward."""
+
+    runs_model_forward = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokenizer = _Encoder()
+
+    def forward(self, model, batch, out):
+        assert out is None
+        pixels = batch["video"].float().mean(dim=(1, 3, 4))  # (b, 3)
+        return {"loss": self.tokenizer.proj(pixels).pow(2).mean()}
+
+
+class StageTwo(Objective):
+    """A later stage that keeps the first stage's encoder inside it, frozen (a tagger)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tagger = _Encoder()
+
+    def forward(self, model, batch, out):
+        return {"loss": out.logits.logsumexp(-1).mean()}
+
+
+def test_objectives_are_kept_by_name_and_files_that_kept_them_by_position_still_load(tmp_path):
+    model = tiny_model(objectives=[create("objective", "vtm", in_dim=D), create("objective", "vtm", in_dim=D),
+                                   create("objective", "answer_cross_entropy")])
+    assert list(model.objectives.keys()) == ["vtm", "vtm_2", "answer_cross_entropy"]
+    assert model.objectives[1] is model.objectives["vtm_2"] and len(list(model.objectives)) == 3
+    assert any(k.startswith("objectives.vtm_2.") for k in model.state_dict())
+    # a file written when objectives were a list: objectives.<i>.* goes to the i-th objective by name
+    old = {k.replace("objectives.vtm_2.", "objectives.1.").replace("objectives.vtm.", "objectives.0."): v.clone() + 1
+           for k, v in model.state_dict().items()}
+    assert not any(k.startswith("objectives.vtm") for k in old)
+    torch.save({"state_dict": old}, tmp_path / "old.ckpt")
+    again = tiny_model(objectives=[create("objective", "vtm", in_dim=D), create("objective", "vtm", in_dim=D),
+                                   create("objective", "answer_cross_entropy")], init_from=str(tmp_path / "old.ckpt"))
+    for k, v in again.state_dict().items():
+        if k.startswith("objectives."):
+            assert torch.equal(v, model.state_dict()[k] + 1), k
+
+
+def test_a_model_whose_objectives_run_no_forward_needs_no_backbone_fusion_or_head(tmp_path):
+    stage1 = VideoQAModel(
+        text_encoder=create("text_encoder", "small_transformer", dim=D, num_layers=1, num_heads=2),
+        objectives=[StageOne()],
+    )
+    # the text encoder is kept (for its tokenizer) but never run: not trained, not checked for weights
+    assert stage1.idle_parts == ("text_encoder",)
+    assert not any(p.requires_grad for p in stage1.text_encoder.parameters())
+    before = stage1.objectives["stageone"].tokenizer.proj.weight.clone()
+    _fit(stage1, tmp_path, steps=2)
+    assert not torch.equal(before, stage1.objectives["stageone"].tokenizer.proj.weight)  # it trained
+    with pytest.raises(ConfigError, match="no forward of its own"):
+        stage1(batch())
+    # an objective that runs the model's forward needs the forward's parts: one line naming the first
+    with pytest.raises(ConfigError, match=r"the model has no backbone, fusion, head, but objective\(s\) stagetwo"):
+        VideoQAModel(text_encoder=create("text_encoder", "small_transformer", dim=D), objectives=[StageTwo()])
+
+
+def test_stage_two_loads_a_module_inside_an_objective_from_stage_one_by_name_and_keeps_it_frozen(tmp_path):
+    stage1 = VideoQAModel(objectives=[StageOne()])
+    torch.save({"state_dict": stage1.state_dict()}, tmp_path / "stage1.ckpt")
+    path = "objectives.stagetwo.tagger"
+    frozen_random = tiny_model(objectives=[create("objective", "answer_cross_entropy"), StageTwo()], freeze=[path])
+    assert frozen_random.random_frozen_parts() == [path]
+    stage2 = tiny_model(
+        objectives=[create("objective", "answer_cross_entropy"), StageTwo()], freeze=[path],
+        init_from=str(tmp_path / "stage1.ckpt"), init_parts=[path],
+        init_rename={path: "objectives.stageone.tokenizer"},
+    )  # fmt: skip
+    tagger = stage2.objectives["stagetwo"].tagger
+    assert torch.equal(tagger.proj.weight, stage1.objectives["stageone"].tokenizer.proj.weight)
+    assert stage2.random_frozen_parts() == []
+    assert not any(p.requires_grad for p in tagger.parameters())
+    stage2.train()
+    assert stage2.fusion.training and not tagger.training and not tagger.drop.training
+    opt = stage2.configure_optimizers()
+    assert not {id(p) for g in opt.param_groups for p in g["params"]} & {id(p) for p in tagger.parameters()}
+    # errors name the path and what exists there
+    with pytest.raises(ConfigError, match=r"no module 'objectives.stagetwo.tager'; there are: objectives.stagetwo.tagger"):
+        tiny_model(objectives=[StageTwo()], freeze=["objectives.stagetwo.tager"])
+    with pytest.raises(ConfigError, match=r"holds no weights for module 'objectives.stagetwo.tagger'.*init_rename"):
+        tiny_model(objectives=[StageTwo()], init_from=str(tmp_path / "stage1.ckpt"), init_parts=[path])
+    with pytest.raises(ConfigError, match="init_rename .* is set but init_parts is not"):
+        tiny_model(objectives=[StageTwo()], init_rename={path: "objectives.stageone.tokenizer"})

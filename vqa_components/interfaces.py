@@ -48,6 +48,10 @@ class VideoFeatures:
             ``tokens``/``cls`` then hold the first stream. Each stream has its own
             ``t``, ``n`` and ``d`` but the same ``b``.
         extras: anything else a part wants to pass on (e.g. selection weights).
+        grid: ``(h', w')`` when ``n == h' * w'`` tokens per frame come from a spatial grid (row-major),
+            so that a block of pixels maps to token positions: token ``i * w' + j`` of a frame
+            covers the pixels ``[i*H/h', (i+1)*H/h') x [j*W/w', (j+1)*W/w')`` of an ``H x W`` frame
+            (what masked video modelling needs); ``None`` when the tokens are not a grid.
 
     Row operations (:meth:`select`, :meth:`repeat_interleave`) pick or repeat samples of the
     batch and return new features in which every row-indexed value follows: ``tokens``,
@@ -63,6 +67,7 @@ class VideoFeatures:
     frame_mask: Tensor | None = None
     streams: tuple[VideoFeatures, ...] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    grid: tuple[int, int] | None = None
 
     @property
     def dim(self) -> int:
@@ -223,7 +228,11 @@ class FusionOutput:
         pooled: ``(b, d)`` one vector per sample (what classifier heads read).
         tokens: ``(b, m, d)`` fused token sequence (what token-level and generating heads read).
         mask: ``(b, m)`` bool or ``None``.
-        extras: e.g. ``gates`` of LA-Gate blocks, attention maps.
+        extras: e.g. ``gates`` of LA-Gate blocks, attention maps. A fusion whose output keeps
+            one token per input token says where they are, for objectives that predict at
+            those positions: ``text_tokens`` ``(b, l, d)`` (one per text token, masked language
+            modelling) and ``video_tokens`` ``(b, t*n, d)`` (one per video token, frame-major,
+            masked video modelling).
     """
 
     pooled: Tensor
@@ -449,9 +458,23 @@ class Objective(Part):
     captions, masked text, masked pixels with a frozen tagger, ...), the batch and
     the default forward's :class:`ModelOutput`. Other keys of the returned dict
     are logged. ``weight`` scales ``"loss"`` in the total.
+
+    An objective that computes everything itself (a first training stage with its own
+    encoder, such as E-ViLM's video tokenizer) sets ``runs_model_forward = False``: when no
+    objective of a model needs it, the model runs no default forward and passes
+    ``out=None``, and it needs no backbone, fusion or head.
+
+    :meth:`attach` is called once by the model after its parts are assembled (before any
+    weights are loaded into it): an objective builds there what depends on the model's parts,
+    e.g. a word classifier whose size is ``model.text_encoder.vocab_size``, so that the
+    vocabulary size is given in one place.
     """
 
     weight: float = 1.0
+    runs_model_forward: bool = True
+
+    def attach(self, model: nn.Module) -> None:
+        """Build what depends on ``model``'s parts (default: nothing)."""
 
     def forward(self, model: nn.Module, batch: dict[str, Any], out: ModelOutput) -> dict[str, Tensor]:
         raise NotImplementedError

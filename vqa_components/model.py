@@ -16,12 +16,18 @@ the weights of parts from an earlier checkpoint (or a plain state dict): those
 named in ``init_parts``, or by default every part whose weights the file holds
 and fit. ``freeze`` lists parts whose weights stay fixed; a frozen part must have
 weights (its own ``checkpoint``, or ``init_from``) before ``fit`` trains with it.
+Both take dotted paths to modules inside parts (``objectives.mvm.tagger``), and
+``init_rename`` loads a module from another path of the file
+(``{"objectives.mvm.tagger": "objectives.svq.tokenizer"}``: stage 2's tagger from
+stage 1's tokenizer). Objectives are kept by name (``objectives.svq``), so a stage
+with other objectives still finds an earlier stage's.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,6 +71,34 @@ from vqa_components.optim import optimizer_for_precision
 log = logging.getLogger(__name__)
 
 PART_NAMES = ("backbone", "text_encoder", "sampler", "fusion", "head", "objectives")
+#: the parts the model's own forward runs (an objective with ``runs_model_forward`` needs them)
+FORWARD_PARTS = ("backbone", "text_encoder", "fusion", "head")
+
+
+class ObjectiveDict(nn.ModuleDict):
+    """The model's objectives, keyed by name (their registry name; ``vtm_2`` for a second ``vtm``),
+    so that their weights sit at ``objectives.<name>.*`` in checkpoints whatever the list's order.
+    Iterating gives the objectives in recipe order, like a list, and ``objectives[0]`` is the first.
+    """
+
+    def __iter__(self):  # type: ignore[override]
+        return iter(self.values())
+
+    def __getitem__(self, key: int | str) -> nn.Module:  # type: ignore[override]
+        if isinstance(key, int):
+            return list(self.values())[key]
+        return super().__getitem__(key)
+
+
+def objective_key(obj: nn.Module, taken: Sequence[str]) -> str:
+    """The name an objective is kept under: its registry name (else its class name, lower case),
+    with ``_2``, ``_3``, ... for a second, third objective of the same name."""
+    base = getattr(obj, "registry_name", "") or type(obj).__name__.lower()
+    name, i = base, 1
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    return name
 
 
 class VideoQAModel(pl.LightningModule):
@@ -75,7 +109,10 @@ class VideoQAModel(pl.LightningModule):
         text_encoder: question (or caption) strings -> token features.
         fusion: joins video and text features.
         head: fused features -> answer scores.
-        objectives: training losses, summed with their ``weight``.
+        objectives: training losses, summed with their ``weight``. When none of them runs the
+            model's forward (``Objective.runs_model_forward``; a first stage that trains its own
+            encoder), ``backbone``, ``fusion`` and ``head`` may be ``None`` and the parts that are
+            given anyway (a text encoder kept for its tokenizer) are not trained.
         sampler: optional frame selection between backbone and fusion.
         optimizer: a callable ``params -> Optimizer`` (LightningCLI:
             ``optimizer: {class_path: torch.optim.AdamW, init_args: {lr: ...}}``).
@@ -83,8 +120,9 @@ class VideoQAModel(pl.LightningModule):
             optimizer step.
         text_field: the batch key the text encoder reads (``question`` for QA,
             ``caption`` for caption pretraining).
-        freeze: parts (``backbone``, ``text_encoder``, ...) whose weights stay fixed;
-            a frozen part also runs in eval mode.
+        freeze: parts (``backbone``, ``text_encoder``, ...) or dotted paths to modules inside
+            them (``objectives.mvm.tagger``) whose weights stay fixed; a frozen module also runs
+            in eval mode, whatever ``train()`` is called on.
         init_from: a checkpoint (``.ckpt``), state-dict or ``.safetensors`` file to
             load weights from (read with ``weights_only=True``).
         init_parts: the parts to load from ``init_from``; each must be in the file
@@ -92,7 +130,11 @@ class VideoQAModel(pl.LightningModule):
             have and whose weights fit (the rest keep their weights; which parts
             were loaded and why others were not is logged at INFO). Setting it
             without ``init_from`` is an error (``init_parts: null`` trains from
-            scratch). Used to chain training stages.
+            scratch). Used to chain training stages. Dotted paths name modules inside parts
+            (``objectives.mvm.tagger``, ``fusion.blocks``).
+        init_rename: ``{path in the model: path in the file}`` for modules of ``init_parts`` that
+            the file holds under another name (stage 2's tagger from stage 1's tokenizer:
+            ``{"objectives.mvm.tagger": "objectives.svq.tokenizer"}``).
         allow_random_frozen: train even if a frozen part (in ``freeze``, or built
             with ``frozen=True``) still has its random initialisation, i.e. neither
             its own loading code (``checkpoint``, ``pretrained_path``) nor
@@ -117,11 +159,11 @@ class VideoQAModel(pl.LightningModule):
 
     def __init__(
         self,
-        backbone: Backbone,
-        text_encoder: TextEncoder,
-        fusion: Fusion,
-        head: Head,
-        objectives: Sequence[Objective],
+        backbone: Backbone | None = None,
+        text_encoder: TextEncoder | None = None,
+        fusion: Fusion | None = None,
+        head: Head | None = None,
+        objectives: Sequence[Objective] = (),
         sampler: Sampler | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
@@ -129,6 +171,7 @@ class VideoQAModel(pl.LightningModule):
         freeze: Sequence[str] = (),
         init_from: str | None = None,
         init_parts: Sequence[str] | None = None,
+        init_rename: dict[str, str] | None = None,
         feature_cache: str | None = None,
         feature_cache_dtype: str = "float32",
         allow_random_frozen: bool = False,
@@ -144,26 +187,49 @@ class VideoQAModel(pl.LightningModule):
         self.sampler = sampler
         self.fusion = fusion
         self.head = head
-        self.objectives = nn.ModuleList(objectives)
+        self.objectives = ObjectiveDict()
+        for obj in objectives:
+            self.objectives[objective_key(obj, list(self.objectives.keys()))] = obj
         if not len(self.objectives):
             raise ValueError("VideoQAModel needs at least one objective (e.g. answer_cross_entropy)")
+        self.runs_forward = any(getattr(obj, "runs_model_forward", True) for obj in self.objectives)
+        if self.runs_forward:
+            missing = [name for name in FORWARD_PARTS if getattr(self, name) is None]
+            if missing:
+                users = [k for k, o in self.objectives.items() if getattr(o, "runs_model_forward", True)]
+                raise ConfigError(
+                    f"the model has no {', '.join(missing)}, but objective(s) {', '.join(users)} run the model's "
+                    f"forward, which needs {', '.join(FORWARD_PARTS)}: give them in the recipe (model.{missing[0]})"
+                )
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.text_field = text_field
         self.allow_random_frozen = allow_random_frozen
         self.frozen_parts = tuple(freeze)
         for name in self.frozen_parts:
-            part = self._part(name)
-            if part is None:
-                raise ConfigError(f"freeze: model has no part {name!r}; parts: {', '.join(PART_NAMES)}")
-            part.requires_grad_(False)
+            self._module(name, "freeze").requires_grad_(False)
+        #: parts given but never run (no objective runs the model's forward): kept for what they
+        #: hold (a text encoder's tokenizer), not trained
+        self.idle_parts = () if self.runs_forward else tuple(
+            name for name in ("backbone", "text_encoder", "sampler", "fusion", "head") if getattr(self, name) is not None
+        )
+        for name in self.idle_parts:
+            getattr(self, name).requires_grad_(False)
+        for obj in self.objectives:  # before any weights are loaded: what it builds loads too
+            obj.attach(self)
         if init_parts and not init_from:
             raise ConfigError(
                 f"init_parts {list(init_parts)} is set but init_from is not: give the checkpoint to load "
                 f"them from with --model.init_from PATH, or pass --model.init_parts null to train from scratch"
             )
+        if init_rename and not init_parts:
+            raise ConfigError(
+                f"init_rename {dict(init_rename)} is set but init_parts is not: name the modules to load "
+                f"(--model.init_parts [{next(iter(init_rename))}])"
+            )
+        self.init_rename = dict(init_rename or {})
         if init_from:
-            self.load_parts(init_from, init_parts)
+            self.load_parts(init_from, init_parts, self.init_rename)
         self.feature_cache: FeatureCache | None = None
         if feature_cache:  # after init_from: the fingerprint covers the final weights
             self.feature_cache = FeatureCache(feature_cache, self.backbone, dtype=feature_cache_dtype)  # type: ignore[arg-type]
@@ -182,35 +248,63 @@ class VideoQAModel(pl.LightningModule):
             return None
         return getattr(self, name)
 
-    def load_parts(self, path: str, parts: Sequence[str] | None = None) -> list[str]:
+    def _module(self, path: str, what: str) -> nn.Module:
+        """The part or the module inside a part at the dotted ``path``; :class:`ConfigError` naming
+        ``what`` (the argument) and what exists there otherwise."""
+        top, _, rest = path.partition(".")
+        part = self._part(top)
+        if part is None:
+            raise ConfigError(f"{what}: model has no part {top!r}; parts: {', '.join(self._present_parts())}")
+        if not rest:
+            return part
+        try:
+            return part.get_submodule(rest)
+        except AttributeError:
+            parent, _, _ = rest.rpartition(".")
+            try:
+                holder = part.get_submodule(parent) if parent else part
+                inside = ", ".join(f"{path.rsplit('.', 1)[0]}.{k}" for k, _ in holder.named_children()) or "nothing"
+            except AttributeError:
+                inside = ", ".join(f"{top}.{k}" for k, _ in part.named_children()) or "nothing"
+            raise ConfigError(f"{what}: model has no module {path!r}; there are: {inside}") from None
+
+    def load_parts(
+        self, path: str, parts: Sequence[str] | None = None, rename: dict[str, str] | None = None
+    ) -> list[str]:
         """Load part weights from a Lightning checkpoint or a state dict; returns the parts loaded.
 
-        ``parts`` named: each must be in the file and fit exactly (else :class:`ConfigError`).
-        ``parts`` empty or ``None``: every part that both the model and the file have and whose
-        weights fit; the others keep their weights, and why is logged.
+        ``parts`` named (parts or dotted paths to modules inside them): each must be in the file
+        (under ``rename[path]`` if given) and fit exactly (else :class:`ConfigError`).
+        ``parts`` empty or ``None``: every part (and every objective, by name) that both the model
+        and the file have and whose weights fit; the others keep their weights, and why is logged.
         """
         if not Path(path).exists():
             raise ConfigError(f"init_from: no such checkpoint file: {path}")
-        state = read_state_dict(path)
+        state = migrate_objective_keys(read_state_dict(path), list(self.objectives.keys()))
+        rename = dict(rename or {})
         in_file = {k.split(".", 1)[0] for k in state}
         named = list(parts or [])
-        for name in named:
-            if self._part(name) is None:
-                raise ConfigError(f"init_parts: model has no part {name!r}; parts: {', '.join(self._present_parts())}")
+        for name in rename:
+            if name not in named:
+                raise ConfigError(f"init_rename: {name!r} is not in init_parts {named}")
+        modules = {name: self._module(name, "init_parts") for name in named}
         loaded: list[str] = []
         skipped: dict[str, str] = {}
-        for name in named or self._present_parts():
-            part = self._part(name)
-            assert part is not None
-            sub = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
+        for name in named or self._default_load_paths():
+            part = modules[name] if named else self._module(name, "init_parts")
+            source = rename.get(name, name)
+            sub = {k[len(source) + 1 :]: v for k, v in state.items() if k.startswith(source + ".")}
             has_weights = bool(part.state_dict())
             if named:
                 if not sub and has_weights:
+                    near = sorted({k.rsplit(".", 1)[0] for k in state if k.startswith(source.split(".")[0] + ".")})
+                    hint = f"; under {source.split('.')[0]!r} it has: {_preview_paths(near, source)}" if near else ""
                     raise ConfigError(
-                        f"init_from: {path} holds no weights for part {name!r} (it has: "
-                        f"{', '.join(sorted(in_file & set(PART_NAMES))) or 'none'}); drop it from init_parts"
+                        f"init_from: {path} holds no weights for {_label(source)} (it has parts: "
+                        f"{', '.join(sorted(in_file & set(PART_NAMES))) or 'none'}{hint}); drop {name!r} from "
+                        f"init_parts or map it with init_rename"
                     )
-                load_strict(part, sub, path, f"part {name!r}")
+                load_strict(part, sub, path, _label(name) + (f" (from {source!r})" if source != name else ""))
             else:
                 why = _why_not_loaded(part, sub)
                 if why:
@@ -218,9 +312,12 @@ class VideoQAModel(pl.LightningModule):
                     continue
                 part.load_state_dict(sub)
             _set_weights_source(part, f"{path} (init_from)")
-            loaded.append(name)
+            loaded.append(name if source == name else f"{name} (from {source})")
         for name in sorted(in_file & set(PART_NAMES) - set(self._present_parts())):
             skipped[name] = "in the file, but the model has none"
+        if not named:
+            for key in sorted({k.split(".")[1] for k in state if k.startswith("objectives.")} - set(self.objectives.keys())):
+                skipped[f"objectives.{key}"] = "in the file, but the model has no such objective"
         log.info(
             "init_from %s: loaded %s%s",
             path,
@@ -232,18 +329,30 @@ class VideoQAModel(pl.LightningModule):
     def _present_parts(self) -> list[str]:
         return [name for name in PART_NAMES if self._part(name) is not None]
 
+    def _default_load_paths(self) -> list[str]:
+        """What ``init_from`` without ``init_parts`` tries: every part, and each objective by name."""
+        paths = [name for name in self._present_parts() if name != "objectives"]
+        return paths + [f"objectives.{key}" for key in self.objectives.keys()]
+
     def random_frozen_parts(self) -> list[str]:
         """Frozen parts (``freeze``, or built with ``frozen=True``) whose weights are still random."""
         found = []
         for name in self._present_parts():
+            if name in self.idle_parts:  # never run: its weights do not matter
+                continue
             part = self._part(name)
-            modules = list(part) if isinstance(part, nn.ModuleList) else [part]
+            modules = list(part) if isinstance(part, nn.ModuleDict) else [part]
             for m in modules:
                 frozen = name in self.frozen_parts or bool(getattr(m, "frozen", False))
                 has_params = next(m.parameters(), None) is not None
                 if frozen and has_params and getattr(m, "weights_source", None) is None:
                     found.append(name)
                     break
+        for path in self.frozen_parts:  # modules inside parts (objectives.mvm.tagger)
+            if "." in path and path.split(".")[0] not in found:
+                m = self._module(path, "freeze")
+                if next(m.parameters(), None) is not None and _weights_source_of(m, self, path) is None:
+                    found.append(path)
         return found
 
     def check_frozen_parts_have_weights(self) -> None:
@@ -251,7 +360,7 @@ class VideoQAModel(pl.LightningModule):
         names = self.random_frozen_parts()
         if not names or self.allow_random_frozen:
             return
-        first = self._part(names[0])
+        first = self._module(names[0], "freeze")
         params = inspect.signature(type(first).__init__).parameters
         arg = next((a for a in ("checkpoint", "pretrained_path") if a in params), None)
         how = (
@@ -267,18 +376,25 @@ class VideoQAModel(pl.LightningModule):
 
     def train(self, mode: bool = True) -> VideoQAModel:
         super().train(mode)
-        for name in self.frozen_parts:
-            self._part(name).eval()  # type: ignore[union-attr]
+        for name in (*self.frozen_parts, *self.idle_parts):
+            self._module(name, "freeze").eval()
         return self
 
     # -------------------------------------------------------------- forward
     def encode_text(self, texts: Sequence[str]) -> TextFeatures:
         return self.text_encoder.encode(list(texts))
 
-    def encode_video(self, video: Tensor | tuple[Tensor, ...], batch: dict[str, Any] | None = None) -> VideoFeatures:
-        """Backbone features of ``video`` (``uint8`` pixels are scaled to ``[0, 1]`` floats first)."""
+    def encode_video(
+        self, video: Tensor | tuple[Tensor, ...], batch: dict[str, Any] | None = None, use_cache: bool = True
+    ) -> VideoFeatures:
+        """Backbone features of ``video`` (``uint8`` pixels are scaled to ``[0, 1]`` floats first).
+
+        With a feature cache, the features of the batch's clips come from the cache (keyed by
+        ``batch["video_key"]``); ``use_cache=False`` runs the backbone on ``video`` as given,
+        which a forward on changed pixels (masked video modelling) must do.
+        """
         video = pixels_to_float(video)
-        if self.feature_cache is not None:
+        if self.feature_cache is not None and use_cache:
             keys = batch.get("video_key") if batch is not None else None
             if keys is not None or isinstance(video, list):
                 return self.feature_cache.encode(video, keys, device=self.device)
@@ -302,6 +418,11 @@ class VideoQAModel(pl.LightningModule):
         return ModelOutput(video=video, text=text, fused=fused, head=head, sampled=sampled)
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
+        if not self.runs_forward:
+            raise ConfigError(
+                f"this model has no forward of its own: its objectives ({', '.join(self.objectives.keys())}) "
+                f"compute everything themselves; it trains and validates, but cannot answer questions"
+            )
         video = self.encode_video(batch["video"], batch)
         if self.head.task == "multiple_choice" and "options" in batch:
             return self._forward_multiple_choice(video, batch)
@@ -309,7 +430,7 @@ class VideoQAModel(pl.LightningModule):
 
     def targets(self, batch: dict[str, Any]) -> list[str] | None:
         """The answer strings a generating head trains on (teacher forcing), if the batch has them."""
-        if self.head.task != "generate" or "answer" not in batch:
+        if self.head is None or self.head.task != "generate" or "answer" not in batch:
             return None
         return list(batch["answer"])
 
@@ -325,10 +446,9 @@ class VideoQAModel(pl.LightningModule):
         return out
 
     # ------------------------------------------------------------- training
-    def _loss(self, batch: dict[str, Any], out: ModelOutput, stage: str) -> Tensor:
-        total = out.logits.new_zeros(())
-        for obj in self.objectives:
-            name = obj.registry_name or type(obj).__name__
+    def _loss(self, batch: dict[str, Any], out: ModelOutput | None, stage: str) -> Tensor:
+        total = torch.zeros((), device=self.device)
+        for name, obj in self.objectives.items():
             parts = obj(self, batch, out)
             total = total + obj.weight * parts["loss"]
             for k, v in parts.items():
@@ -345,6 +465,8 @@ class VideoQAModel(pl.LightningModule):
         the questions against the text encoder's limit (``on_long_question``)."""
         self._record_skips(batch, stage)
         if self.on_long_question == "truncate" or self.text_field != "question" or _batch_size(batch) == 0:
+            return batch
+        if self.text_encoder is None or self.head is None:
             return batch
         counter = question_token_counter(self.text_encoder)  # looked up per batch: nothing unpicklable kept
         if counter is None or "question" not in batch:
@@ -366,11 +488,11 @@ class VideoQAModel(pl.LightningModule):
         batch = self._admit(batch, "train")
         if _batch_size(batch) == 0:
             return None
-        out = self(batch)
+        out = self(batch) if self.runs_forward else None
         loss = self._loss(batch, out, "train")
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=_batch_size(batch))
         # generating every answer would cost more than the training step
-        if self.head.task != "generate" and self.head.has_ground_truth(batch):
+        if out is not None and self.head.task != "generate" and self.head.has_ground_truth(batch):
             scores = self.head.score(self.head.answers(out), batch)
             self.log("train/acc", scores.mean(), prog_bar=True, batch_size=_batch_size(batch))
         return loss
@@ -379,15 +501,17 @@ class VideoQAModel(pl.LightningModule):
         batch = self._admit(batch, stage)
         if _batch_size(batch) == 0:
             return
-        out = self(batch)
+        out = self(batch) if self.runs_forward else None
         loss = self._loss(batch, out, stage)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=_batch_size(batch), sync_dist=True)
         metric = self._metric(stage)
-        if metric is not None:  # the metric asks the head what it needs (answers and scores, or embeddings)
+        if metric is not None and out is not None:  # the metric asks the head what it needs (answers and scores, or embeddings)
             metric.update_from(self.head, out, batch)  # type: ignore[attr-defined]
 
     def _metric(self, stage: str) -> Metric | None:
         """The head task's metric of ``stage`` (``metrics.TASK_METRICS``), made at first use."""
+        if self.head is None:
+            return None
         if stage not in self._metrics:  # the groups are known at setup, so every rank has the same states
             metric = answer_metric(self.head.task, self.families, self.breakdowns, self.answer_vocab)
             self._metrics[stage] = None if metric is None else metric.to(self.device)
@@ -486,7 +610,7 @@ class VideoQAModel(pl.LightningModule):
         if vocab:
             self.answer_vocab = vocab
             n = getattr(self.head, "num_answers", None)
-            if self.head.task == "classify" and n is not None and n != len(vocab):
+            if self.head is not None and self.head.task == "classify" and n is not None and n != len(vocab):
                 raise ValueError(
                     f"head.num_answers={n} but the dataset has {len(vocab)} answers; "
                     f"set model.head.init_args.num_answers: {len(vocab)} in the recipe"
@@ -508,6 +632,8 @@ class VideoQAModel(pl.LightningModule):
             }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if isinstance(checkpoint.get("state_dict"), dict):  # runs before Lightning loads the weights
+            checkpoint["state_dict"] = migrate_objective_keys(checkpoint["state_dict"], list(self.objectives.keys()))
         self.answer_vocab = checkpoint.get("answer_vocab", [])
         self.families = checkpoint.get("families", [])
         self.breakdowns = checkpoint.get("breakdowns", {})
@@ -561,8 +687,49 @@ def _plain(value: Any) -> bool:
 
 
 def _set_weights_source(part: nn.Module, source: str) -> None:
-    for module in part if isinstance(part, nn.ModuleList) else [part]:
+    for module in part if isinstance(part, (nn.ModuleList, ObjectiveDict)) else [part]:
         module.weights_source = source
+
+
+def _label(path: str) -> str:
+    """``part 'backbone'`` or ``module 'objectives.mvm.tagger'``, for messages."""
+    return f"module {path!r}" if "." in path else f"part {path!r}"
+
+
+def _weights_source_of(module: nn.Module, model: VideoQAModel, path: str) -> str | None:
+    """Where the weights of the module at ``path`` came from: its own ``weights_source``, or that of
+    the nearest module above it that was loaded whole."""
+    source = getattr(module, "weights_source", None)
+    parts = path.split(".")
+    while source is None and len(parts) > 1:
+        parts.pop()
+        source = getattr(model._module(".".join(parts), "freeze"), "weights_source", None)
+    return source
+
+
+def migrate_objective_keys(state: dict[str, Tensor], names: Sequence[str]) -> dict[str, Tensor]:
+    """``state`` with objective weights saved by position (``objectives.0.*``, files written before
+    objectives were kept by name) moved to the names of the model's objectives in recipe order."""
+    old = [k for k in state if k.startswith("objectives.") and k.split(".")[1].isdigit()]
+    if not old:
+        return state
+    out = {k: v for k, v in state.items() if k not in old}
+    for k in old:
+        _, index, rest = k.split(".", 2)
+        if int(index) < len(names):
+            out[f"objectives.{names[int(index)]}.{rest}"] = state[k]
+        else:
+            out[k] = state[k]
+    return out
+
+
+def _preview_paths(paths: Sequence[str], near: str, n: int = 6) -> str:
+    """Up to ``n`` of ``paths``, those sharing the longest prefix with ``near`` first."""
+    def shared(p: str) -> int:
+        return -len(os.path.commonprefix([p, near]))
+
+    ranked = sorted(paths, key=lambda p: (shared(p), p))[:n]
+    return ", ".join(ranked) + (", ..." if len(paths) > n else "")
 
 
 def pixels_to_float(video: Any) -> Any:

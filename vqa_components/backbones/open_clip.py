@@ -210,7 +210,8 @@ def state_mismatch(module: nn.Module, state: Mapping[str, Tensor]) -> str | None
     shapes = [
         f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
         for k in sorted(set(own) & set(state))
-        if state[k].shape != own[k].shape
+        # a module's extra state (``get_extra_state``, e.g. a vocabulary) is not a tensor: it has no shape
+        if isinstance(state[k], Tensor) and isinstance(own[k], Tensor) and state[k].shape != own[k].shape
     ]
     parts = []
     if missing:
