@@ -352,3 +352,23 @@ def test_stage_two_loads_a_module_inside_an_objective_from_stage_one_by_name_and
         tiny_model(objectives=[StageTwo()], init_from=str(tmp_path / "stage1.ckpt"), init_parts=[path])
     with pytest.raises(ConfigError, match="init_rename .* is set but init_parts is not"):
         tiny_model(objectives=[StageTwo()], init_rename={path: "objectives.stageone.tokenizer"})
+
+
+def test_a_head_that_reads_no_fused_value_skips_the_fusion_and_leaves_it_untrained():
+    head = create("head", "unimodal_retrieval", video_dim=D, text_dim=D, embed_dim=8)
+    model = tiny_model(head=head, objectives=[create("objective", "answer_cross_entropy")])
+    assert model.idle_parts == ("fusion",) and not any(p.requires_grad for p in model.fusion.parameters())
+    calls = []
+    model.fusion.register_forward_hook(lambda *a: calls.append(1))
+    model.eval()  # no dropout: the reference below encodes again
+    b = batch()
+    out = model(b)
+    assert calls == [] and out.logits.shape == (3, 3)
+    # the head saw the backbone's own features: the same logits as from them directly
+    video = model.encode_video(b["video"])
+    text = model.encode_text(b["question"])
+    emb_v = torch.nn.functional.normalize(head.embed_video(video.cls.mean(1)), dim=-1)
+    emb_t = torch.nn.functional.normalize(head.embed_text(text.cls), dim=-1)
+    torch.testing.assert_close(out.logits, emb_v @ emb_t.T * head.scale)
+    # without a fusion at all, the model still assembles
+    assert tiny_model(head=create("head", "unimodal_retrieval", video_dim=D, text_dim=D), fusion=None).fusion is None

@@ -69,6 +69,17 @@ OVERRIDES[("head", "text_decoder")] = {
 #: parts built with the real WordPiece tokenizer (the minilm_folder fixture's)
 NEEDS_TOKENIZER = {("text_encoder", "hf_transformer"), ("text_encoder", "t5"), ("head", "text_decoder")}
 
+#: E-ViLM: a BERT of width D over the MiniLM folder's vocabulary (vocab_file, from minilm_folder)
+OVERRIDES[("text_encoder", "bert")] = {"hidden_size": D, "intermediate_size": 2 * D, "num_layers": 1}
+NEEDS_VOCAB_FILE = {("text_encoder", "bert")}
+#: the video tokenizer (svq) and the tagger (mvm) at 32x32 pixels: 16-pixel patches, a 2x2 grid
+TINY_TAGGER = {"img_size": 32, "patch_size": 16, "embed_dim": D, "depth": 1, "num_heads": 2, "num_codes": 32,
+               "code_dim": 8}
+OVERRIDES[("objective", "svq")] = {**TINY_TAGGER, "decoder_dim": D, "decoder_depth": 1, "decoder_heads": 2}
+OVERRIDES[("objective", "mvm")] = dict(TINY_TAGGER)
+#: objectives that predict at the fusion's token positions need a fusion that keeps them
+NEEDS_MERGED_FUSION = {"mlm", "mvm"}
+
 
 def _kwargs(kind: str, name: str) -> dict:
     cls = REGISTRIES[kind].get(name)
@@ -122,6 +133,8 @@ def test_text_encoder(name, request):
     kwargs = _kwargs("text_encoder", name)
     if ("text_encoder", name) in NEEDS_TOKENIZER:
         kwargs["tokenizer_path"] = str(request.getfixturevalue("minilm_folder"))
+    if ("text_encoder", name) in NEEDS_VOCAB_FILE:
+        kwargs["vocab_file"] = str(request.getfixturevalue("minilm_folder") / "vocab.txt")
     part = create("text_encoder", name, **kwargs)
     out = part.encode(["what color is the ball?", "how many?"])
     assert isinstance(out, TextFeatures)
@@ -164,20 +177,22 @@ def test_head(name, request):
         kwargs["tokenizer_path"] = str(request.getfixturevalue("minilm_folder"))
     part = create("head", name, **kwargs)
     pooled = torch.randn(B, D, requires_grad=True)
-    fused = FusionOutput(pooled=pooled, tokens=pooled[:, None] * torch.randn(1, 3, 1))
+    video = video_features()
+    fused = FusionOutput(pooled=pooled, tokens=pooled[:, None] * torch.randn(1, 3, 1), extras={"video_features": video})
     targets = ["red", "two cats"] if part.task == "generate" else None
     out = part(fused, text_features()) if targets is None else part(fused, text_features(), targets=targets)
     assert isinstance(out, HeadOutput) and out.logits.shape[0] == B
-    _backprop(out.logits, pooled, module=part)
+    # a head that reads no fused value (uses_fusion = False) gets its gradient through the video features
+    _backprop(out.logits, pooled if getattr(part, "uses_fusion", True) else video.tokens, module=part)
 
 
-def _tiny_model(head=None, objectives=None):
+def _tiny_model(head=None, objectives=None, fusion="cross_attention"):
     from vqa_components.model import VideoQAModel
 
     return VideoQAModel(
         backbone=create("backbone", "frame_cnn", dim=D, channels=(8, 16), grid=2),
         text_encoder=create("text_encoder", "small_transformer", dim=D, num_layers=1, num_heads=2),
-        fusion=create("fusion", "cross_attention", video_dim=D, text_dim=D, dim=D, num_layers=1, num_heads=2),
+        fusion=create("fusion", fusion, video_dim=D, text_dim=D, dim=D, num_layers=1, num_heads=2),
         head=head or create("head", "answer_classifier", in_dim=D, num_answers=7),
         objectives=objectives,
     )
@@ -197,7 +212,13 @@ def test_objective(name, request):
     if name in GENERATING:
         vocab = str(request.getfixturevalue("minilm_folder"))
         head = create("head", "text_decoder", in_dim=D, tokenizer_path=vocab, **OVERRIDES[("head", "text_decoder")])
-    model = _tiny_model(head=head, objectives=[objective])
+    if not objective.runs_model_forward:  # a first stage with its own encoder (svq): no forward to run
+        from vqa_components.model import VideoQAModel
+
+        model = VideoQAModel(text_encoder=create("text_encoder", "small_transformer", dim=D), objectives=[objective])
+    else:
+        model = _tiny_model(head=head, objectives=[objective],
+                            fusion="merged_transformer" if name in NEEDS_MERGED_FUSION else "cross_attention")
     batch = {
         "video": torch.rand(4, 3, 3, 32, 32),
         "question": ["what color is the ball?", "how many flashes?", "which way?", "what shape?"],
@@ -206,11 +227,12 @@ def test_objective(name, request):
         "answer": ["red", "two", "left", "square"],
     }
     torch.manual_seed(0)
-    out = model(batch)
+    out = model(batch) if model.runs_forward else None
     losses = objective(model, batch, out)
     assert losses["loss"].ndim == 0 and torch.isfinite(losses["loss"])
     losses["loss"].backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.fusion.parameters())
+    trained = model.fusion if model.runs_forward else objective
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained.parameters())
 
 
 @pytest.mark.parametrize("name", _params("dataset"))

@@ -1,4 +1,4 @@
-"""The ``vqa`` command: LightningCLI subcommands plus ``list`` and ``profile``.
+"""The ``vqa`` command: LightningCLI subcommands plus ``list``, ``profile``, ``explain`` and ``vocab``.
 
 ::
 
@@ -9,6 +9,7 @@
     vqa list [KIND] [PATTERN]                         # registered parts
     vqa profile  --config recipes/quickstart.yaml     # params and FLOPs, no real compute
     vqa explain  --config RECIPE --ckpt_path best     # PNG: chosen frames and gates, or co-token maps
+    vqa vocab    --config RECIPE --out vocab.txt      # WordPiece vocabulary of the training texts (bert)
 
 Parts in recipes and on the command line may be given by registry name (see
 :mod:`vqa_components.recipe`). User errors (unknown or duplicate names, model
@@ -272,7 +273,64 @@ def cmd_explain(args: list[str]) -> int:
     return 0
 
 
-USAGE = """usage: vqa {fit,validate,test,predict,list,profile,explain} ...
+def cmd_vocab(args: list[str]) -> int:
+    """``vqa vocab --config RECIPE --out PATH [--keep_fraction 0.3]``: the ``bert`` text encoder's
+    ``vocab.txt``, built from the questions and captions of the recipe's training split."""
+    from vqa_components.text.bert import build_vocab, count_words, write_vocab
+
+    args = list(args)
+    config = _pop_option(args, "--config", None) or _pop_option(args, "-c", None)
+    out = _pop_option(args, "--out", None)
+    fraction_arg = _pop_option(args, "--keep_fraction", "0.3") or "0.3"
+    usage = "usage: vqa vocab --config RECIPE --out PATH [--keep_fraction 0.3]"
+    if args:
+        raise CLIError(f"vocab: unexpected argument(s) {' '.join(args)} ({usage})")
+    if config is None or out is None:
+        raise CLIError(f"vocab needs --config and --out ({usage})")
+    try:
+        fraction = float(fraction_arg)
+    except ValueError:
+        fraction = float("nan")
+    if not 0.0 < fraction <= 1.0:
+        raise CLIError(f"--keep_fraction {fraction_arg!r}: expected a share of the words in (0, 1], e.g. 0.3")
+    split, texts = _training_texts(config)
+    if not texts:
+        raise CLIError(f"{config}: the training split {split!r} has no question or caption text")
+    distinct = len(count_words(texts))
+    path = write_vocab(build_vocab(texts, fraction), out)
+    size = len(path.read_text(encoding="utf-8").splitlines())
+    print(
+        f"{size} tokens (keep_fraction {fraction:g} of {distinct} distinct words, plus special tokens and "
+        f"characters) from {len(texts)} texts of split {split!r} written to {path}"
+    )
+    return 0
+
+
+def _training_texts(config: str) -> tuple[str, list[str]]:
+    """The recipe's training split (only its ``data`` section is built) and its question and caption texts."""
+    from vqa_components.data.datamodule import VideoQADataModule
+
+    data = (yaml.safe_load(_load_recipe(config)) or {}).get("data") or {}
+    if isinstance(data, dict) and "init_args" in data:  # data: {class_path: ..., init_args: {...}}
+        data = data["init_args"] or {}
+    try:
+        dm = VideoQADataModule(**data)
+        split = dm.splits["fit"]
+        if split is None:
+            raise CLIError(f"{config}: data.train_split is null: no training split to count words in")
+        dataset = dm.dataset(split, training=False)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(f"{config}: data: {exc}".replace("\n", " ")) from None
+    records = getattr(dataset, "records", None)
+    if records is not None:  # the annotations: no video is decoded
+        pairs = [(getattr(r, "question", ""), getattr(r, "caption", "")) for r in records]
+    else:
+        samples = (dataset[i] for i in range(len(dataset)))
+        pairs = [(s.get("question", ""), s.get("caption", "")) for s in samples if isinstance(s, dict)]
+    return split, [text for pair in pairs for text in pair if text]
+
+
+USAGE = """usage: vqa {fit,validate,test,predict,list,profile,explain,vocab} ...
 
   fit|validate|test|predict   LightningCLI subcommands (vqa fit --help)
   fit ... --overwrite         replace the checkpoints an earlier fit left in trainer.default_root_dir
@@ -282,6 +340,9 @@ USAGE = """usage: vqa {fit,validate,test,predict,list,profile,explain} ...
   explain --config RECIPE [--ckpt_path best] [--split test] [--index 0] [--out PNG]
                               figure of the frames a sampler chose and the LA-Gate values, or of
                               the co-tokenizer's selection maps per stream and iteration
+  vocab --config RECIPE --out PATH [--keep_fraction 0.3]
+                              vocab.txt of the most frequent words of the training split's
+                              questions and captions (the bert text encoder's vocab_file)
 """
 
 
@@ -313,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_profile(argv[1:])
         if argv[0] == "explain":
             return cmd_explain(argv[1:])
+        if argv[0] == "vocab":
+            return cmd_vocab(argv[1:])
         release(run_cli(argv))
         return 0
     except (RegistryError, CLIError, ConfigError) as exc:

@@ -18,7 +18,7 @@ and fit. ``freeze`` lists parts whose weights stay fixed; a frozen part must hav
 weights (its own ``checkpoint``, or ``init_from``) before ``fit`` trains with it.
 Both take dotted paths to modules inside parts (``objectives.mvm.tagger``), and
 ``init_rename`` loads a module from another path of the file
-(``{"objectives.mvm.tagger": "objectives.svq.tokenizer"}``: stage 2's tagger from
+(``{"objectives.mvm.tagger": "objectives.svq.tokenizer.tagger"}``: stage 2's tagger from
 stage 1's tokenizer). Objectives are kept by name (``objectives.svq``), so a stage
 with other objectives still finds an earlier stage's.
 """
@@ -134,7 +134,7 @@ class VideoQAModel(pl.LightningModule):
             (``objectives.mvm.tagger``, ``fusion.blocks``).
         init_rename: ``{path in the model: path in the file}`` for modules of ``init_parts`` that
             the file holds under another name (stage 2's tagger from stage 1's tokenizer:
-            ``{"objectives.mvm.tagger": "objectives.svq.tokenizer"}``).
+            ``{"objectives.mvm.tagger": "objectives.svq.tokenizer.tagger"}``).
         allow_random_frozen: train even if a frozen part (in ``freeze``, or built
             with ``frozen=True``) still has its random initialisation, i.e. neither
             its own loading code (``checkpoint``, ``pretrained_path``) nor
@@ -193,8 +193,10 @@ class VideoQAModel(pl.LightningModule):
         if not len(self.objectives):
             raise ValueError("VideoQAModel needs at least one objective (e.g. answer_cross_entropy)")
         self.runs_forward = any(getattr(obj, "runs_model_forward", True) for obj in self.objectives)
+        head_fuses = head is None or getattr(head, "uses_fusion", True)
         if self.runs_forward:
-            missing = [name for name in FORWARD_PARTS if getattr(self, name) is None]
+            needed = [name for name in FORWARD_PARTS if head_fuses or name != "fusion"]
+            missing = [name for name in needed if getattr(self, name) is None]
             if missing:
                 users = [k for k, o in self.objectives.items() if getattr(o, "runs_model_forward", True)]
                 raise ConfigError(
@@ -213,6 +215,8 @@ class VideoQAModel(pl.LightningModule):
         self.idle_parts = () if self.runs_forward else tuple(
             name for name in ("backbone", "text_encoder", "sampler", "fusion", "head") if getattr(self, name) is not None
         )
+        if self.runs_forward and not head_fuses and self.fusion is not None:  # the head reads no fused value
+            self.idle_parts = ("fusion",)
         for name in self.idle_parts:
             getattr(self, name).requires_grad_(False)
         for obj in self.objectives:  # before any weights are loaded: what it builds loads too
@@ -404,8 +408,17 @@ class VideoQAModel(pl.LightningModule):
         return self.backbone(video)
 
     def fuse(self, video: VideoFeatures, text: TextFeatures) -> tuple[SamplerOutput | None, FusionOutput]:
+        """Sampler and fusion. The fusion's output carries the video features it was given
+        (``extras["video_features"]``) for heads that read the unimodal features; a head with
+        ``uses_fusion = False`` (retrieval from the unimodal encoders) gets only those, and the
+        fusion is not run (none of its parameters would get a gradient, which DDP refuses)."""
         sampled = self.sampler(video, text) if self.sampler is not None else None
-        fused = self.fusion(sampled.video if sampled is not None else video, text)
+        given = sampled.video if sampled is not None else video
+        if self.head is not None and not getattr(self.head, "uses_fusion", True):
+            fused = FusionOutput(pooled=given.cls.mean(1), tokens=given.flat_tokens(), extras={})
+        else:
+            fused = self.fusion(given, text)
+        fused.extras.setdefault("video_features", given)
         return sampled, fused
 
     def forward_features(

@@ -7,3 +7,4 @@ from vqa_components.backbones import (  # noqa: F401
     x3d,
 )
 from vqa_components.backbones import open_clip as _open_clip  # noqa: F401
+from vqa_components.backbones import timm as _timm  # noqa: F401

@@ -112,7 +112,8 @@ class FrameCNN(Backbone):
             x = stage(x)
             x = temp(x, t) if isinstance(temp, _TemporalConv) else x
         x = self.proj(F.adaptive_avg_pool2d(x, self.grid))
+        grid = (x.shape[-2], x.shape[-1])
         tokens = rearrange(x, "(b t) d h w -> b t (h w) d", b=b, t=t)
         time = sinusoidal_positions(t, self.out_dim).to(tokens)
         tokens = tokens + self.pos + time[None, :, None, :]
-        return VideoFeatures(tokens=tokens, cls=tokens.mean(2))
+        return VideoFeatures(tokens=tokens, cls=tokens.mean(2), grid=grid)

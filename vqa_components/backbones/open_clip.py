@@ -187,7 +187,8 @@ def read_state_dict(checkpoint: str | Path) -> dict[str, Tensor]:
     state = {str(k): v for k, v in state.items()}
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
-    bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    # a module's extra state (``get_extra_state``: the bert encoder's vocabulary) is kept
+    bad = [k for k, v in state.items() if not isinstance(v, Tensor) and not k.endswith("_extra_state")]
     if bad:
         state = {k: v for k, v in state.items() if k not in bad}
         unexpected = [k for k in bad if k not in _OPENAI_EXTRA_KEYS]

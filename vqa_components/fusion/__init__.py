@@ -5,5 +5,6 @@ from vqa_components.fusion import (  # noqa: F401
     concat_self_attention,
     cross_attention,
     la_gate,
+    merged_transformer,
     vision_refinement,
 )

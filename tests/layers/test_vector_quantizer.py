@@ -1,0 +1,101 @@
+"""VectorQuantizer (E-ViLM eqs. 4, 7): normalised look-up, straight-through gradient, sg terms, usage."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vqa_components.layers.vector_quantizer import VectorQuantizer, code_usage
+
+
+def _quantizer(codes: list[list[float]], beta: float = 1.0) -> VectorQuantizer:
+    vq = VectorQuantizer(len(codes), len(codes[0]), beta=beta)
+    with torch.no_grad():
+        vq.codebook.copy_(torch.tensor(codes))
+    return vq
+
+
+def test_inputs_and_codes_are_l2_normalised_before_the_distance():
+    # x = (1, 0.1): unnormalised, code b = (0.5, 0.5) is nearer (0.41 vs 81.01); in direction, a = (10, 0) is
+    vq = _quantizer([[10.0, 0.0], [0.5, 0.5]])
+    x = torch.tensor([[1.0, 0.1]])
+    assert torch.cdist(x, vq.codebook.detach()).argmin().item() == 1
+    out = vq(x)
+    assert out.codes.tolist() == [0]
+    assert vq(100 * x).codes.tolist() == [0] and vq.lookup(x).tolist() == [0]  # only directions matter
+    torch.testing.assert_close(out.quantized, torch.tensor([[1.0, 0.0]]))  # the normalised code
+    torch.testing.assert_close(out.inputs, x / x.norm())
+
+
+def test_straight_through_copies_the_gradient_to_the_encoder_output():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, 8)
+    encoder = torch.nn.Linear(4, 8)
+    out = vq(encoder(torch.randn(5, 3, 4)))
+    out.inputs.retain_grad()
+    upstream = torch.randn_like(out.quantized)
+    (out.quantized * upstream).sum().backward()
+    torch.testing.assert_close(out.inputs.grad, upstream, rtol=0, atol=0)  # dL/dE(x) = dL/dC_q
+    assert encoder.weight.grad is not None and encoder.weight.grad.abs().sum() > 0
+    assert vq.codebook.grad is None  # the codebook learns only from its eq. 7 term
+
+
+def test_eq7_terms_equal_hand_computation_and_train_only_what_sg_allows():
+    torch.manual_seed(1)
+    vq = VectorQuantizer(6, 3, beta=0.25)
+    z = torch.randn(4, 3, requires_grad=True)
+    out = vq(z)
+    zn = z.detach() / z.detach().norm(dim=-1, keepdim=True)
+    cn = vq.codebook.detach() / vq.codebook.detach().norm(dim=-1, keepdim=True)
+    codes = torch.cdist(zn, cn).argmin(-1)
+    assert torch.equal(out.codes, codes)
+    per_vector = ((zn - cn[codes]) ** 2).sum(-1)  # ||.||² of each vector, then the mean over vectors
+    torch.testing.assert_close(out.codebook_loss, per_vector.mean())
+    torch.testing.assert_close(out.commitment_loss, per_vector.mean())
+    torch.testing.assert_close(vq.loss(out), 1.25 * per_vector.mean())
+
+    out.codebook_loss.backward(retain_graph=True)  # sg[E(x)]: nothing reaches the encoder
+    assert z.grad is None
+    used = torch.zeros(6, dtype=torch.bool)
+    used[codes] = True
+    grad = vq.codebook.grad
+    assert (grad[used].abs().sum(-1) > 0).all() and (grad[~used] == 0).all()  # only the chosen codes move
+    vq.codebook.grad = None
+    out.commitment_loss.backward()  # sg[C_q]: nothing reaches the codebook
+    assert vq.codebook.grad is None
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_utilisation_and_perplexity_of_a_hand_made_assignment():
+    utilisation, perplexity = code_usage(torch.tensor([[0, 0], [1, 3]]), 8)
+    assert utilisation.item() == pytest.approx(37.5)  # 3 of 8 codes
+    # p = (1/2, 1/4, 0, 1/4, 0...): entropy 1.5 ln 2
+    assert perplexity.item() == pytest.approx(2**1.5)
+    utilisation, perplexity = code_usage(torch.arange(8).repeat(3), 8)
+    assert utilisation.item() == pytest.approx(100.0) and perplexity.item() == pytest.approx(8.0)
+    assert code_usage(torch.zeros(10, dtype=torch.long), 8)[1].item() == pytest.approx(1.0)
+    # the quantizer reports the usage of its own assignment
+    vq = _quantizer([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    out = vq(torch.tensor([[2.0, 0.1], [3.0, -0.1], [0.1, 5.0], [0.2, 1.0]]))
+    assert out.codes.tolist() == [0, 0, 1, 1]
+    assert out.utilisation.item() == pytest.approx(50.0)
+    assert out.perplexity.item() == pytest.approx(2.0)
+    assert not out.utilisation.requires_grad and not out.perplexity.requires_grad
+
+
+def test_distances_and_losses_are_float32_under_autocast():
+    torch.manual_seed(2)
+    vq = VectorQuantizer(32, 8)
+    z = torch.randn(10, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = vq(z.bfloat16())
+    assert out.quantized.dtype == torch.float32 and out.codebook_loss.dtype == torch.float32
+    assert torch.equal(out.codes, vq(z.bfloat16().float()).codes)
+    assert math.isfinite(out.perplexity.item())
+
+
+def test_width_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="width 5"):
+        VectorQuantizer(4, 3)(torch.randn(2, 5))

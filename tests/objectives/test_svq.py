@@ -1,0 +1,163 @@
+"""svq (E-ViLM stage 1): eq. 6 focal loss, the BCE option, word targets, the eq. 7 total, training."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqa_components import create
+from vqa_components.interfaces import ConfigError
+from vqa_components.objectives.svq import SemanticVQ, bce_word_loss, focal_word_loss, multi_hot
+from vqa_components.registry import OBJECTIVES
+
+TINY = dict(num_codes=64, code_dim=8, img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2,
+            decoder_dim=16, decoder_depth=1, decoder_heads=2)  # fmt: skip
+CAPTIONS = ["a red ball rolls left", "a lamp flashes twice", "a blue cube", "a dog runs on grass"]
+
+
+class TextOnly(nn.Module):
+    """What svq reads of a model: its text encoder (for the tokenizer and the vocabulary)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text_encoder = create("text_encoder", "small_transformer", dim=16, num_layers=1, num_heads=2)
+
+
+def _setup(**kwargs) -> tuple[TextOnly, SemanticVQ]:
+    torch.manual_seed(0)
+    model = TextOnly()
+    obj = SemanticVQ(**TINY, **kwargs)
+    obj.attach(model)
+    return model, obj
+
+
+def _batch(b: int = 4, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"video": torch.randint(0, 256, (b, 2, 3, 32, 32), generator=g, dtype=torch.uint8),
+            "caption": CAPTIONS[:b]}  # fmt: skip
+
+
+def test_registered_as_a_first_stage_that_runs_no_model_forward():
+    assert OBJECTIVES.get("svq") is SemanticVQ
+    assert SemanticVQ.runs_model_forward is False
+    with pytest.raises(ConfigError, match="word_loss 'ce'"):
+        SemanticVQ(word_loss="ce", **TINY)
+
+
+def test_focal_loss_is_minus_eq6_averaged_over_the_vocabulary():
+    # p = sigmoid(logits) = (0.5, 0.75, 0.25, 0.9); words 0 and 3 are in the caption
+    logits = torch.tensor([[0.0, math.log(3), -math.log(3), math.log(9)]])
+    y = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    by_hand = -(math.log(0.5) + 0.75 * math.log(0.25) + 0.25 * math.log(0.75) + math.log(0.9)) / 4
+    assert focal_word_loss(logits, y).item() == pytest.approx(by_hand, rel=1e-6)
+    # the batch mean of the per-sample losses
+    two = torch.cat([logits, torch.zeros(1, 4)])
+    second = -(math.log(0.5) * 2 + 0.5 * math.log(0.5) * 2) / 4
+    assert focal_word_loss(two, torch.cat([y, y])).item() == pytest.approx((by_hand + second) / 2, rel=1e-6)
+
+
+def test_bce_option_equals_binary_cross_entropy():
+    torch.manual_seed(0)
+    logits, y = torch.randn(3, 50), (torch.rand(3, 50) < 0.1).float()
+    torch.testing.assert_close(bce_word_loss(logits, y), F.binary_cross_entropy(torch.sigmoid(logits), y))
+    assert not torch.allclose(bce_word_loss(logits, y), focal_word_loss(logits, y))
+
+
+def test_multi_hot_marks_the_caption_words_once_and_skips_specials_and_padding():
+    ids = torch.tensor([[1, 7, 9, 7, 2, 0], [1, 5, 2, 0, 0, 0]])
+    mask = ids != 0
+    mask[1, 3] = True  # a real token that is an ignored id still counts for nothing
+    target = multi_hot(ids, mask, 12, ignore={0, 1, 2})
+    assert target[0].nonzero().flatten().tolist() == [7, 9]  # the repeated 7 counts once
+    assert target[1].nonzero().flatten().tolist() == [5]
+
+
+def test_targets_come_from_the_text_encoder_s_tokenizer():
+    model, obj = _setup()
+    enc = model.text_encoder
+    target = obj.targets(model, CAPTIONS[:2])
+    assert target.shape == (2, enc.vocab_size)
+    tok = enc.tokenize(CAPTIONS[:2])
+    for row, ids, real in zip(target, tok["input_ids"], tok["attention_mask"].bool()):
+        not_words = set(enc.special_token_ids) | {enc.pad_token_id, enc.mask_token_id}
+        words = {int(i) for i in ids[real]} - not_words
+        assert set(row.nonzero().flatten().tolist()) == words and words
+
+
+def test_attach_builds_the_word_head_from_the_text_encoder_and_refuses_another_size():
+    model, obj = _setup()
+    assert obj.tokenizer.word_head.out_features == model.text_encoder.vocab_size
+    with pytest.raises(ConfigError, match="vocab_size=100 but the text encoder"):
+        SemanticVQ(vocab_size=100, **TINY).attach(model)
+    standalone = SemanticVQ(vocab_size=30, **TINY)  # no model: explicit vocabulary
+    out = standalone.loss_from_targets(torch.rand(2, 2, 3, 32, 32), torch.zeros(2, 30))
+    assert torch.isfinite(out["loss"])
+
+
+def test_loss_is_eq7_and_logs_its_terms():
+    model, obj = _setup(beta=0.5)
+    out = obj(model, _batch())
+    assert set(out) == {"loss", "token_loss", "codebook_loss", "commitment_loss", "utilisation", "perplexity"}
+    total = out["token_loss"] + out["codebook_loss"] + 0.5 * out["commitment_loss"]
+    torch.testing.assert_close(out["loss"].detach(), total)
+    assert 0 < out["utilisation"] <= 100 and 1 <= out["perplexity"] <= 64
+    # the focal term is what the word head scores, on the tokenizer's targets
+    logits = obj.tokenizer(_batch()["video"].float() / 255).logits
+    expected = focal_word_loss(logits, obj.targets(model, CAPTIONS))
+    torch.testing.assert_close(out["token_loss"], expected.detach())
+    model, bce = _setup(word_loss="bce")  # the same seed: the same weights
+    expected = bce_word_loss(logits, bce.targets(model, CAPTIONS))
+    torch.testing.assert_close(bce(model, _batch())["token_loss"], expected.detach())
+
+
+def test_the_word_loss_reaches_the_encoder_through_the_straight_through_estimator():
+    model, obj = _setup()
+    out = obj.tokenizer(torch.rand(2, 2, 3, 32, 32))
+    focal_word_loss(out.logits, obj.targets(model, CAPTIONS[:2])).backward()  # no eq. 7 terms
+    encoder = obj.tokenizer.tagger.encoder
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.vit.patch_embed.parameters())
+    assert obj.tokenizer.tagger.quantizer.codebook.grad is None
+
+
+def test_a_short_training_lowers_the_loss():
+    model, obj = _setup()
+    batch = _batch()
+    optimizer = torch.optim.AdamW(obj.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = obj(model, batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.7 * losses[0]
+    with torch.no_grad():
+        p = torch.sigmoid(obj.tokenizer(batch["video"].float() / 255).logits)
+    y = obj.targets(model, batch["caption"]).bool()
+    assert p[y].mean() > p[~y].mean() + 0.05  # the caption words rise above the rest
+    assert all(p.grad is None for p in model.text_encoder.parameters())  # only its tokenizer is used
+
+
+def test_a_model_with_only_svq_builds_the_word_head_and_trains_the_tokenizer_alone():
+    from vqa_components.model import VideoQAModel
+
+    torch.manual_seed(0)
+    text = create("text_encoder", "small_transformer", dim=16, num_layers=1, num_heads=2)
+    obj = SemanticVQ(**TINY)
+    # no backbone, fusion or head
+    model = VideoQAModel(text_encoder=text, objectives=[obj], text_field="caption")
+    assert obj.tokenizer.word_head.out_features == text.vocab_size  # attached by the model
+    model.log = lambda *args, **kwargs: None
+    model.train()
+    loss = model.training_step(_batch(), 0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in obj.tokenizer.parameters())
+    assert all(p.grad is None for p in text.parameters())
+    keys = set(model.state_dict())
+    assert "objectives.svq.tokenizer.tagger.quantizer.codebook" in keys
+    assert any(k.startswith("objectives.svq.tokenizer.tagger.encoder.vit.") for k in keys)

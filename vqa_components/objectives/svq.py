@@ -1,0 +1,206 @@
+"""Semantic vector-quantized tokenizer training, E-ViLM's first stage (Fang et al., section 3.3, eqs. 4-7)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vqa_components.interfaces import ConfigError, ModelOutput, Objective
+from vqa_components.layers.semantic_tokenizer import SemanticVideoTokenizer
+from vqa_components.registry import OBJECTIVES
+
+WORD_LOSSES = ("focal", "bce")
+
+
+def focal_word_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """E-ViLM's eq. 6, the loss of each sample averaged over the ``K`` words, then over the batch.
+
+    ::
+
+        L_TOKEN = -1/K sum_k [ y_k log(p_k) + (1 - y_k) p_k log(1 - p_k) ],   p = sigmoid(logits)   (eq. 6)
+
+    Eq. 6 is printed without the leading minus (as written it is a log-likelihood, to be
+    maximised); the loss is its negative. The negatives' factor ``p_k`` is not detached. It is
+    the asymmetric loss the paper cites ([7], Ben-Baruch et al.) with ``gamma+ = 0``,
+    ``gamma- = 1`` and no probability margin: easy negatives (``p_k`` near 0) barely count,
+    which keeps the many absent words from drowning the few present ones.
+
+    Args:
+        logits: ``(b, K)`` word scores.
+        targets: ``(b, K)`` multi-hot, 1 at the words of the caption.
+    """
+    logits = logits.float()
+    y = targets.to(logits.dtype)
+    positive = F.logsigmoid(logits)
+    negative = torch.sigmoid(logits) * F.logsigmoid(-logits)
+    return -(y * positive + (1 - y) * negative).mean(-1).mean()
+
+
+def bce_word_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Binary cross-entropy averaged over the words and the batch (E-ViLM Table 6's ``L_BCE`` tokenizer)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), targets.to(torch.float32))
+
+
+def multi_hot(input_ids: Tensor, attention_mask: Tensor, vocab_size: int, ignore: Iterable[int]) -> Tensor:
+    """``(b, K)`` float, 1 at every id that occurs among a sample's real tokens, except ``ignore`` ids.
+
+    Args:
+        input_ids: ``(b, l)`` token ids.
+        attention_mask: ``(b, l)`` truthy at real tokens (padding is left out).
+        vocab_size: ``K``.
+        ignore: ids that are not words (start, end, padding, mask, ...).
+    """
+    drop = torch.tensor(sorted({int(i) for i in ignore}), dtype=input_ids.dtype, device=input_ids.device)
+    keep = attention_mask.bool() & ~torch.isin(input_ids, drop)
+    target = torch.zeros(input_ids.shape[0], vocab_size, device=input_ids.device)
+    rows, cols = keep.nonzero(as_tuple=True)
+    target[rows, input_ids[rows, cols]] = 1.0
+    return target
+
+
+@OBJECTIVES.register("svq")
+class SemanticVQ(Objective):
+    """E-ViLM stage 1: train the semantic video tokenizer to name the caption's words through its codes.
+
+    ::
+
+        L_SVQ = L_TOKEN + ||sg[E(X)] - C_q||² + beta ||E(X) - sg[C_q]||²                 (eq. 7, beta = 1)
+        L_TOKEN = focal word loss of eq. 6 on y^S = sigmoid(HEAD^S(mean D(C_q)))         (eqs. 5, 6)
+
+    The objective owns the :class:`~vqa_components.layers.semantic_tokenizer.SemanticVideoTokenizer`
+    (``tokenizer``; its ``tokenizer.tagger`` is what stage 2's ``mvm`` keeps) and runs no model
+    forward (``runs_model_forward = False``). Per batch it reads ``batch["video"]`` (``uint8`` or
+    floats in ``[0, 1]``, ``(b, t, 3, H, W)``) and the captions ``batch[caption_field]``, tokenized
+    with ``model.text_encoder.tokenize``: the text encoder is only used for its tokenizer and
+    vocabulary here. The target ``y^S`` is multi-hot over the vocabulary: 1 at every id among a
+    caption's real tokens except the encoder's ``special_token_ids``, ``pad_token_id`` and
+    ``mask_token_id``.
+
+    Choices the paper leaves open: word classes are the text encoder's token ids (E-ViLM's BERT
+    keeps only frequent words; a BPE vocabulary gives sub-word pieces); a word that occurs twice
+    counts once; ``word_loss`` ``"bce"`` is Table 6's ablation (binary cross-entropy averaged the
+    same way).
+
+    Returns ``{"loss", "token_loss", "codebook_loss", "commitment_loss", "utilisation",
+    "perplexity"}`` (utilisation: percent of the codebook used in the batch).
+
+    Args:
+        vocab_size: ``K``; ``None`` (the usual) takes ``model.text_encoder.vocab_size`` when the
+            model attaches the objective; given, it must equal it (and lets the objective run
+            without a model through :meth:`loss_from_targets`).
+        word_loss: ``"focal"`` (eq. 6) or ``"bce"``.
+        caption_field: the batch key of the captions.
+        weight: scale of this loss in the total.
+        num_codes, code_dim, img_size, patch_size, embed_dim, depth, num_heads, mlp_ratio, beta,
+            decoder_dim, decoder_depth, decoder_heads: the tokenizer's (paper: 9,420 codes of 32,
+            an 8-block decoder); stage 2's ``mvm`` takes the same encoder and quantizer arguments.
+    """
+
+    runs_model_forward = False
+
+    def __init__(
+        self,
+        vocab_size: int | None = None,
+        *,
+        word_loss: str = "focal",
+        caption_field: str = "caption",
+        weight: float = 1.0,
+        num_codes: int = 9420,
+        code_dim: int = 32,
+        img_size: int | tuple[int, int] = 256,
+        patch_size: int = 32,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        beta: float = 1.0,
+        decoder_dim: int = 384,
+        decoder_depth: int = 8,
+        decoder_heads: int = 6,
+    ) -> None:
+        super().__init__()
+        if word_loss not in WORD_LOSSES:
+            raise ConfigError(f"svq: unknown word_loss {word_loss!r}; choose one of {', '.join(WORD_LOSSES)}")
+        self.word_loss = word_loss
+        self.caption_field = caption_field
+        self.weight = weight
+        self.tokenizer = SemanticVideoTokenizer(
+            vocab_size=vocab_size,
+            num_codes=num_codes,
+            code_dim=code_dim,
+            img_size=img_size,
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            beta=beta,
+            decoder_dim=decoder_dim,
+            decoder_depth=decoder_depth,
+            decoder_heads=decoder_heads,
+        )
+
+    def attach(self, model: nn.Module) -> None:
+        vocab = _text_encoder(model).vocab_size
+        given = self.tokenizer.vocab_size
+        if given is not None and given != vocab:
+            raise ConfigError(
+                f"svq: vocab_size={given} but the text encoder has vocab_size={vocab}; drop vocab_size "
+                f"(it is taken from the text encoder)"
+            )
+        self.tokenizer.build_word_head(vocab)
+
+    def targets(self, model: nn.Module, captions: list[str]) -> Tensor:
+        """``(b, K)`` multi-hot word targets of ``captions`` (see the class docstring)."""
+        enc = _text_encoder(model)
+        tok = enc.tokenize(list(captions))
+        ignore = set(enc.special_token_ids) | {enc.pad_token_id}
+        if getattr(enc, "mask_token_id", None) is not None:
+            ignore.add(enc.mask_token_id)
+        return multi_hot(tok["input_ids"], tok["attention_mask"], enc.vocab_size, ignore)
+
+    def loss_from_targets(self, video: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        """Eq. 7 for float pixels ``video (b, t, 3, H, W)`` and multi-hot ``targets (b, K)``."""
+        from vqa_components.model import pixels_to_float  # imported here: the model module pulls in Lightning
+
+        out = self.tokenizer(pixels_to_float(video))
+        if out.logits.shape[-1] != targets.shape[-1]:
+            raise ConfigError(
+                f"svq: {targets.shape[-1]} word targets but the word head has {out.logits.shape[-1]} classes"
+            )
+        word = focal_word_loss if self.word_loss == "focal" else bce_word_loss
+        token = word(out.logits, targets.to(out.logits.device))
+        vq = out.vq
+        return {
+            "loss": token + self.tokenizer.tagger.quantizer.loss(vq),
+            "token_loss": token.detach(),
+            "codebook_loss": vq.codebook_loss.detach(),
+            "commitment_loss": vq.commitment_loss.detach(),
+            "utilisation": vq.utilisation,
+            "perplexity": vq.perplexity,
+        }
+
+    def forward(
+        self, model: nn.Module, batch: dict[str, Any], out: ModelOutput | None = None
+    ) -> dict[str, Tensor]:
+        video = batch["video"]
+        if not isinstance(video, Tensor):
+            raise ConfigError("svq: the tokenizer reads one video stream; batch['video'] is not a tensor")
+        if self.caption_field not in batch:
+            raise ConfigError(
+                f"svq: the batch has no {self.caption_field!r} (the captions whose words are the targets)"
+            )
+        return self.loss_from_targets(video, self.targets(model, list(batch[self.caption_field])))
+
+
+def _text_encoder(model: nn.Module) -> nn.Module:
+    enc = getattr(model, "text_encoder", None)
+    if enc is None:
+        raise ConfigError(
+            "svq: the model needs a text_encoder: its tokenizer and vocabulary give the word targets"
+        )
+    return enc
