@@ -351,7 +351,8 @@ def test_stage_two_loads_a_module_inside_an_objective_from_stage_one_by_name_and
     with pytest.raises(ConfigError, match=r"holds no weights for module 'objectives.stagetwo.tagger'.*init_rename"):
         tiny_model(objectives=[StageTwo()], init_from=str(tmp_path / "stage1.ckpt"), init_parts=[path])
     with pytest.raises(ConfigError, match="init_rename .* is set but init_parts is not"):
-        tiny_model(objectives=[StageTwo()], init_rename={path: "objectives.stageone.tokenizer"})
+        tiny_model(objectives=[StageTwo()], init_from=str(tmp_path / "stage1.ckpt"),
+                   init_rename={path: "objectives.stageone.tokenizer"})
 
 
 def test_a_head_that_reads_no_fused_value_skips_the_fusion_and_leaves_it_untrained():
@@ -372,3 +373,12 @@ def test_a_head_that_reads_no_fused_value_skips_the_fusion_and_leaves_it_untrain
     torch.testing.assert_close(out.logits, emb_v @ emb_t.T * head.scale)
     # without a fusion at all, the model still assembles
     assert tiny_model(head=create("head", "unimodal_retrieval", video_dim=D, text_dim=D), fusion=None).fusion is None
+
+
+def test_a_new_model_is_in_training_mode_even_with_parts_that_transformers_builds_in_eval_mode(minilm_folder):
+    encoder = create("text_encoder", "bert", vocab_file=str(minilm_folder / "vocab.txt"), hidden_size=D,
+                     intermediate_size=2 * D, num_layers=1, num_heads=2, dim=D)
+    assert not encoder.model.training  # as transformers builds it
+    model = tiny_model(text_encoder=encoder, freeze=["backbone"])
+    assert model.text_encoder.model.training and model.fusion.training
+    assert not model.backbone.training  # frozen parts stay in eval

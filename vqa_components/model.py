@@ -134,7 +134,8 @@ class VideoQAModel(pl.LightningModule):
             (``objectives.mvm.tagger``, ``fusion.blocks``).
         init_rename: ``{path in the model: path in the file}`` for modules of ``init_parts`` that
             the file holds under another name (stage 2's tagger from stage 1's tokenizer:
-            ``{"objectives.mvm.tagger": "objectives.svq.tokenizer.tagger"}``).
+            ``{"objectives.mvm.tagger": "objectives.svq.tokenizer.tagger"}``); ignored when nothing
+            is loaded (``init_from`` not given).
         allow_random_frozen: train even if a frozen part (in ``freeze``, or built
             with ``frozen=True``) still has its random initialisation, i.e. neither
             its own loading code (``checkpoint``, ``pretrained_path``) nor
@@ -226,7 +227,7 @@ class VideoQAModel(pl.LightningModule):
                 f"init_parts {list(init_parts)} is set but init_from is not: give the checkpoint to load "
                 f"them from with --model.init_from PATH, or pass --model.init_parts null to train from scratch"
             )
-        if init_rename and not init_parts:
+        if init_rename and init_from and not init_parts:
             raise ConfigError(
                 f"init_rename {dict(init_rename)} is set but init_parts is not: name the modules to load "
                 f"(--model.init_parts [{next(iter(init_rename))}])"
@@ -245,6 +246,9 @@ class VideoQAModel(pl.LightningModule):
         #: the last report of each stage (``train``, ``val``, ``test``): what it left out, over every rank
         self.skip_summaries: dict[str, SkipSummary] = {}
         self._unchecked_questions_logged = False
+        # a new module is in training mode, but transformers builds its models in eval mode, and
+        # Lightning keeps each module's mode at fit start: without this, their dropout would be off
+        self.train()
 
     # ------------------------------------------------------------- assembly
     def _part(self, name: str) -> nn.Module | None:

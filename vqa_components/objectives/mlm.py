@@ -150,7 +150,8 @@ class MaskedLanguageModelling(Objective):
             )
         text_tokens(out.fused, model)  # a fusion without them fails before the masked pass runs
         rows, texts = matched_pairs(model, batch, out)
-        zero = out.fused.pooled.sum() * 0.0
+        # nothing to predict still touches the head: under DDP every rank must give it a gradient
+        zero = out.fused.pooled.sum() * 0.0 + sum(p.sum() for p in self.head.parameters()) * 0.0
         if not texts:
             return {"loss": zero, "acc": zero.detach()}
         tok = enc.tokenize(texts)

@@ -1,0 +1,175 @@
+"""The tiny E-ViLM chain on synthetic_vqa, as one command: vocabulary, tokenizer, pretraining, fine-tuning, test.
+
+Every stage is a ``vqa`` command on a recipe of ``recipes/evilm/tiny/``, each starting from the
+previous stage's ``last.ckpt`` (``--model.init_from``)::
+
+    vqa vocab --config tokenizer.yaml --out <run>/vocab.txt --keep_fraction 1.0
+    vqa fit   --config tokenizer.yaml                                  (stage 1: svq)
+    vqa fit   --config pretrain.yaml  --model.init_from <tokenizer>    (stage 2: MLM + VTM + MVM)
+    vqa fit   --config finetune.yaml  --model.init_from <pretrain>     (QA)
+    vqa test  --config finetune.yaml  --ckpt_path best
+
+``--pretrain`` picks the row of Table 5: ``pretrain`` (VTM + MLM + MVM, the default),
+``pretrain_vtm_mlm``, ``pretrain_vtm`` (neither needs stage 1) or ``none`` (fine-tuning from
+scratch, ``--model.init_parts null``); ``--tokenizer tokenizer_bce`` trains stage 1 with the BCE word
+loss (Table 6). After stage 1 the tagger labels the validation split and the codebook utilisation
+(share of the codes used at least once over the split) and perplexity are recorded.
+
+The vocabulary keeps every word (``--keep_fraction 1.0``): synthetic_vqa's captions and questions
+have 69 distinct words, and keeping the paper's 30% would spell the others in characters, which
+would make the tokenizer's word targets characters.
+
+    python experiments/evilm_chain.py                          # the full model, seed 0 (< 15 min, 2 cores)
+    python experiments/evilm_chain.py --seeds 0 1 2 --pretrain pretrain pretrain_vtm_mlm pretrain_vtm none
+    python experiments/evilm_chain.py --tokenizer tokenizer_bce --seeds 0 1 2
+
+Results (one entry per chain: the stages' wall times, the test metrics, the codebook figures) go to
+``experiments/results/evilm_tiny.json``; chains already there with unchanged recipes (sha256),
+seed, variant and generator version are kept, as in ``seed_sweep.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+from seed_sweep import git_commit, recipe_digest  # noqa: E402
+
+from vqa_components.data.synthetic import GENERATOR_VERSION  # noqa: E402
+
+TINY = ROOT / "recipes" / "evilm" / "tiny"
+PRETRAIN = ("pretrain", "pretrain_vtm_mlm", "pretrain_vtm", "none")
+TOKENIZERS = ("tokenizer", "tokenizer_bce")
+RESULTS = ROOT / "experiments" / "results" / "evilm_tiny.json"
+
+
+def vqa(*args: str, log: Path) -> None:
+    cmd = [sys.executable, "-m", "vqa_components.cli", *args]
+    with log.open("a") as f:
+        f.write("$ vqa " + " ".join(args) + "\n")
+        f.flush()
+        res = subprocess.run(cmd, stdout=f, stderr=f, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    if res.returncode:
+        raise SystemExit(f"vqa {args[0]} failed (exit {res.returncode}); see {log}")
+
+
+def codebook_usage(ckpt: Path, recipe: Path) -> dict[str, float]:
+    """Codebook utilisation and perplexity of the stage-1 tagger over synthetic_vqa's validation split."""
+    import torch
+    import yaml
+
+    from vqa_components import create
+    from vqa_components.layers.semantic_tokenizer import VideoTagger
+    from vqa_components.model import pixels_to_float
+
+    cfg = yaml.safe_load(recipe.read_text())
+    svq = next(o for o in cfg["model"]["objectives"] if o["name"] == "svq")
+    keys = ("num_codes", "code_dim", "img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+    tagger = VideoTagger(**{k: svq[k] for k in keys if k in svq})
+    prefix = "objectives.svq.tokenizer.tagger."
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    tagger.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    tagger.eval()
+    data = create("dataset", "synthetic_vqa", split="val", **cfg["data"]["dataset_args"])
+    counts = torch.zeros(tagger.num_codes)
+    loader = torch.utils.data.DataLoader(data, batch_size=32, collate_fn=lambda items: torch.stack(
+        [torch.as_tensor(i["video"]) for i in items]))
+    with torch.no_grad():
+        for video in loader:
+            counts += torch.bincount(tagger(pixels_to_float(video)).flatten(), minlength=tagger.num_codes).float()
+    p = counts / counts.sum()
+    perplexity = torch.exp(-(p[p > 0] * p[p > 0].log()).sum())
+    return {"utilisation": float((counts > 0).float().mean()), "perplexity": float(perplexity),
+            "codes": tagger.num_codes, "tokens": int(counts.sum())}
+
+
+def run_chain(seed: int, pretrain: str, tokenizer: str, out: Path) -> dict:
+    run = out / f"{pretrain}_{tokenizer}_seed{seed}"
+    run.mkdir(parents=True, exist_ok=True)
+    log = run / "chain.log"
+    log.write_text("")
+    vocab = run / "vocab.txt"
+    common = [f"--seed_everything={seed}", f"--model.text_encoder.init_args.vocab_file={vocab}",
+              "--trainer.enable_progress_bar=false"]
+    walls: dict[str, float] = {}
+    record: dict = {"seed": seed, "pretrain": pretrain, "tokenizer": tokenizer}
+
+    def stage(name: str, recipe: str, *extra: str, sub: str = "fit") -> Path:
+        start = time.time()
+        root = run / name
+        args = [sub, "--config", str(TINY / f"{recipe}.yaml"), f"--trainer.default_root_dir={root}", *common, *extra]
+        vqa(*(args + (["--overwrite"] if sub == "fit" else [])), log=log)
+        walls[f"{name}_{sub}"] = time.time() - start
+        return root / "checkpoints" / "last.ckpt"
+
+    start = time.time()
+    vqa("vocab", "--config", str(TINY / f"{tokenizer}.yaml"), "--out", str(vocab), "--keep_fraction", "1.0", log=log)
+    walls["vocab"] = time.time() - start
+    init: list[str] = ["--model.init_parts=null"]
+    if pretrain != "none":
+        pre_args: list[str] = []
+        if pretrain == "pretrain":
+            tok = stage("tokenizer", tokenizer)
+            record["codebook"] = codebook_usage(tok, TINY / f"{tokenizer}.yaml")
+            pre_args = [f"--model.init_from={tok}"]
+        init = [f"--model.init_from={stage('pretrain', pretrain, *pre_args)}"]
+    stage("finetune", "finetune", *init)
+    stage("finetune", "finetune", "--ckpt_path=best", sub="test")
+    record["metrics"] = json.loads((run / "finetune" / "test_metrics.json").read_text())
+    record["wall_s"] = walls
+    record["total_wall_s"] = sum(walls.values())
+    return record
+
+
+def recipes_of(pretrain: str, tokenizer: str) -> list[str]:
+    names = ["finetune"] + ([pretrain] if pretrain != "none" else []) + ([tokenizer] if pretrain == "pretrain" else [])
+    return sorted(names)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--pretrain", nargs="+", choices=PRETRAIN, default=["pretrain"])
+    parser.add_argument("--tokenizer", choices=TOKENIZERS, default="tokenizer")
+    parser.add_argument("--fresh", action="store_true", help="ignore the chains already in the results file")
+    args = parser.parse_args()
+    out = ROOT / "runs" / "evilm_tiny"
+    kept = json.loads(RESULTS.read_text())["runs"] if RESULTS.is_file() and not args.fresh else []
+
+    def key(r: dict) -> tuple:
+        return r["seed"], r["pretrain"], r["tokenizer"]
+
+    def digests(pretrain: str, tokenizer: str) -> dict[str, str]:
+        return {n: recipe_digest(TINY / f"{n}.yaml") for n in recipes_of(pretrain, tokenizer)}
+
+    runs = [r for r in kept if r.get("recipe_sha256") == digests(r["pretrain"], r["tokenizer"])
+            and r.get("generator_version") == GENERATOR_VERSION]
+    done = {key(r) for r in runs}
+    for seed in args.seeds:
+        for pretrain in args.pretrain:
+            if (seed, pretrain, args.tokenizer) in done:
+                continue
+            record = run_chain(seed, pretrain, args.tokenizer, out)
+            record.update(recipe_sha256=digests(pretrain, args.tokenizer), generator_version=GENERATOR_VERSION,
+                          commit=git_commit())
+            runs.append(record)
+            print(f"{pretrain} / {args.tokenizer} seed {seed}: acc {record['metrics'].get('test/acc')}, "
+                  f"{record['total_wall_s']:.0f} s" + (f", codebook {record['codebook']}" if "codebook" in record else ""),
+                  flush=True)
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            RESULTS.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                           "cpu_count": os.cpu_count(), "runs": sorted(runs, key=key)}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
