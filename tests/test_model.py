@@ -375,10 +375,10 @@ def test_a_head_that_reads_no_fused_value_skips_the_fusion_and_leaves_it_untrain
     assert tiny_model(head=create("head", "unimodal_retrieval", video_dim=D, text_dim=D), fusion=None).fusion is None
 
 
-def test_a_new_model_is_in_training_mode_even_with_parts_that_transformers_builds_in_eval_mode(minilm_folder):
+def test_a_new_model_is_in_training_mode_even_with_parts_built_in_eval_mode(minilm_folder):
     encoder = create("text_encoder", "bert", vocab_file=str(minilm_folder / "vocab.txt"), hidden_size=D,
                      intermediate_size=2 * D, num_layers=1, num_heads=2, dim=D)
-    assert not encoder.model.training  # as transformers builds it
+    assert not encoder.model.training  # as the encoder builds it (from_pretrained leaves eval mode)
     model = tiny_model(text_encoder=encoder, freeze=["backbone"])
     assert model.text_encoder.model.training and model.fusion.training
     assert not model.backbone.training  # frozen parts stay in eval
