@@ -206,4 +206,4 @@ def test_feature_cache_is_refused_with_random_training_draws(folder, tmp_path):
     assert val.decode_args()["resize_short"] == 24 and val.decode_args()["crop"] == [16, "center"]
     assert "video_key" in val[NOISE]
     # without the options the key's arguments are exactly the ones caches were written with before
-    assert _ds(folder, frame_size=32).decode_args() == {"reader": "read_video_streams", "streams": [[16, 32]]}
+    assert _ds(folder, frame_size=32).decode_args() == {"reader": "read_video_streams/2", "streams": [[16, 32]]}

@@ -74,10 +74,12 @@ def test_multi_stream_decoding_is_one_pass_with_each_streams_frames_and_sizes(tm
     assert full.shape == (total, 3, 48, 64)
 
     opened, passes, times = [], [], []
-    real_open, real_decode, real_rgb = video_io.av.open, video_io._decode_indices, video_io._to_rgb
+    real_open, real_decode, real_rgb = video_io.av.open, video_io._decode_at, video_io._rgb_planes
     monkeypatch.setattr(video_io.av, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
-    monkeypatch.setattr(video_io, "_decode_indices", lambda *a, **k: passes.append(1) or real_decode(*a, **k))
-    monkeypatch.setattr(video_io, "_to_rgb", lambda frame: times.append(frame.time) or real_rgb(frame))
+    monkeypatch.setattr(video_io, "_decode_at", lambda *a, **k: passes.append(1) or real_decode(*a, **k))
+    monkeypatch.setattr(
+        video_io, "_rgb_planes", lambda frame, *a: times.append(frame.time) or real_rgb(frame, *a)
+    )
 
     spec = [(8, 16), (4, None), (3, (24, 20)), (16, 32)]  # frames and size of each stream
     streams = read_video_streams(path, spec)
@@ -155,3 +157,38 @@ def test_a_forked_worker_decodes_after_its_parent_did(tmp_path):
         child.join()
         pytest.fail("the forked process hung decoding the clip")
     assert child.exitcode == 0 and tuple(queue.get(timeout=5)) == (3, 3, 16, 16)
+
+
+REASON = "corrupt video data (InvalidDataError: x) (record 0 of a.json)"
+
+
+class _Unreadable(torch.utils.data.Dataset):
+    def __init__(self, path):
+        self.path = path
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        try:
+            raise ValueError("inner")
+        except ValueError as exc:  # a chained cause, as the datasets raise it
+            raise VideoDecodeError(self.path, REASON) from exc
+
+
+def test_the_error_survives_a_dataloader_worker(tmp_path):
+    import pickle
+
+    path = tmp_path / "a: b" / "clip.mp4"  # a path holding ": " that exists
+    path.parent.mkdir()
+    path.write_bytes(b"x")
+    loader = torch.utils.data.DataLoader(_Unreadable(str(path)), num_workers=1)
+    with pytest.raises(VideoDecodeError) as err:
+        next(iter(loader))
+    assert (err.value.path, err.value.reason) == (str(path), REASON)
+    assert str(err.value) == f"cannot decode video {path}: {REASON}"
+    assert "raise VideoDecodeError(self.path" in err.value.worker_traceback
+    again = pickle.loads(pickle.dumps(err.value))
+    assert (type(again), again.path, again.reason) == (VideoDecodeError, err.value.path, err.value.reason)
+    plain = VideoDecodeError("just a message")  # any one-argument form keeps the text
+    assert (plain.path, plain.reason, str(plain)) == ("", "just a message", "just a message")

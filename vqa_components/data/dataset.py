@@ -343,7 +343,8 @@ class VideoQADataset(Dataset):
 
     def decode_args(self) -> dict[str, Any]:
         """What, besides the file's bytes, determines the decoded pixels (part of ``video_key``)."""
-        args: dict[str, Any] = {"reader": "read_video_streams", "streams": [list(s) for s in self.streams]}
+        args: dict[str, Any] = {"reader": "read_video_streams/2", "streams": [list(s) for s in self.streams]}
+        # /2: frames chosen by time and rotated upright (the reader of 2026-12); caches of the first reader are stale
         # only when set, so that the keys of caches written before these options stay valid
         if self.transform.resize_short is not None:
             args["resize_short"] = self.transform.resize_short

@@ -173,6 +173,46 @@ def run_paper_recipe(recipe: str, dataset_args: dict[str, Any], num_answers: int
         ])  # fmt: skip
 
 
+#: The co-tokenization recipes' T5 stacks (text encoder, text_decoder head) and co-tokenizer in a
+#: ``fast_dev_run``: width 64, one layer (tests/test_recipes.py shrinks them the same way).
+SMALL_T5 = {"d_model": 64, "num_layers": 1, "num_heads": 2, "d_kv": 32, "d_ff": 128}
+
+
+def run_multi_stream_recipe(recipe: str, dataset_args: dict[str, Any], tmp: Path) -> int:
+    """``fast_dev_run`` of a co-tokenization recipe (one X3D per stream, a T5 encoder, a text_decoder
+    head) on a miniature release, offline: its streams with 8x fewer frames, each 4x smaller; its T5
+    stacks and fusion at :data:`SMALL_T5`; the recipe's other dataset arguments; fine-tuning from
+    scratch, fp32, one thread (X3D's depthwise 3-D convolutions crawl on two contended threads)."""
+    import torch
+
+    from vqa_components.cli import main
+
+    cfg = yaml.safe_load((ROOT / recipe).read_text())
+    given = cfg["data"]["dataset_args"]
+    streams = [
+        {"num_frames": max(1, s["num_frames"] // 8), "frame_size": s["frame_size"] // 4}
+        for s in given["streams"]
+    ]
+    args = {**{k: v for k, v in given.items() if k != "root"}, "streams": streams, **dataset_args}
+    t5, d, heads = json.dumps(SMALL_T5), SMALL_T5["d_model"], SMALL_T5["num_heads"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return main([
+                "fit", "--config", str(ROOT / recipe), f"--trainer.default_root_dir={tmp / 'paper'}",
+                f"--data.dataset_args={json.dumps(args)}", "--data.batch_size=2", "--data.num_workers=0",
+                "--trainer.precision=32-true", "--trainer.accelerator=cpu",
+                "--trainer.enable_progress_bar=false", "--trainer.fast_dev_run=1",
+                "--model.allow_random_frozen=true", "--model.init_parts=null",
+                f"--model.text_encoder.init_args.config={t5}", f"--model.head.init_args.config={t5}",
+                f"--model.fusion.init_args.text_dim={d}", f"--model.head.init_args.in_dim={d}",
+                f"--model.fusion.init_args.dim={d}", f"--model.fusion.init_args.num_heads={heads}",
+            ])  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def mini() -> SimpleNamespace:
     return SimpleNamespace(
@@ -187,4 +227,5 @@ def mini() -> SimpleNamespace:
         recipe=recipe,
         run_cli=run_cli,
         run_paper_recipe=run_paper_recipe,
+        run_multi_stream_recipe=run_multi_stream_recipe,
     )

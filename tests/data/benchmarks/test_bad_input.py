@@ -104,6 +104,41 @@ def test_strict_mode_fails_naming_the_first_bad_clip(release, tmp_path, mini, ca
     assert "(record 23 of " in err and "field 'video_id'='video23'" in err
 
 
+def test_strict_mode_in_a_dataloader_worker_names_the_clip_and_record(release, mini):
+    """torch re-raises a worker's error by calling its class with the worker's traceback as the only
+    argument; the error the user gets is still a VideoDecodeError with the file, record and field."""
+    from torch.utils.data import DataLoader, Subset
+
+    from vqa_components.data.benchmarks import MSRVTTQADataset
+    from vqa_components.data.video_io import VideoDecodeError
+
+    mini.mp4(release / "video" / "video7.mp4", level=28, frames=4)  # only the corrupt clip 23 is left
+    ds = MSRVTTQADataset(str(release), "train", num_frames=2, frame_size=32, on_bad_video="raise")
+    loader = DataLoader(Subset(ds, [22, 23]), batch_size=1, num_workers=1, collate_fn=lambda rows: rows)
+    with pytest.raises(VideoDecodeError) as err:
+        list(loader)
+    corrupt = release / "video" / "video23.mp4"
+    assert err.value.path == str(corrupt)
+    assert str(err.value).startswith(f"cannot decode video {corrupt}: ")
+    assert "(record 23 of " in err.value.reason
+    assert err.value.reason.endswith("train_qa.json, field 'video_id'='video23')")
+    assert "\n" not in str(err.value)  # one line for the CLI; the worker's traceback is a note
+    assert "in DataLoader worker process 0" in err.value.worker_traceback
+    assert err.value.__notes__ == [err.value.worker_traceback.rstrip()]  # shown in a traceback
+
+
+def test_strict_mode_with_workers_fails_naming_the_clip_from_the_cli(release, tmp_path, mini, capsys):
+    mini.mp4(release / "video" / "video7.mp4", level=28, frames=4)
+    cfg = config(release, tmp_path, mini, on_bad_video="raise")
+    code, _ = vqa("fit", cfg, tmp_path, "--data.num_workers=1")
+    err = capsys.readouterr().err
+    assert code == 1
+    line = next(line for line in err.splitlines() if line.startswith("vqa: error: "))
+    assert line.startswith(f"vqa: error: cannot decode video {release / 'video' / 'video23.mp4'}: ")
+    assert "(record 23 of " in line and "field 'video_id'='video23'" in line
+    assert "Traceback" not in err and "RuntimeError" not in err
+
+
 def test_malformed_records_left_out_at_start_up_are_reported_with_their_causes(release, tmp_path, mini, caplog):
     test = records(range(40, 44), first_id=200)
     test[1]["question"] = "   "  # empty question

@@ -125,3 +125,9 @@ def test_soft_accuracy_through_the_cli(release, tmp_path, mini, monkeypatch):
     assert metrics["test/acc"] == pytest.approx(0.375) and metrics["test/num_samples"] == 4
     assert metrics["protocol"]["metric"].startswith("soft accuracy min(#annotators who gave the answer / 2, 1)")
     assert metrics["protocol"]["unknown_answer_questions"] == 1 and "37.50 %" in out
+
+
+@pytest.mark.slow
+def test_the_co_tokenization_recipe_runs_on_the_miniature_release(release, tmp_path, mini):
+    recipe = "recipes/cotok/finetune_ivqa.yaml"
+    assert mini.run_multi_stream_recipe(recipe, {"root": str(release)}, tmp_path) == 0

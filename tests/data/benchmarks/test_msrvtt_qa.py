@@ -195,3 +195,9 @@ def test_example_batch_needs_no_files(tmp_path):
     dm = VideoQADataModule("msrvtt_qa", {"root": str(tmp_path / "absent"), "num_frames": 3, "frame_size": 32})
     batch = dm.example_batch(2)
     assert batch["video"].shape == (2, 3, 3, 32, 32) and batch["family"] == ["what", "what"]
+
+
+@pytest.mark.slow
+def test_the_co_tokenization_recipe_runs_on_the_miniature_release(original, tmp_path, mini):
+    recipe = "recipes/cotok/finetune_msrvtt_qa.yaml"
+    assert mini.run_multi_stream_recipe(recipe, {"root": str(original)}, tmp_path) == 0

@@ -103,3 +103,9 @@ def test_fit_through_the_cli(release, tmp_path, mini):
 def test_the_videodistill_recipe_runs_on_the_miniature_release(release, tmp_path, mini):
     recipe = "recipes/videodistill/finetune_msvd_qa.yaml"
     assert mini.run_paper_recipe(recipe, {"root": str(release)}, 3, tmp_path) == 0
+
+
+@pytest.mark.slow
+def test_the_co_tokenization_recipe_runs_on_the_miniature_release(release, tmp_path, mini):
+    recipe = "recipes/cotok/finetune_msvd_qa.yaml"
+    assert mini.run_multi_stream_recipe(recipe, {"root": str(release)}, tmp_path) == 0
