@@ -122,3 +122,12 @@ def test_retrieval_ranks_through_the_cli(tmp_path, mini, monkeypatch):
     })  # fmt: skip
     assert metrics["test/num_samples"] == 4 and "test/acc" not in metrics
     assert "t2v_r1" in out and "75.00 %" in out and metrics["protocol"]["kind"] == "captions"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["recipes/evilm/tokenizer.yaml", "recipes/evilm/pretrain.yaml",
+                                    "recipes/evilm/ablations/pretrain_vtm.yaml",
+                                    "recipes/evilm/ablations/pretrain_vtm_mlm.yaml",
+                                    "recipes/evilm/ablations/tokenizer_bce.yaml"])
+def test_the_evilm_pretraining_recipes_run_on_the_miniature_webvid(webvid, tmp_path, mini, recipe):
+    assert mini.run_evilm_recipe(recipe, {"root": str(webvid)}, tmp_path) == 0

@@ -68,3 +68,10 @@ def test_evaluation_through_the_cli(release, tmp_path, mini):
     assert code == 0
     metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
     assert metrics["test/num_samples"] == 2
+
+
+@pytest.mark.slow
+def test_the_evilm_recipe_evaluates_on_the_miniature_release(release, tmp_path, mini):
+    assert mini.run_evilm_recipe("recipes/evilm/msrvtt_mc.yaml", {"root": str(release)}, tmp_path, subcommand="test") == 0
+    metrics = json.loads((tmp_path / "paper" / "test_metrics.json").read_text())
+    assert metrics["test/num_samples"] == 2 and 0.0 <= metrics["test/acc"] <= 1.0

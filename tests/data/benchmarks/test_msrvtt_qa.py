@@ -201,3 +201,9 @@ def test_example_batch_needs_no_files(tmp_path):
 def test_the_co_tokenization_recipe_runs_on_the_miniature_release(original, tmp_path, mini):
     recipe = "recipes/cotok/finetune_msrvtt_qa.yaml"
     assert mini.run_multi_stream_recipe(recipe, {"root": str(original)}, tmp_path) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["recipes/evilm/finetune_msrvtt_qa.yaml", "recipes/evilm/ablations/no_pretraining.yaml"])
+def test_the_evilm_recipes_run_on_the_miniature_release(original, tmp_path, mini, recipe):
+    assert mini.run_evilm_recipe(recipe, {"root": str(original)}, tmp_path, num_answers=4) == 0

@@ -109,3 +109,8 @@ def test_the_videodistill_recipe_runs_on_the_miniature_release(release, tmp_path
 def test_the_co_tokenization_recipe_runs_on_the_miniature_release(release, tmp_path, mini):
     recipe = "recipes/cotok/finetune_msvd_qa.yaml"
     assert mini.run_multi_stream_recipe(recipe, {"root": str(release)}, tmp_path) == 0
+
+
+@pytest.mark.slow
+def test_the_evilm_recipe_runs_on_the_miniature_release(release, tmp_path, mini):
+    assert mini.run_evilm_recipe("recipes/evilm/finetune_msvd_qa.yaml", {"root": str(release)}, tmp_path, 3) == 0

@@ -219,3 +219,10 @@ def test_multiple_choice_accuracy_through_the_cli(release, tmp_path, mini, monke
     metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
     assert metrics["test/acc"] == pytest.approx(0.5) and metrics["test/acc_action"] == pytest.approx(0.5)
     assert metrics["protocol"]["metric"] == "multiple-choice accuracy"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("task", "answers"), [("frameqa", 4), ("action", None), ("transition", None)])
+def test_the_evilm_recipes_run_on_the_miniature_release(release, tmp_path, mini, task, answers):
+    recipe = f"recipes/evilm/finetune_tgif_{task}.yaml"
+    assert mini.run_evilm_recipe(recipe, {"root": str(release), "task": task}, tmp_path, answers) == 0
