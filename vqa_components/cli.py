@@ -79,6 +79,23 @@ def preprocess_args(args: list[str]) -> list[str]:
     return normalize_cli_args(out)
 
 
+def optional_part_error(exc: BaseException) -> str | None:
+    """The user error of a part that may be left out (``fusion: Fusion | None``), if ``exc`` is one.
+
+    jsonargparse builds such a part by trying each type of the ``Union`` and, when both fail, raises one
+    ``ValueError`` that lists each type's error: the part's own one-line error (an unknown name, an
+    argument it refuses) and "Expected a <class 'NoneType'>". This returns the part's line, which is
+    what ``vqa`` would have printed for a part that may not be left out.
+    """
+    text = str(exc)
+    if not isinstance(exc, ValueError) or "Does not validate against any of the Union subtypes" not in text:
+        return None
+    errors = text.split("Errors:", 1)[1].splitlines() if "Errors:" in text else []
+    lines = [e.strip()[2:] for e in errors if e.strip().startswith("- ")]
+    own = [e for e in lines if not e.startswith("Expected a <class 'NoneType'>")]
+    return own[0] if len(own) == 1 else None
+
+
 def find_checkpoint(root: str | Path, which: str) -> str:
     """Resolve ``best`` or ``last`` to a checkpoint written by an earlier ``vqa fit``."""
     ckpt_dir = Path(root) / "checkpoints"
@@ -388,6 +405,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, (AnnotationError, VideoDecodeError)):
             print(f"vqa: error: {exc}", file=sys.stderr)
             return 1
+        part_error = optional_part_error(exc)
+        if part_error:
+            print(f"vqa: error: {part_error}", file=sys.stderr)
+            return 2
         raise
 
 
