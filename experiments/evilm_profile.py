@@ -46,6 +46,7 @@ def variant(base: dict, *, stage: int | None = None, frames: int | None = None, 
     if stage is not None:
         model["backbone"]["stage"] = stage
         model["fusion"]["max_tokens_per_frame"] = 256
+        model["fusion"]["video_dim"] = {-2: 160, -3: 96}[stage]  # EdgeNeXt-small's stage widths
     if frames is not None:
         cfg["data"]["dataset_args"]["num_frames"] = frames
         model["fusion"]["max_frames"] = frames

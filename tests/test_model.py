@@ -382,3 +382,24 @@ def test_a_new_model_is_in_training_mode_even_with_parts_built_in_eval_mode(mini
     model = tiny_model(text_encoder=encoder, freeze=["backbone"])
     assert model.text_encoder.model.training and model.fusion.training
     assert not model.backbone.training  # frozen parts stay in eval
+
+
+def test_objectives_that_read_the_fusion_s_tokens_keep_it_running_beside_a_head_that_skips_it():
+    head = create("head", "unimodal_retrieval", video_dim=D, text_dim=D, embed_dim=8)
+    fusion = create("fusion", "merged_transformer", video_dim=D, text_dim=D, dim=D, num_layers=1, num_heads=2)
+    model = tiny_model(head=head, fusion=fusion, objectives=[create("objective", "mlm")])
+    assert model.idle_parts == () and all(p.requires_grad for p in model.fusion.parameters())
+    b = batch()
+    out = model(b)
+    assert "text_tokens" not in out.fused.extras  # the head's path skipped the fusion
+    model.objectives["mlm"](model, b, out)["loss"].backward()  # mlm's own pass ran it
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.fusion.parameters())
+
+
+def test_what_an_objective_builds_when_attached_can_be_frozen_by_path():
+    fusion = create("fusion", "merged_transformer", video_dim=D, text_dim=D, dim=D, num_layers=1, num_heads=2)
+    model = tiny_model(fusion=fusion, objectives=[create("objective", "mlm")], freeze=["objectives.mlm.head"],
+                       allow_random_frozen=True)
+    assert not any(p.requires_grad for p in model.objectives["mlm"].head.parameters())
+    whole = tiny_model(fusion=fusion, objectives=[create("objective", "mlm")], freeze=["objectives"])
+    assert not any(p.requires_grad for p in whole.objectives.parameters())

@@ -232,7 +232,9 @@ class FusionOutput:
             one token per input token says where they are, for objectives that predict at
             those positions: ``text_tokens`` ``(b, l, d)`` (one per text token, masked language
             modelling) and ``video_tokens`` ``(b, t*n, d)`` (one per video token, frame-major,
-            masked video modelling).
+            masked video modelling). :meth:`~vqa_components.model.VideoQAModel.fuse` adds
+            ``video_features``: the :class:`VideoFeatures` the fusion was given (for heads that
+            read the unimodal features).
     """
 
     pooled: Tensor

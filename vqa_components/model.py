@@ -208,6 +208,8 @@ class VideoQAModel(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.text_field = text_field
         self.allow_random_frozen = allow_random_frozen
+        for obj in self.objectives:  # before freezing and loading: what it builds is frozen and loaded too
+            obj.attach(self)
         self.frozen_parts = tuple(freeze)
         for name in self.frozen_parts:
             self._module(name, "freeze").requires_grad_(False)
@@ -216,12 +218,11 @@ class VideoQAModel(pl.LightningModule):
         self.idle_parts = () if self.runs_forward else tuple(
             name for name in ("backbone", "text_encoder", "sampler", "fusion", "head") if getattr(self, name) is not None
         )
-        if self.runs_forward and not head_fuses and self.fusion is not None:  # the head reads no fused value
-            self.idle_parts = ("fusion",)
+        reads_fusion = any(getattr(o, "reads_fused_tokens", False) for o in self.objectives)
+        if self.runs_forward and not head_fuses and not reads_fusion and self.fusion is not None:
+            self.idle_parts = ("fusion",)  # neither the head nor an objective reads a fused value
         for name in self.idle_parts:
             getattr(self, name).requires_grad_(False)
-        for obj in self.objectives:  # before any weights are loaded: what it builds loads too
-            obj.attach(self)
         if init_parts and not init_from:
             raise ConfigError(
                 f"init_parts {list(init_parts)} is set but init_from is not: give the checkpoint to load "
@@ -288,7 +289,14 @@ class VideoQAModel(pl.LightningModule):
         """
         if not Path(path).exists():
             raise ConfigError(f"init_from: no such checkpoint file: {path}")
-        state = migrate_objective_keys(read_state_dict(path), list(self.objectives.keys()))
+        state = read_state_dict(path)
+        positions = {k.split(".")[1] for k in state if k.startswith("objectives.") and k.split(".")[1].isdigit()}
+        if positions and max(int(i) for i in positions) < len(self.objectives):
+            # a file written before objectives were kept by name: taken to be of the same recipe, in its order
+            names = list(self.objectives.keys())
+            log.info("init_from %s: objectives by position, read as %s", path,
+                     ", ".join(f"objectives.{i} -> objectives.{names[int(i)]}" for i in sorted(positions)))
+            state = migrate_objective_keys(state, names)
         rename = dict(rename or {})
         in_file = {k.split(".", 1)[0] for k in state}
         named = list(parts or [])
@@ -371,9 +379,11 @@ class VideoQAModel(pl.LightningModule):
         first = self._module(names[0], "freeze")
         params = inspect.signature(type(first).__init__).parameters
         arg = next((a for a in ("checkpoint", "pretrained_path") if a in params), None)
+        weights = "model_folder" if arg == "pretrained_path" else (
+            "open_clip_pytorch_model.bin" if getattr(first, "registry_name", "") == "open_clip" else "weights.safetensors"
+        )
         how = (
-            f"--model.{names[0]}.{arg} /path/to/"
-            f"{'open_clip_pytorch_model.bin' if arg == 'checkpoint' else 'model_folder'} or --model.init_from PATH"
+            f"--model.{names[0]}.{arg} /path/to/{weights} or --model.init_from PATH"
             if arg
             else "--model.init_from PATH"
         )
@@ -413,23 +423,28 @@ class VideoQAModel(pl.LightningModule):
 
     def fuse(self, video: VideoFeatures, text: TextFeatures) -> tuple[SamplerOutput | None, FusionOutput]:
         """Sampler and fusion. The fusion's output carries the video features it was given
-        (``extras["video_features"]``) for heads that read the unimodal features; a head with
-        ``uses_fusion = False`` (retrieval from the unimodal encoders) gets only those, and the
-        fusion is not run (none of its parameters would get a gradient, which DDP refuses)."""
+        (``extras["video_features"]``) for heads that read the unimodal features."""
         sampled = self.sampler(video, text) if self.sampler is not None else None
         given = sampled.video if sampled is not None else video
-        if self.head is not None and not getattr(self.head, "uses_fusion", True):
-            fused = FusionOutput(pooled=given.cls.mean(1), tokens=given.flat_tokens(), extras={})
-        else:
-            fused = self.fusion(given, text)
+        fused = self.fusion(given, text)
         fused.extras.setdefault("video_features", given)
         return sampled, fused
 
     def forward_features(
         self, video: VideoFeatures, text: TextFeatures, targets: Sequence[str] | None = None
     ) -> ModelOutput:
-        """Sampler, fusion and head on encoded inputs; ``targets`` go to a head that trains on text."""
-        sampled, fused = self.fuse(video, text)
+        """Sampler, fusion and head on encoded inputs; ``targets`` go to a head that trains on text.
+
+        A head with ``uses_fusion = False`` (retrieval from the unimodal encoders) reads only the video
+        features: the fusion is not run on this path (objectives that need the fusion's tokens call
+        :meth:`fuse`, which always runs it)."""
+        if self.head is not None and not getattr(self.head, "uses_fusion", True):
+            sampled = self.sampler(video, text) if self.sampler is not None else None
+            given = sampled.video if sampled is not None else video
+            fused = FusionOutput(pooled=given.cls.mean(1), tokens=given.flat_tokens(),
+                                 extras={"video_features": given})
+        else:
+            sampled, fused = self.fuse(video, text)
         # a head written before heads took targets keeps working: they are passed only when there are some
         head = self.head(fused, text) if targets is None else self.head(fused, text, targets=list(targets))
         return ModelOutput(video=video, text=text, fused=fused, head=head, sampled=sampled)

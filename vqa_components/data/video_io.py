@@ -427,18 +427,23 @@ def _decode_packets(
     the decoder skips the non-reference frames (frames no other frame is predicted from, such as most
     B-frames) that are not needed: it never decodes them, and decodes every other frame as usual."""
     skipping = False
-    for packet in packets:
-        if targets is not None and (packet.pts not in targets) != skipping:
-            skipping = not skipping
-            codec.skip_frame = "NONREF" if skipping else "DEFAULT"
-        if packet.size == 0:
-            break  # the flush packet at the end of a demux: drain below
-        yield from codec.decode(packet)
-    if skipping:
-        codec.skip_frame = "DEFAULT"
-    for frame in codec.decode(None):  # the frames the decoder still holds
-        frame.time_base = time_base  # (drained frames come without it)
-        yield frame
+    try:
+        for packet in packets:
+            if targets is not None and (packet.pts not in targets) != skipping:
+                skipping = not skipping
+                codec.skip_frame = "NONREF" if skipping else "DEFAULT"
+            if packet.size == 0:
+                break  # the flush packet at the end of a demux: drain below
+            yield from codec.decode(packet)
+        if skipping:
+            codec.skip_frame = "DEFAULT"
+            skipping = False
+        for frame in codec.decode(None):  # the frames the decoder still holds
+            frame.time_base = time_base  # (drained frames come without it)
+            yield frame
+    finally:  # also when the caller stops early (a seek): the next pass must decode every frame it needs
+        if skipping:
+            codec.skip_frame = "DEFAULT"
 
 
 def _frames_from(

@@ -90,6 +90,9 @@ class MaskedLanguageModelling(Objective):
         weight: scale of this loss in the total.
     """
 
+    #: it reads the fusion's token outputs (a head that skips the fusion leaves it trainable for this)
+    reads_fused_tokens = True
+
     def __init__(
         self,
         in_dim: int | None = None,
@@ -148,7 +151,6 @@ class MaskedLanguageModelling(Objective):
                 f"mlm: vocab_size={self.vocab_size} but the text encoder {type(enc).__name__} has "
                 f"vocab_size={enc.vocab_size}; leave vocab_size out or set it to {enc.vocab_size}"
             )
-        text_tokens(out.fused, model)  # a fusion without them fails before the masked pass runs
         rows, texts = matched_pairs(model, batch, out)
         # nothing to predict still touches the head: under DDP every rank must give it a gradient
         zero = out.fused.pooled.sum() * 0.0 + sum(p.sum() for p in self.head.parameters()) * 0.0

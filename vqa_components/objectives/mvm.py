@@ -59,6 +59,9 @@ class MaskedVideoModeling(Objective):
             tagger's, as given to stage 1's ``svq``.
     """
 
+    #: it reads the fusion's token outputs (a head that skips the fusion leaves it trainable for this)
+    reads_fused_tokens = True
+
     def __init__(
         self,
         in_dim: int | None = None,
