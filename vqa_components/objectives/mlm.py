@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from vqa_components.interfaces import ConfigError, FusionOutput, ModelOutput, Objective
 from vqa_components.objectives._pairs import matched_pairs
-from vqa_components.objectives.vg_mlm import IGNORE, bert_mask
+from vqa_components.objectives.vg_mlm import IGNORE, mask_texts
 from vqa_components.registry import OBJECTIVES
 
 
@@ -156,16 +156,7 @@ class MaskedLanguageModelling(Objective):
         zero = out.fused.pooled.sum() * 0.0 + sum(p.sum() for p in self.head.parameters()) * 0.0
         if not texts:
             return {"loss": zero, "acc": zero.detach()}
-        tok = enc.tokenize(texts)
-        special = set(enc.special_token_ids) | {enc.pad_token_id}
-        masked, labels = bert_mask(
-            tok["input_ids"],
-            tok["attention_mask"],
-            enc.mask_token_id,
-            enc.vocab_size,
-            special,
-            self.mask_prob,
-        )
+        tok, masked, labels = mask_texts(enc, texts, self.mask_prob)
         where = labels != IGNORE
         if not where.any():  # no sentence has a word to mask
             return {"loss": zero, "acc": zero.detach()}

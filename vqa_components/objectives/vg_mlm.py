@@ -72,6 +72,17 @@ def bert_mask(
     return masked, labels
 
 
+def mask_texts(encoder: Any, texts: list[str], prob: float) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """``texts`` tokenized by ``encoder`` and masked by :func:`bert_mask` (its special and padding ids
+    never chosen): ``(tokens, masked_ids, labels)``."""
+    tok = encoder.tokenize(texts)
+    special = set(encoder.special_token_ids) | {encoder.pad_token_id}
+    masked, labels = bert_mask(
+        tok["input_ids"], tok["attention_mask"], encoder.mask_token_id, encoder.vocab_size, special, prob
+    )
+    return tok, masked, labels
+
+
 @OBJECTIVES.register("vg_mlm")
 class VisionGuidedMLM(Objective):
     """Predict masked words from their stop-gradient token feature and the video feature ``v_cls*`` (eq. 9).
@@ -149,16 +160,7 @@ class VisionGuidedMLM(Objective):
         zero = out.fused.pooled.sum() * 0.0
         if not texts:
             return {"loss": zero, "acc": zero.detach()}
-        tok = enc.tokenize(texts)
-        special = set(enc.special_token_ids) | {enc.pad_token_id}
-        masked, labels = bert_mask(
-            tok["input_ids"],
-            tok["attention_mask"],
-            enc.mask_token_id,
-            enc.vocab_size,
-            special,
-            self.mask_prob,
-        )
+        tok, masked, labels = mask_texts(enc, texts, self.mask_prob)
         where = labels != IGNORE
         if not where.any():
             return {"loss": zero, "acc": zero.detach()}
