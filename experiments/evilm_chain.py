@@ -10,9 +10,11 @@ previous stage's ``last.ckpt`` (``--model.init_from``)::
     vqa test  --config finetune.yaml  --ckpt_path best
 
 ``--pretrain`` picks the row of Table 5: ``pretrain`` (VTM + MLM + MVM, the default),
-``pretrain_vtm_mlm``, ``pretrain_vtm`` (neither needs stage 1) or ``none`` (fine-tuning from
-scratch, ``--model.init_parts null``); ``--tokenizer tokenizer_bce`` trains stage 1 with the BCE word
-loss (Table 6). After stage 1 the tagger labels the validation split and the codebook utilisation
+``pretrain_vtm_mlm``, ``pretrain_vtm`` (neither needs stage 1), ``none`` (fine-tuning from
+scratch, ``--model.init_parts null``) or ``question_only`` (the baseline: ``question_only.yaml``,
+a blind backbone, from scratch); ``--tokenizer tokenizer_bce`` trains stage 1 with the BCE word
+loss (Table 6). ``--parallel N`` runs N chains at once (each in its own folder; give each
+``OMP_NUM_THREADS=1`` on a 2-core machine). After stage 1 the tagger labels the validation split and the codebook utilisation
 (share of the codes used at least once over the split) and perplexity are recorded.
 
 The vocabulary keeps every word (``--keep_fraction 1.0``): synthetic_vqa's captions and questions
@@ -20,7 +22,7 @@ have 69 distinct words, and keeping the paper's 30% would spell the others in ch
 would make the tokenizer's word targets characters.
 
     python experiments/evilm_chain.py                          # the full model, seed 0 (< 15 min, 2 cores)
-    python experiments/evilm_chain.py --seeds 0 1 2 --pretrain pretrain pretrain_vtm_mlm pretrain_vtm none
+    python experiments/evilm_chain.py --seeds 0 1 2 --pretrain pretrain pretrain_vtm_mlm pretrain_vtm none question_only
     python experiments/evilm_chain.py --tokenizer tokenizer_bce --seeds 0 1 2
 
 Results (one entry per chain: the stages' wall times, the test metrics, the codebook figures) go to
@@ -35,7 +37,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -47,7 +51,7 @@ from seed_sweep import git_commit, recipe_digest  # noqa: E402
 from vqa_components.data.synthetic import GENERATOR_VERSION  # noqa: E402
 
 TINY = ROOT / "recipes" / "evilm" / "tiny"
-PRETRAIN = ("pretrain", "pretrain_vtm_mlm", "pretrain_vtm", "none")
+PRETRAIN = ("pretrain", "pretrain_vtm_mlm", "pretrain_vtm", "none", "question_only")
 TOKENIZERS = ("tokenizer", "tokenizer_bce")
 RESULTS = ROOT / "experiments" / "results" / "evilm_tiny.json"
 
@@ -73,8 +77,7 @@ def codebook_usage(ckpt: Path, recipe: Path) -> dict[str, float]:
 
     cfg = yaml.safe_load(recipe.read_text())
     svq = next(o for o in cfg["model"]["objectives"] if o["name"] == "svq")
-    keys = ("num_codes", "code_dim", "img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
-    tagger = VideoTagger(**{k: svq[k] for k in keys if k in svq})
+    tagger = VideoTagger(svq.get("tagger"))
     prefix = "objectives.svq.tokenizer.tagger."
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     tagger.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
@@ -115,15 +118,16 @@ def run_chain(seed: int, pretrain: str, tokenizer: str, out: Path) -> dict:
     vqa("vocab", "--config", str(TINY / f"{tokenizer}.yaml"), "--out", str(vocab), "--keep_fraction", "1.0", log=log)
     walls["vocab"] = time.time() - start
     init: list[str] = ["--model.init_parts=null"]
-    if pretrain != "none":
+    finetune = "question_only" if pretrain == "question_only" else "finetune"
+    if pretrain not in ("none", "question_only"):
         pre_args: list[str] = []
         if pretrain == "pretrain":
             tok = stage("tokenizer", tokenizer)
             record["codebook"] = codebook_usage(tok, TINY / f"{tokenizer}.yaml")
             pre_args = [f"--model.init_from={tok}"]
         init = [f"--model.init_from={stage('pretrain', pretrain, *pre_args)}"]
-    stage("finetune", "finetune", *init)
-    stage("finetune", "finetune", "--ckpt_path=best", sub="test")
+    stage("finetune", finetune, *init)
+    stage("finetune", finetune, "--ckpt_path=best", sub="test")
     record["metrics"] = json.loads((run / "finetune" / "test_metrics.json").read_text())
     record["wall_s"] = walls
     record["total_wall_s"] = sum(walls.values())
@@ -131,6 +135,8 @@ def run_chain(seed: int, pretrain: str, tokenizer: str, out: Path) -> dict:
 
 
 def recipes_of(pretrain: str, tokenizer: str) -> list[str]:
+    if pretrain == "question_only":
+        return ["question_only"]
     names = ["finetune"] + ([pretrain] if pretrain != "none" else []) + ([tokenizer] if pretrain == "pretrain" else [])
     return sorted(names)
 
@@ -140,6 +146,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--pretrain", nargs="+", choices=PRETRAIN, default=["pretrain"])
     parser.add_argument("--tokenizer", choices=TOKENIZERS, default="tokenizer")
+    parser.add_argument("--parallel", type=int, default=1, help="chains run at once")
     parser.add_argument("--fresh", action="store_true", help="ignore the chains already in the results file")
     args = parser.parse_args()
     out = ROOT / "runs" / "evilm_tiny"
@@ -154,20 +161,26 @@ def main() -> int:
     runs = [r for r in kept if r.get("recipe_sha256") == digests(r["pretrain"], r["tokenizer"])
             and r.get("generator_version") == GENERATOR_VERSION]
     done = {key(r) for r in runs}
-    for seed in args.seeds:
-        for pretrain in args.pretrain:
-            if (seed, pretrain, args.tokenizer) in done:
-                continue
-            record = run_chain(seed, pretrain, args.tokenizer, out)
-            record.update(recipe_sha256=digests(pretrain, args.tokenizer), generator_version=GENERATOR_VERSION,
-                          commit=git_commit())
+    lock = threading.Lock()
+
+    def chain(seed_pretrain: tuple[int, str]) -> None:
+        seed, pretrain = seed_pretrain
+        record = run_chain(seed, pretrain, args.tokenizer, out)
+        record.update(recipe_sha256=digests(pretrain, args.tokenizer), generator_version=GENERATOR_VERSION,
+                      commit=git_commit())
+        with lock:
             runs.append(record)
             print(f"{pretrain} / {args.tokenizer} seed {seed}: acc {record['metrics'].get('test/acc')}, "
                   f"{record['total_wall_s']:.0f} s" + (f", codebook {record['codebook']}" if "codebook" in record else ""),
                   flush=True)
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
             RESULTS.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                           "cpu_count": os.cpu_count(), "runs": sorted(runs, key=key)}, indent=1) + "\n")
+                                           "cpu_count": os.cpu_count(), "parallel_chains": args.parallel,
+                                           "runs": sorted(runs, key=key)}, indent=1) + "\n")
+
+    todo = [(seed, p) for seed in args.seeds for p in args.pretrain if (seed, p, args.tokenizer) not in done]
+    with ThreadPoolExecutor(max(1, args.parallel)) as pool:
+        list(pool.map(chain, todo))
     return 0
 
 

@@ -75,8 +75,8 @@ NEEDS_VOCAB_FILE = {("text_encoder", "bert")}
 #: the video tokenizer (svq) and the tagger (mvm) at 32x32 pixels: 16-pixel patches, a 2x2 grid
 TINY_TAGGER = {"img_size": 32, "patch_size": 16, "embed_dim": D, "depth": 1, "num_heads": 2, "num_codes": 32,
                "code_dim": 8}
-OVERRIDES[("objective", "svq")] = {**TINY_TAGGER, "decoder_dim": D, "decoder_depth": 1, "decoder_heads": 2}
-OVERRIDES[("objective", "mvm")] = dict(TINY_TAGGER)
+OVERRIDES[("objective", "svq")] = {"tagger": TINY_TAGGER, "decoder_dim": D, "decoder_depth": 1, "decoder_heads": 2}
+OVERRIDES[("objective", "mvm")] = {"tagger": TINY_TAGGER}
 #: objectives that predict at the fusion's token positions need a fusion that keeps them
 NEEDS_MERGED_FUSION = {"mlm", "mvm"}
 

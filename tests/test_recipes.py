@@ -103,7 +103,7 @@ def objectives_at(recipe: str, image_size: int) -> list[str]:
         cls = OBJECTIVES.get(o["name"])
         args = {k: v for k, v in o.items() if k != "name"}
         if o["name"] in ("svq", "mvm"):
-            args["img_size"] = image_size
+            args["tagger"] = {**args.get("tagger", {}), "img_size": image_size}
         return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": args}
 
     return [f"--model.objectives={json.dumps([spelled_out(o) for o in objectives])}"]

@@ -99,3 +99,56 @@ def test_distances_and_losses_are_float32_under_autocast():
 def test_width_mismatch_is_an_error():
     with pytest.raises(ValueError, match="width 5"):
         VectorQuantizer(4, 3)(torch.randn(2, 5))
+
+
+def test_dead_codes_restart_onto_encoder_outputs_every_n_training_forwards():
+    # codes 0, 1 live near the inputs; codes 2, 3 point away from every input and are never chosen
+    vq = _quantizer([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    vq.restart_every = 2
+    before = vq.codebook.detach().clone()
+    z = torch.tensor([[2.0, 0.2], [0.3, 3.0], [1.0, 1.1], [4.0, 0.1]])
+    vq(z)  # first forward: counted, no check yet
+    assert torch.equal(vq.codebook.detach(), before) and vq.usage.tolist() == [2, 2, 0, 0]
+    with torch.no_grad():
+        vq(z)  # no gradient: an evaluation forward, not counted
+    assert int(vq.forwards) == 1
+    vq.eval()
+    vq(z)  # eval mode: not counted either
+    vq.train()
+    assert int(vq.forwards) == 1
+    vq(z)  # second training forward: codes 2 and 3 were chosen by no input -> moved onto two inputs
+    after = vq.codebook.detach()
+    assert torch.equal(after[:2], before[:2])  # live codes keep their place
+    inputs = z / z.norm(dim=-1, keepdim=True)
+    for row in after[2:]:  # each restarted code is one of the batch's normalised encoder outputs
+        assert torch.isclose(inputs, row).all(-1).any()
+    assert not torch.equal(after[2], after[3])  # distinct outputs while the batch has enough
+    assert vq.usage.sum().item() == 0  # counting starts again
+    assert (vq(inputs[:, [1, 0]]).codes >= 0).all()
+
+
+def test_restarts_cure_a_codebook_that_collapsed_and_are_off_by_default():
+    torch.manual_seed(3)
+    data = 0.5 * torch.randn(512, 4) + torch.tensor([2.0, 0.0, 0.0, 0.0])  # directions in a cone around +x
+
+    def utilisation_after(restart_every: int) -> float:
+        torch.manual_seed(4)
+        vq = VectorQuantizer(32, 4, restart_every=restart_every)
+        with torch.no_grad():  # a collapsed start: every code but one points away from the data
+            vq.codebook.copy_(torch.tensor([-1.0, 0.0, 0.0, 0.0]) + 0.1 * torch.randn(32, 4))
+            vq.codebook[0] = torch.tensor([1.0, 0.0, 0.0, 0.0])
+        opt = torch.optim.SGD(vq.parameters(), lr=0.5)
+        for step in range(40):
+            out = vq(data[torch.randperm(512)[:128]])
+            opt.zero_grad()
+            vq.loss(out).backward()
+            opt.step()
+        vq.eval()
+        return code_usage(vq(data).codes, 32)[0].item()
+
+    assert VectorQuantizer(4, 2).restart_every == 0
+    stuck, cured = utilisation_after(0), utilisation_after(10)
+    assert stuck == pytest.approx(100 / 32)  # without restarts the one code that won keeps every input
+    assert cured >= 75.0
+    with pytest.raises(ValueError, match="restart_every"):
+        VectorQuantizer(4, 2, restart_every=-1)

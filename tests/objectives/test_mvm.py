@@ -65,7 +65,7 @@ class TokenFusion(Fusion):
 
 def _model(backbone=None, fusion=None, **kwargs) -> tuple[VideoQAModel, MaskedVideoModeling]:
     torch.manual_seed(0)
-    obj = MaskedVideoModeling(**TAGGER, **kwargs)
+    obj = MaskedVideoModeling(tagger=TAGGER, **kwargs)
     model = VideoQAModel(
         backbone=backbone or GridBackbone(),
         text_encoder=create("text_encoder", "small_transformer", dim=D, num_layers=1, num_heads=2),
@@ -114,7 +114,7 @@ def test_registered_with_a_frozen_tagger_and_a_head_from_the_fusion():
     assert not in_optimizer & {id(p) for p in obj.tagger.parameters()}
     assert {id(p) for p in obj.head.parameters()} <= in_optimizer
     with pytest.raises(ConfigError, match="in_dim=8 but the fusion has out_dim=16"):
-        MaskedVideoModeling(8, **TAGGER).attach(model)
+        MaskedVideoModeling(8, tagger=TAGGER).attach(model)
 
 
 def test_targets_are_the_tagger_s_codes_of_the_unmasked_video_at_the_masked_positions(monkeypatch):
@@ -183,7 +183,7 @@ def test_the_tagger_gives_the_same_codes_after_save_and_reload(tmp_path):
     video = torch.rand(2, 3, 3, 32, 32)
     torch.save(obj.tagger.state_dict(), tmp_path / "tagger.pt")
     torch.manual_seed(1)
-    other = MaskedVideoModeling(**TAGGER)
+    other = MaskedVideoModeling(tagger=TAGGER)
     assert not torch.equal(other.tagger(video), obj.tagger(video))
     other.tagger.load_state_dict(torch.load(tmp_path / "tagger.pt", weights_only=True))
     assert torch.equal(other.tagger(video), obj.tagger(video))
@@ -196,7 +196,7 @@ def test_stage_2_loads_the_stage_1_tagger_with_one_prefix_rename(tmp_path):
     text = create("text_encoder", "small_transformer", dim=D, num_layers=1, num_heads=2)
     stage1 = VideoQAModel(
         text_encoder=text,
-        objectives=[SemanticVQ(decoder_dim=16, decoder_depth=1, decoder_heads=2, **TAGGER)],
+        objectives=[SemanticVQ(decoder_dim=16, decoder_depth=1, decoder_heads=2, tagger=TAGGER)],
         text_field="caption",
     )
     torch.save({"state_dict": stage1.state_dict()}, tmp_path / "stage1.ckpt")
@@ -212,7 +212,7 @@ def test_stage_2_loads_the_stage_1_tagger_with_one_prefix_rename(tmp_path):
             text_encoder=create("text_encoder", "small_transformer", dim=D, num_layers=1, num_heads=2),
             fusion=TokenFusion(),
             head=create("head", "answer_classifier", in_dim=D, num_answers=3),
-            objectives=[MaskedVideoModeling(**TAGGER)],
+            objectives=[MaskedVideoModeling(tagger=TAGGER)],
             text_field="caption",
             freeze=["objectives.mvm.tagger"],
             **kwargs,

@@ -14,8 +14,8 @@ from vqa_components.interfaces import ConfigError
 from vqa_components.objectives.svq import SemanticVQ, bce_word_loss, focal_word_loss, multi_hot
 from vqa_components.registry import OBJECTIVES
 
-TINY = dict(num_codes=64, code_dim=8, img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2,
-            decoder_dim=16, decoder_depth=1, decoder_heads=2)  # fmt: skip
+TAGGER = dict(num_codes=64, code_dim=8, img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2)
+TINY = dict(tagger=TAGGER, decoder_dim=16, decoder_depth=1, decoder_heads=2)
 CAPTIONS = ["a red ball rolls left", "a lamp flashes twice", "a blue cube", "a dog runs on grass"]
 
 
@@ -30,7 +30,7 @@ class TextOnly(nn.Module):
 def _setup(**kwargs) -> tuple[TextOnly, SemanticVQ]:
     torch.manual_seed(0)
     model = TextOnly()
-    obj = SemanticVQ(**TINY, **kwargs)
+    obj = SemanticVQ(**{**TINY, **kwargs})
     obj.attach(model)
     return model, obj
 
@@ -99,7 +99,7 @@ def test_attach_builds_the_word_head_from_the_text_encoder_and_refuses_another_s
 
 
 def test_loss_is_eq7_and_logs_its_terms():
-    model, obj = _setup(beta=0.5)
+    model, obj = _setup(tagger={**TAGGER, "beta": 0.5})
     out = obj(model, _batch())
     assert set(out) == {"loss", "token_loss", "codebook_loss", "commitment_loss", "utilisation", "perplexity"}
     total = out["token_loss"] + out["codebook_loss"] + 0.5 * out["commitment_loss"]
@@ -161,3 +161,12 @@ def test_a_model_with_only_svq_builds_the_word_head_and_trains_the_tokenizer_alo
     keys = set(model.state_dict())
     assert "objectives.svq.tokenizer.tagger.quantizer.codebook" in keys
     assert any(k.startswith("objectives.svq.tokenizer.tagger.encoder.vit.") for k in keys)
+
+
+def test_the_tagger_block_reaches_the_quantizer_and_unknown_fields_are_named():
+    obj = SemanticVQ(**{**TINY, "tagger": {**TAGGER, "restart_every": 5, "beta": 0.25}})
+    quantizer = obj.tokenizer.tagger.quantizer
+    assert (quantizer.restart_every, quantizer.beta, quantizer.num_codes) == (5, 0.25, 64)
+    assert obj.tokenizer.tagger.config.restart_every == 5
+    with pytest.raises(ValueError, match="unknown field.*codes"):
+        SemanticVQ(**{**TINY, "tagger": {**TAGGER, "codes": 3}})

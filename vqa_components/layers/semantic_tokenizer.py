@@ -37,7 +37,7 @@ Choices the paper leaves open:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from einops import rearrange
@@ -117,43 +117,84 @@ class PatchEncoder(nn.Module):
         return rearrange(z, "(b t) (gh gw) d -> b t gh gw d", b=b, t=t, gh=self.grid[0])
 
 
+@dataclass
+class TaggerConfig:
+    """The video tagger's architecture and quantizer options, given once to ``svq`` and again to ``mvm``.
+
+    Stage 1 (``svq``) trains a tagger of this shape; stage 2 (``mvm``) builds the same shape and
+    loads stage 1's weights into it, so the two recipes carry the same ``tagger:`` block. Defaults
+    are the paper's (section 4: a ViT-B/32-sized encoder at 256 px, 9,420 codes of 32).
+
+    Attributes:
+        num_codes: ``M``, codebook size (paper: 9,420).
+        code_dim: ``D``, code width (paper: 32).
+        img_size: frame size ``H`` (or ``(H, W)``).
+        patch_size: patch side; the code grid is ``img_size / patch_size`` per frame.
+        embed_dim, depth, num_heads, mlp_ratio: the encoder ViT's.
+        beta: weight of the commitment term (eq. 7 has none, i.e. 1); used while training.
+        restart_every: dead-code restarts every this many training forwards, 0 never (not in the
+            paper; see :class:`~vqa_components.layers.vector_quantizer.VectorQuantizer`); used while
+            training, so stage 2's frozen copy ignores it.
+    """
+
+    num_codes: int = 9420
+    code_dim: int = 32
+    img_size: int | tuple[int, int] = 256
+    patch_size: int = 32
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    beta: float = 1.0
+    restart_every: int = 0
+
+    @classmethod
+    def of(cls, config: TaggerConfig | dict | None) -> TaggerConfig:
+        """``config`` as a :class:`TaggerConfig`: ``None`` gives the defaults, a mapping its fields."""
+        if config is None:
+            return cls()
+        if isinstance(config, cls):
+            return config
+        if isinstance(config, dict):
+            unknown = set(config) - set(cls.__dataclass_fields__)
+            if unknown:
+                raise ValueError(
+                    f"tagger: unknown field(s) {', '.join(sorted(unknown))}; "
+                    f"known: {', '.join(cls.__dataclass_fields__)}"
+                )
+            return cls(**config)
+        raise TypeError(f"tagger: expected a TaggerConfig or a mapping, got {type(config).__name__}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
 class VideoTagger(nn.Module):
     """Encoder ``E`` + vector quantizer ``q``: pixels -> one code per frame patch (eq. 4).
 
     What E-ViLM keeps of its tokenizer after stage 1 ("we retain only the encoder and the
     vector-quantized module as our tokenizer") and what labels the masked regions in stage 2.
 
-    Args: those of :class:`PatchEncoder`, and ``num_codes`` ``M`` and ``beta`` of the
-    :class:`~vqa_components.layers.vector_quantizer.VectorQuantizer` (``code_dim`` is its ``D``).
+    Args:
+        config: a :class:`TaggerConfig` (or a mapping of its fields; ``None``: the paper's).
 
     ``forward(video (b, t, 3, H, W) floats in [0, 1])`` returns ``codes (b, t, gh, gw)`` long;
     :meth:`quantize` gives everything the quantizer computed; :attr:`grid` is ``(gh, gw)``.
     """
 
-    def __init__(
-        self,
-        *,
-        num_codes: int = 9420,
-        code_dim: int = 32,
-        img_size: int | tuple[int, int] = 256,
-        patch_size: int = 32,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        beta: float = 1.0,
-    ) -> None:
+    def __init__(self, config: TaggerConfig | dict | None = None) -> None:
         super().__init__()
+        self.config = c = TaggerConfig.of(config)
         self.encoder = PatchEncoder(
-            img_size=img_size,
-            patch_size=patch_size,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            code_dim=code_dim,
+            img_size=c.img_size,
+            patch_size=c.patch_size,
+            embed_dim=c.embed_dim,
+            depth=c.depth,
+            num_heads=c.num_heads,
+            mlp_ratio=c.mlp_ratio,
+            code_dim=c.code_dim,
         )
-        self.quantizer = VectorQuantizer(num_codes, code_dim, beta=beta)
+        self.quantizer = VectorQuantizer(c.num_codes, c.code_dim, beta=c.beta, restart_every=c.restart_every)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -231,11 +272,10 @@ class SemanticVideoTokenizer(nn.Module):
     See the module docstring for the diagram and the choices.
 
     Args:
+        tagger: the encoder and quantizer (:class:`TaggerConfig`, or a mapping of its fields).
         vocab_size: ``K``, the word classes of HEAD^S (the text encoder's vocabulary); ``None``
             builds no head until :meth:`build_word_head` is called (the ``svq`` objective does so
             when it is attached to a model).
-        num_codes, code_dim, img_size, patch_size, embed_dim, depth, num_heads, mlp_ratio, beta:
-            those of :class:`VideoTagger`.
         decoder_dim: the decoder's width.
         decoder_depth: the decoder's blocks (paper: 8).
         decoder_heads: the decoder's attention heads.
@@ -243,36 +283,18 @@ class SemanticVideoTokenizer(nn.Module):
 
     def __init__(
         self,
+        tagger: TaggerConfig | dict | None = None,
         *,
         vocab_size: int | None = None,
-        num_codes: int = 9420,
-        code_dim: int = 32,
-        img_size: int | tuple[int, int] = 256,
-        patch_size: int = 32,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        beta: float = 1.0,
         decoder_dim: int = 384,
         decoder_depth: int = 8,
         decoder_heads: int = 6,
     ) -> None:
         super().__init__()
-        self.tagger = VideoTagger(
-            num_codes=num_codes,
-            code_dim=code_dim,
-            img_size=img_size,
-            patch_size=patch_size,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            beta=beta,
-        )
-        self.decoder = CodeDecoder(
-            code_dim, self.tagger.grid, decoder_dim, decoder_depth, decoder_heads, mlp_ratio
-        )
+        self.tagger = VideoTagger(tagger)
+        mlp_ratio = self.tagger.config.mlp_ratio
+        code_dim = self.tagger.config.code_dim
+        self.decoder = CodeDecoder(code_dim, self.tagger.grid, decoder_dim, decoder_depth, decoder_heads, mlp_ratio)
         self.word_head: nn.Linear | None = None
         if vocab_size is not None:
             self.build_word_head(vocab_size)

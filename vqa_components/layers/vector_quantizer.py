@@ -61,8 +61,16 @@ class VectorQuantizer(nn.Module):
     * ``beta``: a weight of the commitment term in :meth:`loss`, default 1 (the paper has none,
       i.e. 1; VQ-VAE uses 0.25). The terms are returned unweighted.
     * initialisation: codes drawn from a standard normal ("initialized randomly"), i.e. uniform
-      directions on the sphere once normalised. No EMA updates and no restarting of dead codes
-      (not in the paper).
+      directions on the sphere once normalised. No EMA updates.
+    * dead codes (not in the paper, off by default): with ``restart_every = N > 0``, every ``N``
+      training forwards each code that no input chose during those ``N`` forwards is moved onto
+      one of the current batch's encoder outputs ``z'`` (distinct ones, drawn at random), the
+      "random restart" of Dhariwal et al. (Jukebox, 2020) and Zeghidour et al. (SoundStream,
+      2021). The first check also serves as a data-dependent initialisation: the codes no input
+      chose from the random start are moved onto the data. Under DDP the counts are summed over
+      the ranks and rank 0's replacements are broadcast, so the codebooks stay identical. The
+      optimizer's moments of a restarted code are left as they are. Without it the tiny E-ViLM
+      tokenizer kept 3 of its 256 codes (docs/results/evilm.md).
     * ties go to the lowest index; distances are computed in float32, also under autocast.
     * utilisation and perplexity are measured over one batch (on one device); the paper's
       "VOC. RATE" (Table 6) is the utilisation over its data.
@@ -71,20 +79,29 @@ class VectorQuantizer(nn.Module):
         num_codes: ``M`` (paper: 9,420).
         dim: ``D`` (paper: 32).
         beta: weight of the commitment term in :meth:`loss`.
+        restart_every: ``N``, training forwards between dead-code restarts; 0 (default) never.
         eps: floor of the norms in the normalisation.
 
     ``forward(z (..., D))`` returns a :class:`QuantizerOutput`.
     """
 
-    def __init__(self, num_codes: int, dim: int, beta: float = 1.0, eps: float = 1e-6) -> None:
+    def __init__(
+        self, num_codes: int, dim: int, beta: float = 1.0, restart_every: int = 0, eps: float = 1e-6
+    ) -> None:
         super().__init__()
         if num_codes < 1 or dim < 1:
             raise ValueError(f"VectorQuantizer: num_codes and dim must be positive, got {num_codes}, {dim}")
+        if restart_every < 0:
+            raise ValueError(f"VectorQuantizer: restart_every must be >= 0, got {restart_every}")
         self.num_codes = num_codes
         self.dim = dim
         self.beta = beta
+        self.restart_every = restart_every
         self.eps = eps
         self.codebook = nn.Parameter(torch.randn(num_codes, dim))
+        # assignments per code and training forwards since the last restart check (saved, for resuming)
+        self.register_buffer("usage", torch.zeros(num_codes, dtype=torch.long))
+        self.register_buffer("forwards", torch.zeros((), dtype=torch.long))
 
     def normalized_codebook(self) -> Tensor:
         """``(M, D)`` the l2-normalised codes ``c'_j`` in float32."""
@@ -113,7 +130,36 @@ class VectorQuantizer(nn.Module):
             commitment_loss = (z - chosen.detach()).pow(2).sum(-1).mean()
             quantized = z + (chosen - z).detach()
             utilisation, perplexity = code_usage(codes, self.num_codes)
+            if self.training and self.restart_every and torch.is_grad_enabled():
+                self._count_and_restart(codes, z.detach())
         return QuantizerOutput(codes, quantized, z, codebook_loss, commitment_loss, utilisation, perplexity)
+
+    @torch.no_grad()
+    def _count_and_restart(self, codes: Tensor, z: Tensor) -> None:
+        """Count this forward's assignments; every ``restart_every`` forwards, restart the dead codes.
+
+        The new codebook rows take effect from the next forward (this one's loss used the old ones).
+        """
+        self.usage += torch.bincount(codes.flatten(), minlength=self.num_codes)
+        self.forwards += 1
+        if int(self.forwards) % self.restart_every:
+            return
+        usage = self.usage.clone()
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed:
+            torch.distributed.all_reduce(usage)
+        dead = (usage == 0).nonzero().flatten()
+        self.usage.zero_()
+        if dead.numel() == 0:
+            return
+        pool = z.reshape(-1, self.dim)
+        # distinct encoder outputs while there are enough, then repeats
+        picks = torch.randperm(pool.shape[0], device=pool.device)
+        picks = picks.repeat(-(-dead.numel() // pool.shape[0]))[: dead.numel()]
+        new = pool[picks].to(self.codebook.dtype)
+        if distributed:
+            torch.distributed.broadcast(new, src=0)
+        self.codebook.data[dead] = new
 
     def loss(self, out: QuantizerOutput) -> Tensor:
         """The two quantisation terms of eq. 7: ``L_codebook + beta * L_commit``."""

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from vqa_components.interfaces import ConfigError, ModelOutput, Objective
 from vqa_components.layers.masking import block_mask, mask_pixels
-from vqa_components.layers.semantic_tokenizer import VideoTagger
+from vqa_components.layers.semantic_tokenizer import TaggerConfig, VideoTagger
 from vqa_components.registry import OBJECTIVES
 
 
@@ -55,8 +55,9 @@ class MaskedVideoModeling(Objective):
         mask_ratio: fraction of each frame's grid cells to mask (paper: 0.4).
         min_block_cells: smallest block area (see :func:`~vqa_components.layers.masking.frame_blocks`).
         weight: scale of this loss in the total.
-        num_codes, code_dim, img_size, patch_size, embed_dim, depth, num_heads, mlp_ratio: the
-            tagger's, as given to stage 1's ``svq``.
+        tagger: the tagger's shape, the ``tagger`` block given to stage 1's ``svq``
+            (:class:`~vqa_components.layers.semantic_tokenizer.TaggerConfig` or a mapping; its
+            training options ``beta`` and ``restart_every`` do nothing here: the tagger is frozen).
     """
 
     #: it reads the fusion's token outputs (a head that skips the fusion leaves it trainable for this)
@@ -69,14 +70,7 @@ class MaskedVideoModeling(Objective):
         mask_ratio: float = 0.4,
         min_block_cells: int = 4,
         weight: float = 1.0,
-        num_codes: int = 9420,
-        code_dim: int = 32,
-        img_size: int | tuple[int, int] = 256,
-        patch_size: int = 32,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
+        tagger: TaggerConfig | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 < mask_ratio <= 1.0:
@@ -84,19 +78,10 @@ class MaskedVideoModeling(Objective):
         self.mask_ratio = mask_ratio
         self.min_block_cells = min_block_cells
         self.weight = weight
-        self.tagger = VideoTagger(
-            num_codes=num_codes,
-            code_dim=code_dim,
-            img_size=img_size,
-            patch_size=patch_size,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-        )
+        self.tagger = VideoTagger(tagger)
         self.tagger.requires_grad_(False)
         self.tagger.eval()
-        self.head: nn.Linear | None = None if in_dim is None else nn.Linear(in_dim, num_codes)
+        self.head: nn.Linear | None = None if in_dim is None else nn.Linear(in_dim, self.tagger.num_codes)
         #: random source of the masks (a CPU ``torch.Generator``); ``None``: torch's global one
         self.generator: torch.Generator | None = None
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqa_components.interfaces import ConfigError, ModelOutput, Objective
-from vqa_components.layers.semantic_tokenizer import SemanticVideoTokenizer
+from vqa_components.layers.semantic_tokenizer import SemanticVideoTokenizer, TaggerConfig
 from vqa_components.registry import OBJECTIVES
 
 WORD_LOSSES = ("focal", "bce")
@@ -95,9 +95,12 @@ class SemanticVQ(Objective):
         word_loss: ``"focal"`` (eq. 6) or ``"bce"``.
         caption_field: the batch key of the captions.
         weight: scale of this loss in the total.
-        num_codes, code_dim, img_size, patch_size, embed_dim, depth, num_heads, mlp_ratio, beta,
-            decoder_dim, decoder_depth, decoder_heads: the tokenizer's (paper: 9,420 codes of 32,
-            an 8-block decoder); stage 2's ``mvm`` takes the same encoder and quantizer arguments.
+        tagger: the encoder and quantizer
+            (:class:`~vqa_components.layers.semantic_tokenizer.TaggerConfig`, or a mapping of its
+            fields: ``num_codes``, ``code_dim``, ``img_size``, ``patch_size``, ``embed_dim``,
+            ``depth``, ``num_heads``, ``mlp_ratio``, ``beta``, ``restart_every``; ``None``: the
+            paper's, 9,420 codes of 32); stage 2's ``mvm`` takes the same ``tagger`` block.
+        decoder_dim, decoder_depth, decoder_heads: the tokenizer's decoder (paper: 8 blocks).
     """
 
     runs_model_forward = False
@@ -109,15 +112,7 @@ class SemanticVQ(Objective):
         word_loss: str = "focal",
         caption_field: str = "caption",
         weight: float = 1.0,
-        num_codes: int = 9420,
-        code_dim: int = 32,
-        img_size: int | tuple[int, int] = 256,
-        patch_size: int = 32,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        beta: float = 1.0,
+        tagger: TaggerConfig | None = None,
         decoder_dim: int = 384,
         decoder_depth: int = 8,
         decoder_heads: int = 6,
@@ -129,16 +124,8 @@ class SemanticVQ(Objective):
         self.caption_field = caption_field
         self.weight = weight
         self.tokenizer = SemanticVideoTokenizer(
+            tagger,
             vocab_size=vocab_size,
-            num_codes=num_codes,
-            code_dim=code_dim,
-            img_size=img_size,
-            patch_size=patch_size,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            beta=beta,
             decoder_dim=decoder_dim,
             decoder_depth=decoder_depth,
             decoder_heads=decoder_heads,

@@ -252,7 +252,7 @@ def run_evilm_recipe(
             cls = OBJECTIVES.get(o["name"])
             init = {k: v for k, v in o.items() if k != "name"}
             if o["name"] in ("svq", "mvm"):
-                init["img_size"] = SIDE
+                init["tagger"] = {**init.get("tagger", {}), "img_size": SIDE}
             return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init}
 
         extra.append(f"--model.objectives={json.dumps([spelled_out(o) for o in model['objectives']])}")
