@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -46,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from seed_sweep import git_commit, recipe_digest  # noqa: E402
+from seed_sweep import git_commit, mean_std, recipe_digest, table  # noqa: E402
 
 from vqa_components.data.synthetic import GENERATOR_VERSION  # noqa: E402
 
@@ -54,6 +55,16 @@ TINY = ROOT / "recipes" / "evilm" / "tiny"
 PRETRAIN = ("pretrain", "pretrain_vtm_mlm", "pretrain_vtm", "none", "question_only")
 TOKENIZERS = ("tokenizer", "tokenizer_bce")
 RESULTS = ROOT / "experiments" / "results" / "evilm_tiny.json"
+TABLE = ROOT / "docs" / "results" / "evilm_table.md"
+#: Table 5's rows (and the question-only baseline), by (pretrain, tokenizer)
+LABELS = {
+    ("question_only", "tokenizer"): "question only (blind video), from scratch",
+    ("none", "tokenizer"): "no pretraining",
+    ("pretrain_vtm", "tokenizer"): "VTM",
+    ("pretrain_vtm_mlm", "tokenizer"): "VTM + MLM",
+    ("pretrain", "tokenizer"): "VTM + MLM + MVM (the full model; focal tokenizer)",
+    ("pretrain", "tokenizer_bce"): "VTM + MLM + MVM with the BCE tokenizer (Table 6)",
+}
 
 
 def vqa(*args: str, log: Path) -> None:
@@ -134,6 +145,25 @@ def run_chain(seed: int, pretrain: str, tokenizer: str, out: Path) -> dict:
     return record
 
 
+def write_tables(runs: list[dict]) -> None:
+    """The accuracy table (seed_sweep's format) and the codebook table, into ``docs/results/evilm_table.md``."""
+    rows = [dict(r, recipe=LABELS.get((r["pretrain"], r["tokenizer"]), f"{r['pretrain']} / {r['tokenizer']}"))
+            for r in runs]
+    accuracy = table(rows, {label: label for label in LABELS.values()})
+    lines = ["| tokenizer (stage 1) | codebook used over the validation split (%) | perplexity | seeds |", "|---|---|---|---|"]
+    for tokenizer in TOKENIZERS:
+        books = [r["codebook"] for r in runs if r["tokenizer"] == tokenizer and "codebook" in r]
+        if books:
+            ppl = [b["perplexity"] for b in books]
+            ppl_text = f"{statistics.mean(ppl):.1f}" + (f" ± {statistics.stdev(ppl):.1f}" if len(ppl) > 1 else "")
+            lines.append(f"| `{tokenizer}` ({'focal, eq. 6' if tokenizer == 'tokenizer' else 'BCE'}) | "
+                         f"{mean_std([b['utilisation'] for b in books])} | {ppl_text} | {len(books)} |")
+    TABLE.parent.mkdir(parents=True, exist_ok=True)
+    TABLE.write_text(f"<!-- written by experiments/evilm_chain.py on {datetime.now(timezone.utc).date()}, "
+                     f"synthetic_vqa generator version {GENERATOR_VERSION} -->\n" + accuracy + "\n"
+                     + "\n".join(lines) + "\n")
+
+
 def recipes_of(pretrain: str, tokenizer: str) -> list[str]:
     if pretrain == "question_only":
         return ["question_only"]
@@ -148,6 +178,7 @@ def main() -> int:
     parser.add_argument("--tokenizer", choices=TOKENIZERS, default="tokenizer")
     parser.add_argument("--parallel", type=int, default=1, help="chains run at once")
     parser.add_argument("--fresh", action="store_true", help="ignore the chains already in the results file")
+    parser.add_argument("--table-only", action="store_true", help="only rewrite docs/results/evilm_table.md")
     args = parser.parse_args()
     out = ROOT / "runs" / "evilm_tiny"
     kept = json.loads(RESULTS.read_text())["runs"] if RESULTS.is_file() and not args.fresh else []
@@ -161,6 +192,9 @@ def main() -> int:
     runs = [r for r in kept if r.get("recipe_sha256") == digests(r["pretrain"], r["tokenizer"])
             and r.get("generator_version") == GENERATOR_VERSION]
     done = {key(r) for r in runs}
+    if args.table_only:
+        write_tables(runs)
+        return 0
     lock = threading.Lock()
 
     def chain(seed_pretrain: tuple[int, str]) -> None:
@@ -177,6 +211,7 @@ def main() -> int:
             RESULTS.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                            "cpu_count": os.cpu_count(), "parallel_chains": args.parallel,
                                            "runs": sorted(runs, key=key)}, indent=1) + "\n")
+            write_tables(runs)
 
     todo = [(seed, p) for seed in args.seeds for p in args.pretrain if (seed, p, args.tokenizer) not in done]
     with ThreadPoolExecutor(max(1, args.parallel)) as pool:
