@@ -254,12 +254,12 @@ class HeadOutput:
             targets; one decoding step from the start token otherwise).
         target_ids: ``(b, l)`` the token ids a generating head was trained to emit
             (``-100`` at padding, ignored by the loss); ``None`` for other heads.
-        predictions: decoded answers, if the head generated text.
+
+    A head's predicted answers come from ``Head.answers`` (a generating head decodes there).
     """
 
     logits: Tensor
     target_ids: Tensor | None = None
-    predictions: list[str] | None = None
 
 
 @dataclass
