@@ -12,8 +12,8 @@ previous stage's ``last.ckpt`` (``--model.init_from``)::
 ``--pretrain`` picks the row of Table 5: ``pretrain`` (VTM + MLM + MVM, the default),
 ``pretrain_vtm_mlm``, ``pretrain_vtm`` (neither needs stage 1), ``none`` (fine-tuning from
 scratch, ``--model.init_parts null``) or ``question_only`` (the baseline: ``question_only.yaml``,
-a blind backbone, from scratch); ``--tokenizer tokenizer_bce`` trains stage 1 with the BCE word
-loss (Table 6). ``--parallel N`` runs N chains at once (each in its own folder; give each
+a blind backbone, from scratch); ``tokenizer_only`` runs stage 1 alone (its codebook figures, no
+QA); ``--tokenizer tokenizer_bce`` trains stage 1 with the BCE word loss (Table 6). ``--parallel N`` runs N chains at once (each in its own folder; give each
 ``OMP_NUM_THREADS=1`` on a 2-core machine). After stage 1 the tagger labels the validation split and the codebook utilisation
 (share of the codes used at least once over the split) and perplexity are recorded.
 
@@ -23,7 +23,7 @@ would make the tokenizer's word targets characters.
 
     python experiments/evilm_chain.py                          # the full model, seed 0 (< 15 min, 2 cores)
     python experiments/evilm_chain.py --seeds 0 1 2 --pretrain pretrain pretrain_vtm_mlm pretrain_vtm none question_only
-    python experiments/evilm_chain.py --tokenizer tokenizer_bce --seeds 0 1 2
+    python experiments/evilm_chain.py --tokenizer tokenizer_bce --seeds 0 1 2 --pretrain pretrain tokenizer_only
 
 Results (one entry per chain: the stages' wall times, the test metrics, the codebook figures) go to
 ``experiments/results/evilm_tiny.json``; chains already there with unchanged recipes (sha256),
@@ -52,7 +52,7 @@ from seed_sweep import git_commit, mean_std, recipe_digest, table  # noqa: E402
 from vqa_components.data.synthetic import GENERATOR_VERSION  # noqa: E402
 
 TINY = ROOT / "recipes" / "evilm" / "tiny"
-PRETRAIN = ("pretrain", "pretrain_vtm_mlm", "pretrain_vtm", "none", "question_only")
+PRETRAIN = ("pretrain", "pretrain_vtm_mlm", "pretrain_vtm", "none", "question_only", "tokenizer_only")
 TOKENIZERS = ("tokenizer", "tokenizer_bce")
 RESULTS = ROOT / "experiments" / "results" / "evilm_tiny.json"
 TABLE = ROOT / "docs" / "results" / "evilm_table.md"
@@ -106,6 +106,49 @@ def codebook_usage(ckpt: Path, recipe: Path) -> dict[str, float]:
             "codes": tagger.num_codes, "tokens": int(counts.sum())}
 
 
+def last_val(run_root: Path, key: str) -> float | None:
+    """The last logged validation value of ``key`` in a run folder's ``metrics.csv`` (CSVLogger)."""
+    import csv
+
+    files = sorted(run_root.glob("logs/version_*/metrics.csv"))
+    if not files:
+        return None
+    values = [row[key] for row in csv.DictReader(files[-1].open()) if row.get(key)]
+    return float(values[-1]) if values else None
+
+
+def constant_guess_loss(vocab: Path, recipe: Path, word_loss: str) -> float:
+    """The tokenizer's word loss on the validation captions of the best constant guess: one logit per
+    word, fitted on the training captions (Adam, 500 steps from the words' log-odds), whatever the video. A tokenizer whose
+    validation ``token_loss`` is not below it has learnt word frequencies, not what the clips show."""
+    import torch
+    import yaml
+
+    from vqa_components import create
+    from vqa_components.objectives.svq import bce_word_loss, focal_word_loss, multi_hot
+
+    cfg = yaml.safe_load(recipe.read_text())
+    text = dict(cfg["model"]["text_encoder"])
+    enc = create("text_encoder", text.pop("name"), **{**text, "vocab_file": str(vocab)})
+    ignore = set(enc.special_token_ids) | {enc.pad_token_id, enc.mask_token_id}
+
+    def targets(split: str) -> torch.Tensor:
+        data = create("dataset", "synthetic_vqa", split=split, **cfg["data"]["dataset_args"])
+        tok = enc.tokenize([data[i]["caption"] for i in range(len(data))])
+        return multi_hot(tok["input_ids"], tok["attention_mask"], enc.vocab_size, ignore)
+
+    loss = focal_word_loss if word_loss == "focal" else bce_word_loss
+    train, val = targets("train"), targets("val")
+    freq = train.mean(0).clamp(1e-4, 1 - 1e-4)
+    logits = torch.log(freq / (1 - freq)).requires_grad_(True)  # from the word frequencies
+    opt = torch.optim.Adam([logits], lr=0.05)
+    for _ in range(500):
+        opt.zero_grad()
+        loss(logits.expand_as(train), train).backward()
+        opt.step()
+    return float(loss(logits.detach().expand_as(val), val))
+
+
 def run_chain(seed: int, pretrain: str, tokenizer: str, out: Path) -> dict:
     run = out / f"{pretrain}_{tokenizer}_seed{seed}"
     run.mkdir(parents=True, exist_ok=True)
@@ -132,10 +175,17 @@ def run_chain(seed: int, pretrain: str, tokenizer: str, out: Path) -> dict:
     finetune = "question_only" if pretrain == "question_only" else "finetune"
     if pretrain not in ("none", "question_only"):
         pre_args: list[str] = []
-        if pretrain == "pretrain":
+        if pretrain in ("pretrain", "tokenizer_only"):
             tok = stage("tokenizer", tokenizer)
             record["codebook"] = codebook_usage(tok, TINY / f"{tokenizer}.yaml")
+            record["codebook"]["val_token_loss"] = last_val(run / "tokenizer", "val/svq_token_loss")
+            record["codebook"]["constant_guess_token_loss"] = constant_guess_loss(
+                vocab, TINY / f"{tokenizer}.yaml", "bce" if tokenizer == "tokenizer_bce" else "focal")
             pre_args = [f"--model.init_from={tok}"]
+        if pretrain == "tokenizer_only":
+            record["wall_s"] = walls
+            record["total_wall_s"] = sum(walls.values())
+            return record
         init = [f"--model.init_from={stage('pretrain', pretrain, *pre_args)}"]
     stage("finetune", finetune, *init)
     stage("finetune", finetune, "--ckpt_path=best", sub="test")
@@ -148,16 +198,26 @@ def run_chain(seed: int, pretrain: str, tokenizer: str, out: Path) -> dict:
 def write_tables(runs: list[dict]) -> None:
     """The accuracy table (seed_sweep's format) and the codebook table, into ``docs/results/evilm_table.md``."""
     rows = [dict(r, recipe=LABELS.get((r["pretrain"], r["tokenizer"]), f"{r['pretrain']} / {r['tokenizer']}"))
-            for r in runs]
+            for r in runs if r.get("metrics")]
     accuracy = table(rows, {label: label for label in LABELS.values()})
-    lines = ["| tokenizer (stage 1) | codebook used over the validation split (%) | perplexity | seeds |", "|---|---|---|---|"]
+    lines = ["| tokenizer (stage 1) | codebook used over the validation split (%) | perplexity | validation word loss "
+             "| best constant guess | seeds |", "|---|---|---|---|---|---|"]
+
+    def mean_sd(values: list[float], digits: int) -> str:
+        if not values:
+            return "n/a"
+        text = f"{statistics.mean(values):.{digits}f}"
+        return text + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
+
     for tokenizer in TOKENIZERS:
         books = [r["codebook"] for r in runs if r["tokenizer"] == tokenizer and "codebook" in r]
         if books:
-            ppl = [b["perplexity"] for b in books]
-            ppl_text = f"{statistics.mean(ppl):.1f}" + (f" ± {statistics.stdev(ppl):.1f}" if len(ppl) > 1 else "")
-            lines.append(f"| `{tokenizer}` ({'focal, eq. 6' if tokenizer == 'tokenizer' else 'BCE'}) | "
-                         f"{mean_std([b['utilisation'] for b in books])} | {ppl_text} | {len(books)} |")
+            lines.append(
+                f"| `{tokenizer}` ({'focal, eq. 6' if tokenizer == 'tokenizer' else 'BCE'}) | "
+                f"{mean_std([b['utilisation'] for b in books])} | {mean_sd([b['perplexity'] for b in books], 1)} | "
+                f"{mean_sd([b['val_token_loss'] for b in books if b.get('val_token_loss') is not None], 4)} | "
+                f"{mean_sd([b['constant_guess_token_loss'] for b in books if 'constant_guess_token_loss' in b], 4)} | "
+                f"{len(books)} |")
     TABLE.parent.mkdir(parents=True, exist_ok=True)
     TABLE.write_text(f"<!-- written by experiments/evilm_chain.py on {datetime.now(timezone.utc).date()}, "
                      f"synthetic_vqa generator version {GENERATOR_VERSION} -->\n" + accuracy + "\n"
@@ -167,6 +227,8 @@ def write_tables(runs: list[dict]) -> None:
 def recipes_of(pretrain: str, tokenizer: str) -> list[str]:
     if pretrain == "question_only":
         return ["question_only"]
+    if pretrain == "tokenizer_only":
+        return [tokenizer]
     names = ["finetune"] + ([pretrain] if pretrain != "none" else []) + ([tokenizer] if pretrain == "pretrain" else [])
     return sorted(names)
 
@@ -204,7 +266,7 @@ def main() -> int:
                       commit=git_commit())
         with lock:
             runs.append(record)
-            print(f"{pretrain} / {args.tokenizer} seed {seed}: acc {record['metrics'].get('test/acc')}, "
+            print(f"{pretrain} / {args.tokenizer} seed {seed}: acc {record.get('metrics', {}).get('test/acc')}, "
                   f"{record['total_wall_s']:.0f} s" + (f", codebook {record['codebook']}" if "codebook" in record else ""),
                   flush=True)
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
