@@ -37,7 +37,7 @@ Choices the paper leaves open:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from einops import rearrange
@@ -164,9 +164,6 @@ class TaggerConfig:
                 )
             return cls(**config)
         raise TypeError(f"tagger: expected a TaggerConfig or a mapping, got {type(config).__name__}")
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 class VideoTagger(nn.Module):
