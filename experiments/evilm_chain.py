@@ -13,7 +13,9 @@ previous stage's ``last.ckpt`` (``--model.init_from``)::
 ``pretrain_vtm_mlm``, ``pretrain_vtm`` (neither needs stage 1), ``none`` (fine-tuning from
 scratch, ``--model.init_parts null``) or ``question_only`` (the baseline: ``question_only.yaml``,
 a blind backbone, from scratch); ``tokenizer_only`` runs stage 1 alone (its codebook figures, no
-QA); ``--tokenizer tokenizer_bce`` trains stage 1 with the BCE word loss (Table 6). ``--parallel N`` runs N chains at once (each in its own folder; give each
+QA); ``--tokenizer tokenizer_bce`` trains stage 1 with the BCE word loss (Table 6), and
+``tokenizer_no_restart`` / ``tokenizer_bce_no_restart`` without dead-code restarts (the paper's
+quantizer). ``--parallel N`` runs N chains at once (each in its own folder; give each
 ``OMP_NUM_THREADS=1`` on a 2-core machine). After stage 1 the tagger labels the validation split and the codebook utilisation
 (share of the codes used at least once over the split) and perplexity are recorded.
 
@@ -53,7 +55,7 @@ from vqa_components.data.synthetic import GENERATOR_VERSION  # noqa: E402
 
 TINY = ROOT / "recipes" / "evilm" / "tiny"
 PRETRAIN = ("pretrain", "pretrain_vtm_mlm", "pretrain_vtm", "none", "question_only", "tokenizer_only")
-TOKENIZERS = ("tokenizer", "tokenizer_bce")
+TOKENIZERS = ("tokenizer", "tokenizer_bce", "tokenizer_no_restart", "tokenizer_bce_no_restart")
 RESULTS = ROOT / "experiments" / "results" / "evilm_tiny.json"
 TABLE = ROOT / "docs" / "results" / "evilm_table.md"
 #: Table 5's rows (and the question-only baseline), by (pretrain, tokenizer)
@@ -180,7 +182,7 @@ def run_chain(seed: int, pretrain: str, tokenizer: str, out: Path) -> dict:
             record["codebook"] = codebook_usage(tok, TINY / f"{tokenizer}.yaml")
             record["codebook"]["val_token_loss"] = last_val(run / "tokenizer", "val/svq_token_loss")
             record["codebook"]["constant_guess_token_loss"] = constant_guess_loss(
-                vocab, TINY / f"{tokenizer}.yaml", "bce" if tokenizer == "tokenizer_bce" else "focal")
+                vocab, TINY / f"{tokenizer}.yaml", "bce" if "bce" in tokenizer else "focal")
             pre_args = [f"--model.init_from={tok}"]
         if pretrain == "tokenizer_only":
             record["wall_s"] = walls
@@ -212,8 +214,10 @@ def write_tables(runs: list[dict]) -> None:
     for tokenizer in TOKENIZERS:
         books = [r["codebook"] for r in runs if r["tokenizer"] == tokenizer and "codebook" in r]
         if books:
+            kind = ("BCE" if "bce" in tokenizer else "focal, eq. 6") + (
+                ", no restarts" if "no_restart" in tokenizer else ", restarts every 20 steps")
             lines.append(
-                f"| `{tokenizer}` ({'focal, eq. 6' if tokenizer == 'tokenizer' else 'BCE'}) | "
+                f"| `{tokenizer}` ({kind}) | "
                 f"{mean_std([b['utilisation'] for b in books])} | {mean_sd([b['perplexity'] for b in books], 1)} | "
                 f"{mean_sd([b['val_token_loss'] for b in books if b.get('val_token_loss') is not None], 4)} | "
                 f"{mean_sd([b['constant_guess_token_loss'] for b in books if 'constant_guess_token_loss' in b], 4)} | "
