@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import threading
@@ -45,6 +44,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
@@ -82,7 +83,6 @@ def vqa(*args: str, log: Path) -> None:
 def codebook_usage(ckpt: Path, recipe: Path) -> dict[str, float]:
     """Codebook utilisation and perplexity of the stage-1 tagger over synthetic_vqa's validation split."""
     import torch
-    import yaml
 
     from vqa_components import create
     from vqa_components.layers.semantic_tokenizer import VideoTagger
@@ -124,7 +124,6 @@ def constant_guess_loss(vocab: Path, recipe: Path, word_loss: str) -> float:
     word, fitted on the training captions (Adam, 500 steps from the words' log-odds), whatever the video. A tokenizer whose
     validation ``token_loss`` is not below it has learnt word frequencies, not what the clips show."""
     import torch
-    import yaml
 
     from vqa_components import create
     from vqa_components.objectives.svq import bce_word_loss, focal_word_loss, multi_hot
@@ -206,16 +205,16 @@ def write_tables(runs: list[dict]) -> None:
              "| best constant guess | seeds |", "|---|---|---|---|---|---|"]
 
     def mean_sd(values: list[float], digits: int) -> str:
-        if not values:
-            return "n/a"
-        text = f"{statistics.mean(values):.{digits}f}"
-        return text + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
+        return mean_std(values, scale=1.0, digits=digits)
 
     for tokenizer in TOKENIZERS:
         books = [r["codebook"] for r in runs if r["tokenizer"] == tokenizer and "codebook" in r]
         if books:
-            kind = ("BCE" if "bce" in tokenizer else "focal, eq. 6") + (
-                ", no restarts" if "no_restart" in tokenizer else ", restarts every 20 steps")
+            svq = next(o for o in yaml.safe_load((TINY / f"{tokenizer}.yaml").read_text())["model"]["objectives"]
+                       if o["name"] == "svq")
+            restarts = svq.get("tagger", {}).get("restart_every", 0)
+            kind = f"{'BCE' if svq.get('word_loss') == 'bce' else 'focal, eq. 6'}, " + (
+                f"restarts every {restarts} steps" if restarts else "no restarts")
             lines.append(
                 f"| `{tokenizer}` ({kind}) | "
                 f"{mean_std([b['utilisation'] for b in books])} | {mean_sd([b['perplexity'] for b in books], 1)} | "

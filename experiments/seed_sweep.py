@@ -111,13 +111,14 @@ def run_one(recipe: Path, seed: int, out_root: Path, extra: list[str], accelerat
             "metrics": metrics}
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    """``mean ± sample std`` of ``values * scale`` (percent by default) with ``digits`` decimals."""
     if not values:
         return "n/a"
-    m = 100 * statistics.mean(values)
+    m = scale * statistics.mean(values)
     if len(values) < 2:  # one run has no spread to show
-        return f"{m:.1f}"
-    return f"{m:.1f} ± {100 * statistics.stdev(values):.1f}"
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
 
 
 def table(runs: list[dict], labels: dict[str, str]) -> str:
