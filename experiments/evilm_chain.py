@@ -15,7 +15,8 @@ scratch, ``--model.init_parts null``) or ``question_only`` (the baseline: ``ques
 a blind backbone, from scratch); ``tokenizer_only`` runs stage 1 alone (its codebook figures, no
 QA); ``--tokenizer tokenizer_bce`` trains stage 1 with the BCE word loss (Table 6), and
 ``tokenizer_no_restart`` / ``tokenizer_bce_no_restart`` without dead-code restarts (the paper's
-quantizer). ``--parallel N`` runs N chains at once (each in its own folder; give each
+quantizer); ``--tokenizer-epochs N`` trains stage 1 for N epochs instead of the recipe's
+``max_epochs`` (a longer tokenizer, same recipe otherwise). ``--parallel N`` runs N chains at once (each in its own folder; give each
 ``OMP_NUM_THREADS=1`` on a 2-core machine). After stage 1 the tagger labels the validation split and the codebook utilisation
 (share of the codes used at least once over the split) and perplexity are recorded.
 
@@ -26,6 +27,7 @@ would make the tokenizer's word targets characters.
     python experiments/evilm_chain.py                          # the full model, seed 0 (< 15 min, 2 cores)
     python experiments/evilm_chain.py --seeds 0 1 2 --pretrain pretrain pretrain_vtm_mlm pretrain_vtm none question_only
     python experiments/evilm_chain.py --tokenizer tokenizer_bce --seeds 0 1 2 --pretrain pretrain tokenizer_only
+    python experiments/evilm_chain.py --tokenizer tokenizer_bce --tokenizer-epochs 8 --seeds 0 1 2
 
 Results (one entry per chain: the stages' wall times, the test metrics, the codebook figures) go to
 ``experiments/results/evilm_tiny.json``; chains already there with unchanged recipes (sha256),
@@ -150,8 +152,25 @@ def constant_guess_loss(vocab: Path, recipe: Path, word_loss: str) -> float:
     return float(loss(logits.detach().expand_as(val), val))
 
 
-def run_chain(seed: int, pretrain: str, tokenizer: str, out: Path) -> dict:
-    run = out / f"{pretrain}_{tokenizer}_seed{seed}"
+def recipe_epochs(tokenizer: str) -> int:
+    """The stage-1 recipe's own ``trainer.max_epochs``."""
+    return int(yaml.safe_load((TINY / f"{tokenizer}.yaml").read_text())["trainer"]["max_epochs"])
+
+
+def uses_tokenizer(pretrain: str) -> bool:
+    return pretrain in ("pretrain", "tokenizer_only")
+
+
+def tokenizer_epochs(record: dict) -> int | None:
+    """Epochs of a chain's stage 1 (None where the chain has none); older records ran the recipe's."""
+    if not uses_tokenizer(record["pretrain"]):
+        return None
+    return record.get("tokenizer_epochs") or recipe_epochs(record["tokenizer"])
+
+
+def run_chain(seed: int, pretrain: str, tokenizer: str, out: Path, epochs: int | None = None) -> dict:
+    longer = epochs is not None and epochs != recipe_epochs(tokenizer) and uses_tokenizer(pretrain)
+    run = out / (f"{pretrain}_{tokenizer}" + (f"_{epochs}ep" if longer else "") + f"_seed{seed}")
     run.mkdir(parents=True, exist_ok=True)
     log = run / "chain.log"
     log.write_text("")
@@ -160,6 +179,8 @@ def run_chain(seed: int, pretrain: str, tokenizer: str, out: Path) -> dict:
               "--trainer.enable_progress_bar=false"]
     walls: dict[str, float] = {}
     record: dict = {"seed": seed, "pretrain": pretrain, "tokenizer": tokenizer}
+    if uses_tokenizer(pretrain):
+        record["tokenizer_epochs"] = epochs or recipe_epochs(tokenizer)
 
     def stage(name: str, recipe: str, *extra: str, sub: str = "fit") -> Path:
         start = time.time()
@@ -176,8 +197,8 @@ def run_chain(seed: int, pretrain: str, tokenizer: str, out: Path) -> dict:
     finetune = "question_only" if pretrain == "question_only" else "finetune"
     if pretrain not in ("none", "question_only"):
         pre_args: list[str] = []
-        if pretrain in ("pretrain", "tokenizer_only"):
-            tok = stage("tokenizer", tokenizer)
+        if uses_tokenizer(pretrain):
+            tok = stage("tokenizer", tokenizer, *([f"--trainer.max_epochs={epochs}"] if epochs else []))
             record["codebook"] = codebook_usage(tok, TINY / f"{tokenizer}.yaml")
             record["codebook"]["val_token_loss"] = last_val(run / "tokenizer", "val/svq_token_loss")
             record["codebook"]["constant_guess_token_loss"] = constant_guess_loss(
@@ -196,25 +217,36 @@ def run_chain(seed: int, pretrain: str, tokenizer: str, out: Path) -> dict:
     return record
 
 
+def label(r: dict) -> str:
+    """A chain's row in the accuracy table: Table 5's name, and the tokenizer's epochs where not the recipe's."""
+    name = LABELS.get((r["pretrain"], r["tokenizer"]), f"{r['pretrain']} / {r['tokenizer']}")
+    epochs = tokenizer_epochs(r)
+    if epochs is not None and epochs != recipe_epochs(r["tokenizer"]):
+        name += f", tokenizer trained {epochs} epochs"
+    return name
+
+
 def write_tables(runs: list[dict]) -> None:
     """The accuracy table (seed_sweep's format) and the codebook table, into ``docs/results/evilm_table.md``."""
-    rows = [dict(r, recipe=LABELS.get((r["pretrain"], r["tokenizer"]), f"{r['pretrain']} / {r['tokenizer']}"))
-            for r in runs if r.get("metrics")]
-    accuracy = table(rows, {label: label for label in LABELS.values()})
+    rows = [dict(r, recipe=label(r)) for r in runs if r.get("metrics")]
+    order = list(LABELS.values())
+    order += sorted({r["recipe"] for r in rows} - set(order))
+    accuracy = table(rows, {name: name for name in order})
     lines = ["| tokenizer (stage 1) | codebook used over the validation split (%) | perplexity | validation word loss "
              "| best constant guess | seeds |", "|---|---|---|---|---|---|"]
 
     def mean_sd(values: list[float], digits: int) -> str:
         return mean_std(values, scale=1.0, digits=digits)
 
-    for tokenizer in TOKENIZERS:
-        books = [r["codebook"] for r in runs if r["tokenizer"] == tokenizer and "codebook" in r]
+    for tokenizer, epochs in sorted({(r["tokenizer"], tokenizer_epochs(r)) for r in runs if "codebook" in r},
+                                    key=lambda te: (TOKENIZERS.index(te[0]), te[1])):
+        books = [r["codebook"] for r in runs if "codebook" in r and (r["tokenizer"], tokenizer_epochs(r)) == (tokenizer, epochs)]
         if books:
             svq = next(o for o in yaml.safe_load((TINY / f"{tokenizer}.yaml").read_text())["model"]["objectives"]
                        if o["name"] == "svq")
             restarts = svq.get("tagger", {}).get("restart_every", 0)
             kind = f"{'BCE' if svq.get('word_loss') == 'bce' else 'focal, eq. 6'}, " + (
-                f"restarts every {restarts} steps" if restarts else "no restarts")
+                f"restarts every {restarts} steps" if restarts else "no restarts") + f", {epochs} epochs"
             lines.append(
                 f"| `{tokenizer}` ({kind}) | "
                 f"{mean_std([b['utilisation'] for b in books])} | {mean_sd([b['perplexity'] for b in books], 1)} | "
@@ -241,6 +273,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--pretrain", nargs="+", choices=PRETRAIN, default=["pretrain"])
     parser.add_argument("--tokenizer", choices=TOKENIZERS, default="tokenizer")
+    parser.add_argument("--tokenizer-epochs", type=int, default=None,
+                        help="train stage 1 this many epochs instead of the recipe's max_epochs")
     parser.add_argument("--parallel", type=int, default=1, help="chains run at once")
     parser.add_argument("--fresh", action="store_true", help="ignore the chains already in the results file")
     parser.add_argument("--table-only", action="store_true", help="only rewrite docs/results/evilm_table.md")
@@ -249,7 +283,7 @@ def main() -> int:
     kept = json.loads(RESULTS.read_text())["runs"] if RESULTS.is_file() and not args.fresh else []
 
     def key(r: dict) -> tuple:
-        return r["seed"], r["pretrain"], r["tokenizer"]
+        return r["seed"], r["pretrain"], r["tokenizer"], tokenizer_epochs(r) or 0
 
     def digests(pretrain: str, tokenizer: str) -> dict[str, str]:
         return {n: recipe_digest(TINY / f"{n}.yaml") for n in recipes_of(pretrain, tokenizer)}
@@ -264,7 +298,7 @@ def main() -> int:
 
     def chain(seed_pretrain: tuple[int, str]) -> None:
         seed, pretrain = seed_pretrain
-        record = run_chain(seed, pretrain, args.tokenizer, out)
+        record = run_chain(seed, pretrain, args.tokenizer, out, args.tokenizer_epochs)
         record.update(recipe_sha256=digests(pretrain, args.tokenizer), generator_version=GENERATOR_VERSION,
                       commit=git_commit())
         with lock:
@@ -278,7 +312,11 @@ def main() -> int:
                                            "runs": sorted(runs, key=key)}, indent=1) + "\n")
             write_tables(runs)
 
-    todo = [(seed, p) for seed in args.seeds for p in args.pretrain if (seed, p, args.tokenizer) not in done]
+    def wanted(seed: int, pretrain: str) -> tuple:
+        epochs = (args.tokenizer_epochs or recipe_epochs(args.tokenizer)) if uses_tokenizer(pretrain) else 0
+        return seed, pretrain, args.tokenizer, epochs
+
+    todo = [(seed, p) for seed in args.seeds for p in args.pretrain if wanted(seed, p) not in done]
     with ThreadPoolExecutor(max(1, args.parallel)) as pool:
         list(pool.map(chain, todo))
     return 0
