@@ -342,6 +342,23 @@ def test_sweep_sets_name_their_recipes():
     assert set(labels) == {p.stem for p in folder.glob("*.yaml")}  # and every recipe is swept
 
 
+def test_evilm_chain_keeps_longer_tokenizers_apart():
+    """A chain whose stage 1 ran longer (``--tokenizer-epochs``) gets its own table row; older records
+    without the field ran their recipe's ``max_epochs``; chains without a stage 1 have no epochs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evilm_chain", ROOT / "experiments" / "evilm_chain.py")
+    chain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chain)
+    recipe = chain.recipe_epochs("tokenizer_bce")
+    old = {"seed": 0, "pretrain": "pretrain", "tokenizer": "tokenizer_bce"}
+    longer = dict(old, tokenizer_epochs=recipe + 4)
+    assert chain.tokenizer_epochs(old) == recipe
+    assert chain.tokenizer_epochs({"seed": 0, "pretrain": "none", "tokenizer": "tokenizer"}) is None
+    assert chain.label(old) == chain.LABELS[("pretrain", "tokenizer_bce")]
+    assert chain.label(longer) == chain.LABELS[("pretrain", "tokenizer_bce")] + f", tokenizer trained {recipe + 4} epochs"
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_trainable_parameter_learns_and_frozen_parts_stay_out_of_the_optimizer(recipe, tiny_data,
                                                                                      one_thread_for_x3d):
