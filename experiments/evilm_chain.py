@@ -16,8 +16,9 @@ a blind backbone, from scratch); ``tokenizer_only`` runs stage 1 alone (its code
 QA); ``--tokenizer tokenizer_bce`` trains stage 1 with the BCE word loss (Table 6), and
 ``tokenizer_no_restart`` / ``tokenizer_bce_no_restart`` without dead-code restarts (the paper's
 quantizer); ``--tokenizer-epochs N`` trains stage 1 for N epochs instead of the recipe's
-``max_epochs`` (a longer tokenizer, same recipe otherwise). ``--parallel N`` runs N chains at once (each in its own folder; give each
-``OMP_NUM_THREADS=1`` on a 2-core machine). After stage 1 the tagger labels the validation split and the codebook utilisation
+``max_epochs`` (a longer tokenizer, same recipe otherwise; such chains get their own table rows).
+``--parallel N`` runs N chains at once (each in its own folder; give each ``OMP_NUM_THREADS=1`` on a
+2-core machine). After stage 1 the tagger labels the validation split and the codebook utilisation
 (share of the codes used at least once over the split) and perplexity are recorded.
 
 The vocabulary keeps every word (``--keep_fraction 1.0``): synthetic_vqa's captions and questions
@@ -27,7 +28,7 @@ would make the tokenizer's word targets characters.
     python experiments/evilm_chain.py                          # the full model, seed 0 (< 15 min, 2 cores)
     python experiments/evilm_chain.py --seeds 0 1 2 --pretrain pretrain pretrain_vtm_mlm pretrain_vtm none question_only
     python experiments/evilm_chain.py --tokenizer tokenizer_bce --seeds 0 1 2 --pretrain pretrain tokenizer_only
-    python experiments/evilm_chain.py --tokenizer tokenizer_bce --tokenizer-epochs 8 --seeds 0 1 2
+    python experiments/evilm_chain.py --tokenizer tokenizer_bce --tokenizer-epochs 6 --seeds 0 1 2
 
 Results (one entry per chain: the stages' wall times, the test metrics, the codebook figures) go to
 ``experiments/results/evilm_tiny.json``; chains already there with unchanged recipes (sha256),
@@ -52,9 +53,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from seed_sweep import git_commit, mean_std, recipe_digest, table  # noqa: E402
+from seed_sweep import git_commit, mean_std, recipe_digest, table
 
-from vqa_components.data.synthetic import GENERATOR_VERSION  # noqa: E402
+from vqa_components.data.synthetic import GENERATOR_VERSION
 
 TINY = ROOT / "recipes" / "evilm" / "tiny"
 PRETRAIN = ("pretrain", "pretrain_vtm_mlm", "pretrain_vtm", "none", "question_only", "tokenizer_only")
@@ -77,7 +78,7 @@ def vqa(*args: str, log: Path) -> None:
     with log.open("a") as f:
         f.write("$ vqa " + " ".join(args) + "\n")
         f.flush()
-        res = subprocess.run(cmd, stdout=f, stderr=f, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        res = subprocess.run(cmd, stdout=f, stderr=f, env=dict(os.environ, PYTHONUNBUFFERED="1"), check=False)
     if res.returncode:
         raise SystemExit(f"vqa {args[0]} failed (exit {res.returncode}); see {log}")
 
@@ -232,15 +233,16 @@ def write_tables(runs: list[dict]) -> None:
     order = list(LABELS.values())
     order += sorted({r["recipe"] for r in rows} - set(order))
     accuracy = table(rows, {name: name for name in order})
-    lines = ["| tokenizer (stage 1) | codebook used over the validation split (%) | perplexity | validation word loss "
-             "| best constant guess | seeds |", "|---|---|---|---|---|---|"]
+    lines = [("| tokenizer (stage 1) | codebook used over the validation split (%) | perplexity | validation word loss "
+              "| best constant guess | seeds |"), "|---|---|---|---|---|---|"]
 
     def mean_sd(values: list[float], digits: int) -> str:
         return mean_std(values, scale=1.0, digits=digits)
 
     for tokenizer, epochs in sorted({(r["tokenizer"], tokenizer_epochs(r)) for r in runs if "codebook" in r},
                                     key=lambda te: (TOKENIZERS.index(te[0]), te[1])):
-        books = [r["codebook"] for r in runs if "codebook" in r and (r["tokenizer"], tokenizer_epochs(r)) == (tokenizer, epochs)]
+        books = [r["codebook"] for r in runs
+                 if "codebook" in r and (r["tokenizer"], tokenizer_epochs(r)) == (tokenizer, epochs)]
         if books:
             svq = next(o for o in yaml.safe_load((TINY / f"{tokenizer}.yaml").read_text())["model"]["objectives"]
                        if o["name"] == "svq")

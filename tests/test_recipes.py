@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from recipe_helpers import objectives_with_tagger_size, paper_sized_bert_vocab
 
 from vqa_components.cli import main
