@@ -236,9 +236,6 @@ def write_tables(runs: list[dict]) -> None:
     lines = [("| tokenizer (stage 1) | codebook used over the validation split (%) | perplexity | validation word loss "
               "| best constant guess | seeds |"), "|---|---|---|---|---|---|"]
 
-    def mean_sd(values: list[float], digits: int) -> str:
-        return mean_std(values, scale=1.0, digits=digits)
-
     for tokenizer, epochs in sorted({(r["tokenizer"], tokenizer_epochs(r)) for r in runs if "codebook" in r},
                                     key=lambda te: (TOKENIZERS.index(te[0]), te[1])):
         books = [r["codebook"] for r in runs
@@ -249,12 +246,11 @@ def write_tables(runs: list[dict]) -> None:
             restarts = svq.get("tagger", {}).get("restart_every", 0)
             kind = f"{'BCE' if svq.get('word_loss') == 'bce' else 'focal, eq. 6'}, " + (
                 f"restarts every {restarts} steps" if restarts else "no restarts") + f", {epochs} epochs"
-            lines.append(
-                f"| `{tokenizer}` ({kind}) | "
-                f"{mean_std([b['utilisation'] for b in books])} | {mean_sd([b['perplexity'] for b in books], 1)} | "
-                f"{mean_sd([b['val_token_loss'] for b in books if b.get('val_token_loss') is not None], 4)} | "
-                f"{mean_sd([b['constant_guess_token_loss'] for b in books if 'constant_guess_token_loss' in b], 4)} | "
-                f"{len(books)} |")
+            cells = [mean_std([b["utilisation"] for b in books]),
+                     mean_std([b["perplexity"] for b in books], scale=1, digits=1)]
+            cells += [mean_std([b[k] for b in books if b.get(k) is not None], scale=1, digits=4)
+                      for k in ("val_token_loss", "constant_guess_token_loss")]
+            lines.append(f"| `{tokenizer}` ({kind}) | " + " | ".join(cells) + f" | {len(books)} |")
     TABLE.parent.mkdir(parents=True, exist_ok=True)
     TABLE.write_text(f"<!-- written by experiments/evilm_chain.py on {datetime.now(timezone.utc).date()}, "
                      f"synthetic_vqa generator version {GENERATOR_VERSION} -->\n" + accuracy + "\n"
@@ -314,11 +310,9 @@ def main() -> int:
                                            "runs": sorted(runs, key=key)}, indent=1) + "\n")
             write_tables(runs)
 
-    def wanted(seed: int, pretrain: str) -> tuple:
-        epochs = (args.tokenizer_epochs or recipe_epochs(args.tokenizer)) if uses_tokenizer(pretrain) else 0
-        return seed, pretrain, args.tokenizer, epochs
-
-    todo = [(seed, p) for seed in args.seeds for p in args.pretrain if wanted(seed, p) not in done]
+    todo = [(seed, p) for seed in args.seeds for p in args.pretrain
+            if key({"seed": seed, "pretrain": p, "tokenizer": args.tokenizer,
+                    "tokenizer_epochs": args.tokenizer_epochs}) not in done]
     with ThreadPoolExecutor(max(1, args.parallel)) as pool:
         list(pool.map(chain, todo))
     return 0

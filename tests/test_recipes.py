@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from recipe_helpers import objectives_with_tagger_size, paper_sized_bert_vocab
+from recipe_helpers import load_experiment, objectives_with_tagger_size, paper_sized_bert_vocab
 
 from vqa_components.cli import main
 
@@ -329,11 +329,7 @@ def test_meta_profile_counts_what_vqa_profile_counts():
 
 
 def test_sweep_sets_name_their_recipes():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("seed_sweep", ROOT / "experiments" / "seed_sweep.py")
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
+    sweep = load_experiment("seed_sweep")
     for name, (folder, labels, results, table) in sweep.SETS.items():
         assert set(labels) <= {p.stem for p in folder.glob("*.yaml")}, name  # every label names a recipe
         assert results.startswith("experiments/results/") and table.startswith("docs/results/"), name
@@ -344,18 +340,15 @@ def test_sweep_sets_name_their_recipes():
 def test_evilm_chain_keeps_longer_tokenizers_apart():
     """A chain whose stage 1 ran longer (``--tokenizer-epochs``) gets its own table row; older records
     without the field ran their recipe's ``max_epochs``; chains without a stage 1 have no epochs."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("evilm_chain", ROOT / "experiments" / "evilm_chain.py")
-    chain = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(chain)
+    chain = load_experiment("evilm_chain")
     recipe = chain.recipe_epochs("tokenizer_bce")
     old = {"seed": 0, "pretrain": "pretrain", "tokenizer": "tokenizer_bce"}
     longer = dict(old, tokenizer_epochs=recipe + 4)
     assert chain.tokenizer_epochs(old) == recipe
     assert chain.tokenizer_epochs({"seed": 0, "pretrain": "none", "tokenizer": "tokenizer"}) is None
-    assert chain.label(old) == chain.LABELS[("pretrain", "tokenizer_bce")]
-    assert chain.label(longer) == chain.LABELS[("pretrain", "tokenizer_bce")] + f", tokenizer trained {recipe + 4} epochs"
+    name = chain.LABELS[("pretrain", "tokenizer_bce")]
+    assert chain.label(old) == name
+    assert chain.label(longer) == name + f", tokenizer trained {recipe + 4} epochs"
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
