@@ -38,18 +38,16 @@ import argparse
 import ctypes.util
 import importlib.metadata
 import importlib.util
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
+from _report import machine, panels, provenance, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAME_COUNTS = (8, 16, 32)
@@ -210,42 +208,35 @@ def summarise(times: dict[str, list[float]]) -> dict:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     clips = list(result["clips"])
-    fig, axes = plt.subplots(1, len(clips), figsize=(4.6 * len(clips), 3.6), squeeze=False)
-    colours = {"reader": "#4c72b0", "pyav": "#dd8452", "torchcodec": "#55a868"}
-    for ax, clip in zip(axes[0], clips):
-        rows = result["clips"][clip]["frames"]
-        methods = list(next(iter(rows.values()))["median_ms"])
-        width = 0.8 / len(methods)
-        for j, m in enumerate(methods):
-            xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(rows))]
-            ax.bar(xs, [rows[k]["median_ms"][m] for k in rows], width, label=m, color=colours.get(m))
-        ax.set_xticks(range(len(rows)), [f"{k} frames" for k in rows])
-        ax.set_title(f"{clip} ({result['clips'][clip]['size']})", fontsize=9)
-        ax.set_ylabel("ms per clip (median)")
-    axes[0][0].legend(fontsize=8)
     load = result["load_average"]
-    fig.suptitle(
+    title = (
         f"{result['cpu']} ({result['cpu_count']} cores), {result['date'][:10]}, load average "
-        f"{load['start'][0]:.1f} -> {load['end'][0]:.1f}",
-        fontsize=9,
+        f"{load['start'][0]:.1f} -> {load['end'][0]:.1f}"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    colours = {"reader": "#4c72b0", "pyav": "#dd8452", "torchcodec": "#55a868"}
+    with panels(len(clips), 4.6, 3.6, title, path) as axes:
+        for ax, clip in zip(axes, clips):
+            rows = result["clips"][clip]["frames"]
+            methods = list(next(iter(rows.values()))["median_ms"])
+            width = 0.8 / len(methods)
+            for j, m in enumerate(methods):
+                xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(rows))]
+                ax.bar(xs, [rows[k]["median_ms"][m] for k in rows], width, label=m, color=colours.get(m))
+            ax.set_xticks(range(len(rows)), [f"{k} frames" for k in rows])
+            ax.set_title(f"{clip} ({result['clips'][clip]['size']})", fontsize=9)
+            ax.set_ylabel("ms per clip (median)")
+        axes[0].legend(fontsize=8)
 
 
 def table(result: dict) -> str:
     """The markdown table that ``docs/results/decoding.md`` quotes."""
     load = result["load_average"]
-    comment = (
-        f"<!-- written by benchmarks/decoding.py on {result['date']}: {result['cpu']}, {result['cpu_count']} "
-        f"cores, load average {load['start'][0]:.1f} at the start and {load['end'][0]:.1f} at the end, "
-        f"torch {result['torch']}, av {result['av']}, torchcodec {result['torchcodec'].get('version')} -->"
+    comment = provenance(
+        "decoding.py",
+        result,
+        f"load average {load['start'][0]:.1f} at the start and {load['end'][0]:.1f} at the end, "
+        f"torch {result['torch']}, av {result['av']}, torchcodec {result['torchcodec'].get('version')}",
     )
     has_tc = result["torchcodec"]["available"]
     head = (
@@ -268,16 +259,6 @@ def table(result: dict) -> str:
                 + f" | {ratio:.2f}× ({row['fastest_peer']}){mark} | {row['paired_ratio_median']:.2f}× |"
             )
     return "\n".join(lines) + "\n"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> int:
@@ -303,13 +284,9 @@ def main() -> int:
     if status["available"]:
         methods["torchcodec"] = read_torchcodec
     result: dict = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
+        **machine(),
         "av": av.__version__,
         "libavcodec_pyav": ".".join(str(v) for v in av.library_versions["libavcodec"]),
-        "python": platform.python_version(),
         "torchcodec": status,
         "reps": {"synthetic": args.synthetic_reps, "others": args.reps},
         "note": args.note,
@@ -351,8 +328,7 @@ def main() -> int:
     ]
     result["worst_reader_over_fastest_peer"] = max(ratios)
     result["goal_met"] = max(ratios) <= GOAL
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(result, args.out)
     plot(result, args.out.with_suffix(".png"))
     args.out.with_suffix(".md").write_text(table(result))
     print(f"written {args.out} and the .png and .md beside it")

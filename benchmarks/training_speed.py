@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+from _report import cpu_flags, machine, panels, provenance, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {
@@ -120,28 +120,20 @@ def accuracy(recipe_key: str, precision: str) -> dict | None:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(result["recipes"])
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.4), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        rows = result["recipes"][name]["speed"]
-        labels = [f"{r['precision']}\n{r['processes']} proc." for r in rows]
-        ax.bar(labels, [r["samples_per_s"] for r in rows], color=["#4c72b0", "#dd8452", "#55a868"][: len(rows)])
-        ax.set_title(name)
-        ax.set_ylabel("training samples / s")
-    fig.suptitle(f"{result['cpu']} ({result['cpu_count']} cores), {result['date'][:10]}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    title = f"{result['cpu']} ({result['cpu_count']} cores), {result['date'][:10]}"
+    with panels(len(names), 5, 3.4, title, path) as axes:
+        for ax, name in zip(axes, names):
+            rows = result["recipes"][name]["speed"]
+            labels = [f"{r['precision']}\n{r['processes']} proc." for r in rows]
+            ax.bar(labels, [r["samples_per_s"] for r in rows], color=["#4c72b0", "#dd8452", "#55a868"][: len(rows)])
+            ax.set_title(name)
+            ax.set_ylabel("training samples / s")
 
 
 def table(result: dict) -> str:
     """The markdown table that ``docs/results/training_speed.md`` quotes."""
-    comment = (f"<!-- written by benchmarks/training_speed.py on {result['date']}: {result['cpu']}, "
-               f"{result['cpu_count']} cores, flags {' '.join(result['cpu_flags'])}, torch {result['torch']} -->")
+    comment = provenance("training_speed.py", result, f"flags {' '.join(result['cpu_flags'])}, torch {result['torch']}")
     header = ("| recipe | fp32, 1 process | bf16-mixed, 1 process | fp32, DDP 2 processes | bf16 / fp32 | DDP 2 / 1 "
               "| test acc. fp32 | test acc. bf16 |")
     lines = [comment, header, "|---|---|---|---|---|---|---|---|"]
@@ -154,25 +146,6 @@ def table(result: dict) -> str:
                   if a else "not run" for a in acc]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return sorted(f for f in flags if f.startswith(("avx", "amx")))
 
 
 def main() -> int:
@@ -192,12 +165,8 @@ def main() -> int:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
         args.table.write_text(table(result))
         return 0
-    import torch
-
     result: dict = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu_name(), "cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "python": platform.python_version(),
+        **machine(), "cpu_flags": cpu_flags(),
         "steps": args.steps, "warmup": args.warmup, "recipes": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -214,8 +183,7 @@ def main() -> int:
             if args.profile:
                 entry["profile"] = profile_step(recipe)
             result["recipes"][key] = entry
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(result, args.out)
     plot(result, args.out.with_suffix(".png"))
     args.table.parent.mkdir(parents=True, exist_ok=True)
     args.table.write_text(table(result))

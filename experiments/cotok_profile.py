@@ -11,7 +11,7 @@ writes both tables between markers in ``docs/parts/cotok.md``::
 
 Models are built on the ``meta`` device (no weights allocated), so T5-3B-sized variants profile
 in seconds and in little memory; the counts are those of ``vqa profile`` (tested equal in
-``tests/test_recipes.py``).
+``tests/recipes/test_paper_scale.py``).
 """
 
 from __future__ import annotations

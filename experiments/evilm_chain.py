@@ -88,8 +88,8 @@ def codebook_usage(ckpt: Path, recipe: Path) -> dict[str, float]:
     import torch
 
     from vqa_components import create
+    from vqa_components.layers.pixels import pixels_to_float
     from vqa_components.layers.semantic_tokenizer import VideoTagger
-    from vqa_components.model import pixels_to_float
 
     cfg = yaml.safe_load(recipe.read_text())
     svq = next(o for o in cfg["model"]["objectives"] if o["name"] == "svq")

@@ -1,4 +1,10 @@
-"""Shared fixtures: an isolated data cache, tiny synthetic-data CLI overrides, the real MiniLM folder."""
+"""The two tiers, and shared fixtures: an isolated data cache, tiny synthetic-data CLI overrides, the
+real MiniLM folder, one torch thread.
+
+``python -m pytest`` runs the fast tier. Tests marked ``slow`` (paper-size models, many processes,
+every recipe in every precision) run only with ``VQA_RUN_SLOW=1``, the way transformers' ``RUN_SLOW``
+and Lightning's ``PL_RUN_STANDALONE_TESTS`` work; CI sets it (``.ci/run``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,24 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+RUN_SLOW = os.environ.get("VQA_RUN_SLOW", "").lower() in ("1", "true", "yes")
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # -n 2: two workers on two cores, one torch thread each
+        import torch
+
+        torch.set_num_threads(1)
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # and in the processes a test starts
+
+
+def pytest_collection_modifyitems(config, items):
+    if RUN_SLOW:
+        return
+    skip = pytest.mark.skip(reason="slow tier: set VQA_RUN_SLOW=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 #: CLI overrides that shrink ``synthetic_vqa`` to a few clips (generated in well under a second).
 TINY_DATA = [
@@ -33,6 +57,18 @@ def isolated_cache(tmp_path_factory):
         os.environ.pop("VQA_COMPONENTS_CACHE", None)
     else:
         os.environ["VQA_COMPONENTS_CACHE"] = old
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (restored after): X3D's depthwise 3-D convolutions and other tiny
+    kernels run far faster on one thread than on two contended ones (docs/parts/x3d.md)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

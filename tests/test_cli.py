@@ -1,4 +1,5 @@
-"""The ``vqa`` command: errors, listing, config round trip, fit -> test in a new process."""
+"""The ``vqa`` command: errors, listing, config round trip (in this process, through ``main``), the
+installed console script in a real process, fit -> test in new processes (slow tier)."""
 
 from __future__ import annotations
 
@@ -11,82 +12,103 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import ROOT, run_vqa
 
-ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "recipes" / "quickstart.yaml")
 
 
 def vqa(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """``vqa ARGS`` in a new process (``python -m vqa_components.cli``)."""
     return subprocess.run([sys.executable, "-m", "vqa_components.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
-def test_unknown_fusion_is_one_line_with_suggestions():
-    res = vqa("fit", "--config", QUICKSTART, "--model.fusion", "cross_atention")
-    assert res.returncode == 2
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr
-    assert "cross_attention" in lines[0] and "did you mean" in lines[0].lower()
+def test_the_installed_console_script_runs_in_a_new_process():
+    """The one real-process run of the fast tier: the ``vqa`` executable pip wrote next to this Python."""
+    script = Path(sys.executable).parent / "vqa"
+    assert script.is_file(), f"{script}: the package is not installed (pip install -e '.[test]')"
+    res = subprocess.run([str(script), "list", "fusion", "cross*"], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.splitlines()[0] == "fusion:"
+    assert "cross_attention" in res.stdout and "concat_self_attention" not in res.stdout
     assert "Traceback" not in res.stderr
 
 
-def test_unknown_fusion_in_a_recipe_file(tmp_path):
+def test_unknown_fusion_is_one_line_with_suggestions(capsys):
+    code, _ = run_vqa("fit", "--config", QUICKSTART, "--model.fusion", "cross_atention")
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "cross_attention" in lines[0] and "did you mean" in lines[0].lower()
+    assert "Traceback" not in err
+
+
+def test_unknown_fusion_in_a_recipe_file(tmp_path, capsys):
     cfg = yaml.safe_load(Path(QUICKSTART).read_text())
     cfg["model"]["fusion"]["name"] = "no_such_fusion"
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(cfg))
-    res = vqa("fit", "--config", str(bad))
-    assert res.returncode == 2
-    assert len(res.stderr.strip().splitlines()) == 1
-    assert "no_such_fusion" in res.stderr and "concat_self_attention" in res.stderr
+    code, _ = run_vqa("fit", "--config", str(bad))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert "no_such_fusion" in err and "concat_self_attention" in err
 
 
-def test_list_with_kind_and_wildcard():
-    res = vqa("list", "fusion", "cross*")
-    assert res.returncode == 0
-    assert "cross_attention" in res.stdout and "concat_self_attention" not in res.stdout
-    everything = vqa("list")
+def test_list_with_kind_and_wildcard(capsys):
+    code, out = run_vqa("list", "fusion", "cross*")
+    assert code == 0
+    assert "cross_attention" in out and "concat_self_attention" not in out
+    code, everything = run_vqa("list")
+    assert code == 0
     for name in ("frame_cnn", "blind", "small_transformer", "uniform", "answer_classifier",
                  "answer_cross_entropy", "synthetic_vqa", "videoqa_json"):
-        assert name in everything.stdout
-    assert vqa("list", "fusion", "zzz*").returncode == 1
+        assert name in everything
+    capsys.readouterr()
+    assert run_vqa("list", "fusion", "zzz*")[0] == 1
+    assert "no parts match 'zzz*'" in capsys.readouterr().err
 
 
-def test_list_of_a_misspelt_kind_suggests_the_kind():
-    res = vqa("list", "fusoin")
-    assert res.returncode == 1
-    line = res.stderr.strip()
+def test_list_of_a_misspelt_kind_suggests_the_kind(capsys):
+    code, _ = run_vqa("list", "fusoin")
+    assert code == 1
+    line = capsys.readouterr().err.strip()
     assert "no parts match 'fusoin'" in line and "the kind 'fusion'" in line and "vqa list fusion" in line
-    two = vqa("list", "fusoin", "cross*")  # KIND PATTERN with a misspelt kind: a usage error
-    assert two.returncode == 2 and "Did you mean 'fusion'" in two.stderr and "Traceback" not in two.stderr
+    code, _ = run_vqa("list", "fusoin", "cross*")  # KIND PATTERN with a misspelt kind: a usage error
+    err = capsys.readouterr().err
+    assert code == 2 and "Did you mean 'fusion'" in err and "Traceback" not in err
 
 
-def test_explain_index_that_is_not_a_number_is_one_line():
-    res = vqa("explain", "--config", QUICKSTART, "--index", "x")
-    assert res.returncode == 2
-    assert res.stderr.strip().splitlines() == [
+def test_explain_index_that_is_not_a_number_is_one_line(capsys):
+    code, _ = run_vqa("explain", "--config", QUICKSTART, "--index", "x")
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         "vqa: error: --index 'x': expected the number of a sample of the split (0, 1, ...)"]
 
 
-def test_a_model_argument_that_cannot_work_is_one_line(tmp_path):
-    res = vqa("fit", "--config", QUICKSTART, "--model.init_parts", "[backbone]",
-              f"--trainer.default_root_dir={tmp_path}")
-    assert res.returncode == 2, res.stderr[-2000:]
-    lines = res.stderr.strip().splitlines()
-    assert "Traceback" not in res.stderr
+def test_a_model_argument_that_cannot_work_is_one_line(tmp_path, capsys):
+    code, _ = run_vqa("fit", "--config", QUICKSTART, "--model.init_parts", "[backbone]",
+                      f"--trainer.default_root_dir={tmp_path}")
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err
     assert lines[-1].startswith("vqa: error: init_parts ['backbone'] is set but init_from is not")
     assert "--model.init_from" in lines[-1] and "--model.init_parts null" in lines[-1]
 
 
-def test_print_config_reparses_and_trains(tmp_path, tiny_data):
-    res = vqa("fit", "--config", QUICKSTART, "--model.fusion", "concat_self_attention", "--print_config")
-    assert res.returncode == 0, res.stderr
+def test_print_config_reparses_and_trains(tmp_path, tiny_data, capsys):
+    code, printed_text = run_vqa("fit", "--config", QUICKSTART, "--model.fusion", "concat_self_attention",
+                                 "--print_config")
+    assert code == 0, capsys.readouterr().err[-3000:]
     printed = tmp_path / "printed.yaml"
-    printed.write_text(res.stdout)
-    cfg = yaml.safe_load(res.stdout)
+    printed.write_text(printed_text)
+    cfg = yaml.safe_load(printed_text)
     assert cfg["model"]["fusion"]["class_path"].endswith("ConcatSelfAttentionFusion")
-    res2 = vqa("fit", "--config", str(printed), "--trainer.fast_dev_run=1",
-               f"--trainer.default_root_dir={tmp_path / 'run'}", *tiny_data)
-    assert res2.returncode == 0, res2.stderr[-3000:]
+    code, _ = run_vqa("fit", "--config", str(printed), "--trainer.fast_dev_run=1",
+                      f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.enable_progress_bar=false",
+                      *tiny_data)
+    assert code == 0, capsys.readouterr().err[-3000:]
 
 
 @pytest.mark.slow
@@ -101,8 +123,8 @@ def test_fit_then_test_best_and_last_in_new_processes(tmp_path, tiny_data):
     # what Lightning itself writes, read without running pickled code; it also starts a later stage
     import torch
 
-    from vqa_components.backbones.open_clip import read_checkpoint
     from vqa_components.cli import release, run_cli
+    from vqa_components.weights import read_checkpoint
 
     last = root / "checkpoints" / "last.ckpt"
     state = torch.load(last, map_location="cpu", weights_only=True)
@@ -134,14 +156,15 @@ def test_fit_then_test_best_and_last_in_new_processes(tmp_path, tiny_data):
         assert "question family" in res.stdout and "needle" in res.stdout
 
 
-def test_ckpt_best_without_a_fit_is_a_clear_error(tmp_path, tiny_data):
-    res = vqa("test", "--config", QUICKSTART, f"--trainer.default_root_dir={tmp_path}", "--ckpt_path", "best",
-              *tiny_data)
-    assert res.returncode == 2
-    assert "no checkpoint" in res.stderr and str(tmp_path) in res.stderr
+def test_ckpt_best_without_a_fit_is_a_clear_error(tmp_path, tiny_data, capsys):
+    code, _ = run_vqa("test", "--config", QUICKSTART, f"--trainer.default_root_dir={tmp_path}", "--ckpt_path", "best",
+                      *tiny_data)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no checkpoint" in err and str(tmp_path) in err
 
 
-def test_malformed_annotation_file_is_one_line_naming_file_and_record(tmp_path):
+def test_malformed_annotation_file_is_one_line_naming_file_and_record(tmp_path, capsys):
     videos = tmp_path / "videos"
     videos.mkdir()
     ann = tmp_path / "train.json"
@@ -149,28 +172,32 @@ def test_malformed_annotation_file_is_one_line_naming_file_and_record(tmp_path):
         {"video_id": "v0", "question": "what?", "answer": "a", "question_type": "what"},
         {"video_id": "v1", "question": "what?", "question_type": "what", "id": 7},
     ]))
-    res = vqa("fit", "--config", QUICKSTART, "--data.dataset=videoqa_json",
-              f"--data.dataset_args={{annotation_file: {ann}, video_dir: {videos}, num_frames: 4}}",
-              f"--trainer.default_root_dir={tmp_path / 'run'}")
-    assert res.returncode == 1
-    lines = res.stderr.strip().splitlines()
-    assert "Traceback" not in res.stderr
+    code, _ = run_vqa("fit", "--config", QUICKSTART, "--data.dataset=videoqa_json",
+                      f"--data.dataset_args={{annotation_file: {ann}, video_dir: {videos}, num_frames: 4}}",
+                      f"--trainer.default_root_dir={tmp_path / 'run'}")
+    err = capsys.readouterr().err
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err
     assert str(ann) in lines[-1] and "record 1" in lines[-1] and "id=7" in lines[-1] and "'answer'" in lines[-1]
 
 
 def test_in_process_runs_free_their_model_and_fast_dev_run_writes_no_checkpoint(tmp_path, tiny_data):
     """``main([...])`` from Python must not keep the model alive (jsonargparse caches parsers that
-    reference the CLI), or a loop of runs in one process grows without bound."""
+    reference the CLI), or a loop of runs in one process grows without bound. Models that earlier
+    in-process runs of this worker left behind (a run that stopped on an error) may be freed meanwhile:
+    only the models these runs built must be gone."""
     import contextlib
     import gc
     import io
+    import weakref
 
     from vqa_components.cli import main
     from vqa_components.model import VideoQAModel
 
-    def live_models() -> int:
+    def live_models() -> weakref.WeakSet:
         gc.collect()
-        return sum(isinstance(o, VideoQAModel) for o in gc.get_objects())
+        return weakref.WeakSet(o for o in gc.get_objects() if issubclass(type(o), VideoQAModel))  # not weakproxies
 
     before = live_models()
     for i in range(2):
@@ -179,7 +206,8 @@ def test_in_process_runs_free_their_model_and_fast_dev_run_writes_no_checkpoint(
                          f"--trainer.default_root_dir={tmp_path / str(i)}", "--trainer.enable_progress_bar=false",
                          *tiny_data])
         assert code == 0
-    assert live_models() == before, "a finished run's model is still referenced"
+    leaked = len(set(live_models()) - set(before))
+    assert leaked == 0, f"{leaked} finished run(s)' model still referenced"
     assert not list(tmp_path.rglob("*.ckpt")), "fast_dev_run wrote a checkpoint"
 
 

@@ -4,14 +4,27 @@ evaluation through the head task's metric, and the samples it leaves out (report
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
 import torch
 
-from vqa_components import create
+from vqa_components import create, weights
+from vqa_components.data.admission import SkippedSamples
 from vqa_components.interfaces import ConfigError
+from vqa_components.metrics.evaluation import AnswerEvaluation
 from vqa_components.model import VideoQAModel
+
+#: what the data-side callbacks read of a trainer that has no loaders (tests call them directly)
+TRAINER = SimpleNamespace(global_rank=0, train_dataloader=None, val_dataloaders=None, test_dataloaders=None)
+
+
+def evaluate(model: VideoQAModel, data: dict) -> None:
+    """One validation step and the epoch's end, as the trainer runs them with AnswerEvaluation."""
+    evaluation = AnswerEvaluation()
+    evaluation.update(model, model.validation_step(data, 0), data, "val")
+    evaluation.log_epoch(model, "val")
 
 D = 32
 
@@ -42,7 +55,7 @@ def test_forward_and_training_step_backprop_into_every_part():
     out = model(batch())
     assert out.logits.shape == (3, 5)
     assert out.video.tokens.shape == (3, 4, 4, D) and out.text.cls.shape == (3, D)
-    loss = model._loss(batch(), out, "train")
+    loss = model.loss(batch(), out, "train")
     loss.backward()
     for name in ("backbone", "text_encoder", "fusion", "head"):
         grads = [p.grad for p in getattr(model, name).parameters() if p.requires_grad]
@@ -90,7 +103,7 @@ def test_default_init_from_loads_the_parts_that_fit_and_logs_the_others(tmp_path
         objectives=[create("objective", "vtm", in_dim=D), create("objective", "answer_cross_entropy")],
     )
     torch.save({"state_dict": pretrain.state_dict()}, tmp_path / "pretrain.ckpt")
-    with caplog.at_level(logging.INFO, logger="vqa_components.model"):
+    with caplog.at_level(logging.INFO, logger="vqa_components.weights"):
         qa = tiny_model(init_from=str(tmp_path / "pretrain.ckpt"))
     for name in ("backbone", "text_encoder", "fusion"):
         for a, b in zip(getattr(pretrain, name).state_dict().values(), getattr(qa, name).state_dict().values()):
@@ -133,8 +146,8 @@ def test_fit_refuses_frozen_random_weights_unless_loaded_allowed_or_resumed(tmp_
     loaded = tiny_model(freeze=["backbone"])
     loaded.backbone.weights_source = "/weights/frame_cnn.safetensors"
     _fit(loaded, tmp_path)
-    assert tiny_model(freeze=["backbone", "head"]).random_frozen_parts() == ["backbone", "head"]
-    assert tiny_model(freeze=["backbone"], backbone=create("backbone", "blind", dim=D)).random_frozen_parts() == []
+    assert weights.random_frozen_parts(tiny_model(freeze=["backbone", "head"])) == ["backbone", "head"]
+    assert weights.random_frozen_parts(tiny_model(freeze=["backbone"], backbone=create("backbone", "blind", dim=D))) == []
 
 
 def test_multiple_choice_regroups_pair_scores():
@@ -145,7 +158,7 @@ def test_multiple_choice_regroups_pair_scores():
     b["options"] = [["red", "green", "blue"], ["one", "two", "three"]]
     b["answer_idx"] = torch.tensor([2, 0])
     out = model(b)
-    model._loss(b, out, "train").backward()
+    model.loss(b, out, "train").backward()
     # cell [i, j] is the score of question i with option j, as a single-pair forward computes it
     model.eval()
     out = model(b)
@@ -161,22 +174,22 @@ def test_multiple_choice_regroups_pair_scores():
 def test_skipped_samples_are_reported_per_stage_and_cause_at_epoch_end(caplog):
     from vqa_components.data.bad_input import SkippedSample
 
-    model = tiny_model()
+    model, skips = tiny_model(), SkippedSamples()
     corrupt = SkippedSample(3, "a", "/d/a.mp4", "corrupt video data", cause="undecodable_video")
     gone = SkippedSample(9, "b", "/d/b.mp4", "file not found", cause="missing_video")
-    model._record_skips({"num_skipped": 2, "skipped": [gone, corrupt]}, "train")
-    model._record_skips({"num_skipped": 1, "skipped": [corrupt]}, "val")  # validation keeps its own report
+    skips.admit(TRAINER, model, {**batch(), "num_skipped": 2, "skipped": [gone, corrupt]}, "train")
+    skips.admit(TRAINER, model, {**batch(), "num_skipped": 1, "skipped": [corrupt]}, "val")  # its own report
     logged = {}
     model.log = lambda name, value, **kw: logged.__setitem__(name, value)
     with caplog.at_level("WARNING"):
-        model.on_train_epoch_end()
+        skips.on_train_epoch_end(TRAINER, model)
     assert logged == {"train/skipped_videos": 2.0, "train/skipped_missing_video": 1.0, "train/skipped_undecodable_video": 1.0}
     assert "train epoch: left out 2 sample(s): missing_video 1, undecodable_video 1" in caplog.text
     assert "missing_video: b;" in caplog.text and "undecodable_video: a;" in caplog.text
-    model.on_train_epoch_end()  # the next epoch starts from nothing
+    skips.on_train_epoch_end(TRAINER, model)  # the next epoch starts from nothing
     assert logged["train/skipped_videos"] == 0.0
-    model._report_skips("val")
-    assert model.skip_summaries["val"].counts == {"undecodable_video": 1}
+    skips.on_validation_epoch_end(TRAINER, model)
+    assert skips.summaries["val"].counts == {"undecodable_video": 1}
 
 
 def test_questions_longer_than_the_text_encoder_s_limit_are_left_out_or_stop_the_run():
@@ -188,20 +201,24 @@ def test_questions_longer_than_the_text_encoder_s_limit_are_left_out_or_stop_the
     encoder = {"dim": D, "num_layers": 1, "num_heads": 2, "max_length": 8}
     model = tiny_model(text_encoder=create("text_encoder", "small_transformer", **encoder))
     model.log = lambda *a, **k: None
-    assert model.training_step(data, 0) is not None
-    model._eval_step(data, "val")
-    assert model._metrics["val"].compute()["num_samples"] == 2  # the long question was not scored
-    model._report_skips("train")
-    summary = model.skip_summaries["train"]
+    skips, evaluation = model.configure_callbacks()
+    train = dict(data)
+    skips.admit(TRAINER, model, train, "train")  # in place: the step gets what is left
+    assert train["video_id"] == ["v0", "v2"] and model.training_step(train, 0) is not None
+    val = dict(data)
+    skips.admit(TRAINER, model, val, "val")
+    evaluation.update(model, model.validation_step(val, 0), val, "val")
+    assert evaluation.metric(model, "val").compute()["num_samples"] == 2  # the long question was not scored
+    summary = skips.report(TRAINER, model, "train")
     assert summary.counts == {"question_too_long": 1} and summary.first["question_too_long"][0].video_id == "v1"
     strict = tiny_model(text_encoder=create("text_encoder", "small_transformer", **encoder), on_long_question="raise")
     with pytest.raises(QuestionTooLongError, match=r"a train batch: record 1 \[video_id='v1'\]: field 'question'"):
-        strict.training_step(data, 0)
+        strict.configure_callbacks()[0].admit(TRAINER, strict, dict(data), "train")
     lenient = tiny_model(text_encoder=create("text_encoder", "small_transformer", **encoder), on_long_question="truncate")
-    lenient.log = lambda *a, **k: None
-    lenient._eval_step(data, "val")
-    assert lenient._metrics["val"].compute()["num_samples"] == 3
-    with pytest.raises(ConfigError, match="on_long_question must be one of skip, raise, truncate"):
+    kept = dict(data)
+    lenient.configure_callbacks()[0].admit(TRAINER, lenient, kept, "val")
+    assert kept["video_id"] == ["v0", "v1", "v2"]
+    with pytest.raises(ValueError, match="on_long_question must be one of skip, raise, truncate"):
         tiny_model(on_long_question="cut")
 
 
@@ -217,15 +234,14 @@ def test_a_generating_head_trains_on_answer_text_and_is_scored_by_its_exact_matc
     out = model(data)
     labels = head.target_ids(data["answer"])
     assert torch.equal(out.head.target_ids, labels)
-    loss = model._loss(data, out, "train")
+    loss = model.loss(data, out, "train")
     assert torch.allclose(loss, F.cross_entropy(out.logits.flatten(0, 1), labels.flatten(), ignore_index=-100))
     assert model(batch()).head.target_ids is None  # no answers (e.g. prediction): no targets
 
     monkeypatch.setattr(head, "generate", lambda fused, num_beams=None: ["red.", "two", "left"])
     logged = {}
     monkeypatch.setattr(model, "log", lambda key, value, **kw: logged.__setitem__(key, float(torch.as_tensor(value).detach())))
-    model._eval_step(data, "val")
-    model._log_accuracy("val")
+    evaluate(model, data)
     assert logged["val/acc"] == pytest.approx(2 / 3) and logged["val/num_samples"] == 3
     assert logged["val/acc_a"] == 1.0 and logged["val/acc_b"] == 0.0  # families a, b, a
     preds = model.predict_step(data, 0)
@@ -237,8 +253,7 @@ def test_a_model_without_ground_truth_logs_no_accuracy(monkeypatch):
                        objectives=[create("objective", "contrastive", video_dim=D, text_dim=D)])
     logged = {}
     monkeypatch.setattr(model, "log", lambda key, value, **kw: logged.__setitem__(key, float(torch.as_tensor(value).detach())))
-    model._eval_step(batch(), "val")
-    model._log_accuracy("val")
+    evaluate(model, batch())
     assert "val/loss" in logged and not any(k.startswith("val/acc") for k in logged)
     # its metric ranks the pairs instead (hand-checked values: tests/metrics/test_retrieval.py)
     assert logged["val/num_samples"] == 3 and {"val/t2v_r1", "val/v2t_r10", "val/t2v_median_rank"} <= set(logged)
@@ -246,15 +261,14 @@ def test_a_model_without_ground_truth_logs_no_accuracy(monkeypatch):
     model = tiny_model(objectives=[create("objective", "contrastive", video_dim=D, text_dim=D)])
     logged.clear()
     monkeypatch.setattr(model, "log", lambda key, value, **kw: logged.__setitem__(key, float(torch.as_tensor(value).detach())))
-    model._eval_step({k: v for k, v in batch().items() if k != "answer_idx"}, "val")
-    model._log_accuracy("val")
+    evaluate(model, {k: v for k, v in batch().items() if k != "answer_idx"})
     assert "val/loss" in logged and not any(k.startswith("val/acc") for k in logged)
 
 
 # ------------------------------------------------- stages, modules inside parts, objectives by name
-from torch import nn  # noqa: E402
+from torch import nn
 
-from vqa_components.interfaces import Objective  # noqa: E402
+from vqa_components.interfaces import Objective
 
 
 class _Encoder(nn.Module):
@@ -331,7 +345,7 @@ def test_stage_two_loads_a_module_inside_an_objective_from_stage_one_by_name_and
     torch.save({"state_dict": stage1.state_dict()}, tmp_path / "stage1.ckpt")
     path = "objectives.stagetwo.tagger"
     frozen_random = tiny_model(objectives=[create("objective", "answer_cross_entropy"), StageTwo()], freeze=[path])
-    assert frozen_random.random_frozen_parts() == [path]
+    assert weights.random_frozen_parts(frozen_random) == [path]
     stage2 = tiny_model(
         objectives=[create("objective", "answer_cross_entropy"), StageTwo()], freeze=[path],
         init_from=str(tmp_path / "stage1.ckpt"), init_parts=[path],
@@ -339,7 +353,7 @@ def test_stage_two_loads_a_module_inside_an_objective_from_stage_one_by_name_and
     )  # fmt: skip
     tagger = stage2.objectives["stagetwo"].tagger
     assert torch.equal(tagger.proj.weight, stage1.objectives["stageone"].tokenizer.proj.weight)
-    assert stage2.random_frozen_parts() == []
+    assert weights.random_frozen_parts(stage2) == []
     assert not any(p.requires_grad for p in tagger.parameters())
     stage2.train()
     assert stage2.fusion.training and not tagger.training and not tagger.drop.training

@@ -1,4 +1,6 @@
-"""Plugins: a separate pip-installed package adds a fusion through an entry point."""
+"""Plugins: a separate pip-installed package adds a fusion through an entry point. The fast tier runs
+one real process (the plugin's part is listed); turning auto-loading off and training with the
+plugin's fusion run in the slow tier."""
 
 import os
 import subprocess
@@ -75,6 +77,7 @@ def test_plugin_part_is_listed(installed_plugin):
     assert "Concat fusion shipped by a third-party plugin." in res.stdout
 
 
+@pytest.mark.slow
 def test_plugin_auto_loading_can_be_turned_off(installed_plugin):
     res = subprocess.run(
         [sys.executable, "-m", "vqa_components.cli", "list", "fusion"],
@@ -84,6 +87,7 @@ def test_plugin_auto_loading_can_be_turned_off(installed_plugin):
     assert "plugin_concat_fusion" not in res.stdout
 
 
+@pytest.mark.slow
 def test_plugin_fusion_trains_from_yaml_by_name(installed_plugin, tmp_path, tiny_data):
     res = subprocess.run(
         [sys.executable, "-m", "vqa_components.cli", "fit", "--config", str(ROOT / "recipes/quickstart.yaml"),
@@ -94,8 +98,6 @@ def test_plugin_fusion_trains_from_yaml_by_name(installed_plugin, tmp_path, tiny
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "PluginConcatFusion" in res.stdout + res.stderr
-
-
 
 
 def test_broken_plugin_warns_by_name_and_the_rest_works(monkeypatch):

@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from vqa_components.cli_common import CLIError, find_checkpoint, is_launching_process
 from vqa_components.interfaces import ConfigError
 from vqa_components.recipe import normalize_cli_args, normalize_config
 from vqa_components.registry import (
@@ -40,10 +41,6 @@ from vqa_components.registry import (
 )
 
 CONFIG_FLAGS = ("--config", "-c")
-
-
-class CLIError(Exception):
-    """A user error reported by ``vqa`` as one line (exit status 2)."""
 
 
 # ------------------------------------------------------------------ helpers
@@ -96,45 +93,7 @@ def optional_part_error(exc: BaseException) -> str | None:
     return own[0] if len(own) == 1 else None
 
 
-def find_checkpoint(root: str | Path, which: str) -> str:
-    """Resolve ``best`` or ``last`` to a checkpoint written by an earlier ``vqa fit``."""
-    ckpt_dir = Path(root) / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
-    if not last.is_file():
-        raise CLIError(f"--ckpt_path {which}: no checkpoint in {ckpt_dir}; run `vqa fit` with the same "
-                       f"trainer.default_root_dir first")
-    if which == "last":
-        return str(last)
-    from vqa_components.backbones.open_clip import read_checkpoint
-
-    state = read_checkpoint(last)
-    for key, cb_state in state.get("callbacks", {}).items():
-        # ModelCheckpoint's state, or a subclass's (BestCheckpoint): the key starts with the class name
-        if isinstance(cb_state, dict) and "Checkpoint" in str(key) and cb_state.get("best_model_path"):
-            best = Path(cb_state["best_model_path"])
-            if not best.is_absolute():
-                best = Path.cwd() / best
-            if best.is_file():
-                return str(best)
-            raise CLIError(f"--ckpt_path best: the best checkpoint recorded in {last} is missing: {best}")
-    return str(last)  # no monitored metric: the last checkpoint is the best we know
-
-
 # ------------------------------------------------------------------ LightningCLI
-
-
-def is_launching_process() -> bool:
-    """Whether this is the process a user started (global rank 0), not one a DDP launcher started.
-
-    Lightning's subprocess launcher re-runs the command line with ``LOCAL_RANK`` (and, on other
-    nodes, ``NODE_RANK``) set; ``torchrun`` sets ``RANK`` and ``LOCAL_RANK`` in every process it
-    starts, SLURM sets ``SLURM_PROCID``.
-    """
-    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
-        value = os.environ.get(key, "0").strip() or "0"
-        if value != "0":
-            return False
-    return True
 
 
 def run_cli(args: list[str], run: bool = True) -> Any:
@@ -264,7 +223,7 @@ def cmd_explain(args: list[str]) -> int:
     root = cli.trainer.default_root_dir
     release(cli)
     if ckpt is not None:
-        from vqa_components.backbones.open_clip import read_checkpoint
+        from vqa_components.weights import read_checkpoint
 
         path = find_checkpoint(root, ckpt) if ckpt in ("best", "last") else ckpt
         if not Path(path).is_file():
@@ -364,15 +323,17 @@ USAGE = """usage: vqa {fit,validate,test,predict,list,profile,explain,vocab} ...
 
 
 def _show_model_log() -> None:
-    """Show the model's INFO lines (which parts ``init_from`` loaded) in the terminal, once, on rank 0."""
-    logger = logging.getLogger("vqa_components.model")
-    if logger.handlers or logging.getLogger().handlers or not is_launching_process():
-        return  # the user configured logging, or a DDP rank other than 0
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False  # open_clip configures the root logger later: no second copy of each line
+    """Show the model's INFO lines in the terminal (which parts ``init_from`` loaded; what an epoch left
+    out), once, on rank 0."""
+    for name in ("vqa_components.weights", "vqa_components.data.admission"):
+        logger = logging.getLogger(name)
+        if logger.handlers or logging.getLogger().handlers or not is_launching_process():
+            return  # the user configured logging, or a DDP rank other than 0
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False  # open_clip configures the root logger later: no second copy of each line
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,17 +19,14 @@ heads take the widths they connect as constructor arguments.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-
-class ConfigError(ValueError):
-    """A part or model argument that cannot work; ``vqa`` prints it as one line (exit status 2)."""
-
+from vqa_components.errors import ConfigError  # re-exported: parts import it from here (layers/ from errors)
 
 # --------------------------------------------------------------------- values
 
@@ -311,6 +308,10 @@ class Backbone(Part):
         raise NotImplementedError
 
 
+#: ``count(texts)``: each text's token count before truncation (:meth:`TextEncoder.token_counter`).
+TokenCounter = Callable[[list[str]], list[int]]
+
+
 class TextEncoder(Part):
     """Strings -> :class:`TextFeatures`.
 
@@ -337,6 +338,12 @@ class TextEncoder(Part):
     def encode(self, texts: list[str]) -> TextFeatures:
         tok = self.tokenize(list(texts))
         return self(tok["input_ids"], tok["attention_mask"])
+
+    def token_counter(self) -> tuple[int, TokenCounter] | None:
+        """``(limit, count)``: the most tokens :meth:`tokenize` keeps of a text and a function giving
+        each text's untruncated token count (special tokens included), or ``None`` when the encoder
+        cannot count (then no question is screened as too long: ``model.on_long_question``)."""
+        return None
 
     def _device(self) -> torch.device:
         for p in self.parameters():
@@ -424,6 +431,15 @@ class Head(Part):
     def answers(self, out: ModelOutput) -> Tensor | list[str]:
         """The predicted answer per sample; default: the highest-scoring class or option, ``(b,)``."""
         return out.logits.argmax(-1)
+
+    def answer_texts(self, answers: Tensor | list[str], batch: dict[str, Any], answer_vocab: Sequence[str]) -> list[str]:
+        """:meth:`answers` as text: generated text as it is, an option's text, or the answer vocabulary's
+        entry (its index as text where the vocabulary is unknown)."""
+        if isinstance(answers, list):
+            return answers
+        if self.task == "multiple_choice":
+            return [opts[i] for opts, i in zip(batch["options"], answers.tolist())]
+        return [answer_vocab[i] if i < len(answer_vocab) else str(i) for i in answers.tolist()]
 
     def has_ground_truth(self, batch: dict[str, Any]) -> bool:
         """Whether ``batch`` holds the answers :meth:`score` compares with (here ``answer_idx``)."""

@@ -18,7 +18,10 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from vqa_components.cli import CLIError, find_checkpoint, is_launching_process
+from vqa_components import weights
+from vqa_components.data.admission import SkippedSamples
+
+from vqa_components.cli_common import CLIError, find_checkpoint, is_launching_process
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +134,8 @@ class TestMetricsWriter(Callback):
         protocol = getattr(_test_dataset(trainer), "protocol", None)
         if isinstance(protocol, dict):
             written["protocol"] = protocol
-        summary = getattr(pl_module, "skip_summaries", {}).get("test")
+        admission = next((c for c in trainer.callbacks if isinstance(c, SkippedSamples)), None)
+        summary = admission.summaries.get("test") if admission is not None else None
         if summary is not None and summary.total:
             written["skipped"] = summary.as_dict()
         path = Path(trainer.default_root_dir) / "test_metrics.json"
@@ -245,7 +249,7 @@ class VQACLI(LightningCLI):
     def before_fit(self) -> None:
         """Refuse frozen random weights before any process is launched (the model checks again at fit start)."""
         if self.config_init[self.subcommand].get("ckpt_path") is None:
-            self.model.check_frozen_parts_have_weights()
+            weights.check_frozen_parts_have_weights(self.model)
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]

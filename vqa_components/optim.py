@@ -57,3 +57,22 @@ def optimizer_for_precision(optimizer: Optimizer, precision: str, clip_val: floa
     accepted = inspect.signature(type(optimizer)).parameters
     defaults = {k: v for k, v in {**optimizer.defaults, **switch}.items() if k in accepted}
     return type(optimizer)([{**group, **switch} for group in optimizer.param_groups], **defaults)
+
+
+def clip_gradients(module, optimizer: Optimizer, gradient_clip_val: float | None, gradient_clip_algorithm: str | None) -> None:
+    """Clip as Lightning does, also for a fused optimizer under ``bf16-mixed``
+    (``VideoQAModel.configure_gradient_clipping``).
+
+    Lightning's mixed-precision plugin refuses to clip for any optimizer that could unscale
+    gradients inside its step, but only ``16-mixed`` has a scaler: under ``bf16-mixed`` the
+    gradients are the true ones and the ordinary clipping is exact.
+    """
+    from lightning.pytorch import LightningModule
+    from lightning.pytorch.plugins.precision import Precision
+    from lightning.pytorch.utilities import GradClipAlgorithmType
+
+    plugin = module.trainer.precision_plugin
+    if gradient_clip_val and getattr(plugin, "scaler", True) is None:
+        Precision.clip_gradients(plugin, optimizer, gradient_clip_val, gradient_clip_algorithm or GradClipAlgorithmType.NORM)
+    else:
+        LightningModule.configure_gradient_clipping(module, optimizer, gradient_clip_val, gradient_clip_algorithm)

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from vqa_components.interfaces import ModelOutput
-from vqa_components.model import pixels_to_float
+from vqa_components.layers.pixels import pixels_to_float
 
 
 def patch_gate_map(gates: list[Tensor] | Tensor, num_frames: int, grid: tuple[int, int]) -> Tensor:

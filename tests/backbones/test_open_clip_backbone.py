@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from vqa_components.backbones.open_clip import OpenClipBackbone, build_open_clip_model
+from vqa_components.backbones.open_clip import OpenClipBackbone
+from vqa_components.layers.open_clip import build_open_clip_model
 from vqa_components.registry import BACKBONES
 
 TINY = {
@@ -111,10 +113,38 @@ def test_own_state_dict_round_trip(tmp_path):
     assert torch.equal(a(video).cls, b(video).cls)
 
 
+def _grid_resized(pe: torch.Tensor, old: int, new: int) -> torch.Tensor:
+    """An independent bicubic resize (align_corners=False) of a (1 + old², d) table's patch rows."""
+    patches = pe[1:].T.reshape(1, -1, old, old)
+    patches = F.interpolate(patches, size=(new, new), mode="bicubic", align_corners=False, antialias=True)
+    return torch.cat([pe[:1], patches.reshape(-1, new * new).T])
+
+
 def test_checkpoint_of_other_resolution_is_resized(tmp_path):
-    torch.save(tiny().state_dict(), tmp_path / "w.pt")
-    bb = tiny(image_size=48, checkpoint=str(tmp_path / "w.pt"))
+    src = tiny()
+    with torch.no_grad():  # a table with structure across the grid, so that a wrong layout shows
+        grid = torch.linspace(-1, 1, 4)
+        rows = grid[:, None, None] * torch.randn(64) + grid[None, :, None] ** 2 * torch.randn(64)
+        rows = rows.reshape(16, 64)
+        src.visual.positional_embedding.copy_(torch.cat([torch.randn(1, 64), rows]))
+    torch.save(src.state_dict(), tmp_path / "w.pt")
+    pe = src.visual.positional_embedding.detach()
+    bb = tiny(image_size=48, checkpoint=str(tmp_path / "w.pt"))  # 4x4 patches -> 6x6
     assert bb(torch.rand(1, 1, 3, 48, 48)).tokens.shape == (1, 1, 36, 32)
+    resized = bb.visual.positional_embedding.detach()
+    assert torch.equal(resized[0], pe[0])  # the class token's embedding is kept as it is
+    torch.testing.assert_close(resized, _grid_resized(pe, 4, 6))
+    # bicubic, not another mode: bilinear gives another table
+    bilinear = F.interpolate(pe[1:].T.reshape(1, -1, 4, 4), size=(6, 6), mode="bilinear", align_corners=False)
+    assert not torch.allclose(resized[1:], bilinear.reshape(-1, 36).T, atol=1e-3)
+    # the other weights are the checkpoint's
+    assert torch.equal(bb.visual.conv1.weight, src.visual.conv1.weight)
+    # the grid it was made for: the table loads unchanged
+    same = tiny(image_size=32, checkpoint=str(tmp_path / "w.pt"))
+    assert torch.equal(same.visual.positional_embedding, pe)
+    # down to a smaller grid too (2x2 patches at 16 px), with the same interpolation
+    small = tiny(image_size=16, checkpoint=str(tmp_path / "w.pt"))
+    torch.testing.assert_close(small.visual.positional_embedding.detach(), _grid_resized(pe, 4, 2))
 
 
 def test_a_file_that_needs_code_to_load_is_refused_in_one_line(tmp_path):
@@ -172,6 +202,6 @@ def test_frozen_backbone_stays_frozen_inside_a_training_model():
     opt = model.configure_optimizers()
     assert not {id(p) for g in opt.param_groups for p in g["params"]} & {id(p) for p in bb.parameters()}
     batch = {"video": torch.rand(2, 2, 3, 32, 32), "question": ["a?", "b?"], "answer_idx": torch.tensor([0, 1])}
-    model._loss(batch, model(batch), "train").backward()
+    model.loss(batch, model(batch), "train").backward()
     assert all(p.grad is None for p in bb.parameters())
     assert model.text_encoder.embed.weight.grad is not None

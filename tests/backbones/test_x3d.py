@@ -22,13 +22,7 @@ PUBLISHED = {
 EXACT = {"xs": 3_794_322, "s": 3_794_322, "m": 3_794_322, "l": 6_153_432}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions run far faster on one thread than on two contended ones (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

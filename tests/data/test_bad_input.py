@@ -4,12 +4,10 @@ ids, records counted once, start-up skips, the merge of 2 real gloo processes), 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
+from helpers import gloo_ranks
 
 from vqa_components import create
 from vqa_components.data.bad_input import (
@@ -72,12 +70,8 @@ def test_only_the_first_ids_are_listed():
     assert f"(first {FIRST_IDS} of {FIRST_IDS + 5})" in summary.format("val")
 
 
-WORKER = textwrap.dedent(
-    """
-    import json, sys, torch.distributed as dist
+WORKER = """
     from vqa_components.data.bad_input import SkippedSample, SkipReport
-    rank = int(sys.argv[1])
-    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=rank, world_size=2)
     def bad(i, cause):
         return SkippedSample(i, f"video{i}", f"/d/video{i}.mp4", "x", cause)
     report = SkipReport()
@@ -88,22 +82,12 @@ WORKER = textwrap.dedent(
     startup = [SkippedSample(0, "", "/d/train.json", "bad", cause="missing_field", record_id="id=0")]
     s = report.reduce(startup)
     print(json.dumps({"counts": s.counts, "first": {c: [x.ident for x in v] for c, v in s.first.items()}}))
-    dist.destroy_process_group()
-    """
-)
+"""
 
 
+@pytest.mark.slow  # several real processes
 def test_two_processes_merge_their_reports():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(r), port], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in range(2)]  # fmt: skip
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
-    results = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
+    results = gloo_ranks(WORKER)
     assert results[0] == results[1]
     assert results[0]["counts"] == {"missing_video": 1, "empty_video": 1, "undecodable_video": 2, "missing_field": 1}
     assert results[0]["first"]["undecodable_video"] == ["video8", "video30"]

@@ -254,6 +254,7 @@ print("ok")
 """ % (TINY,)
 
 
+@pytest.mark.slow  # several real processes
 def test_two_processes_writing_one_cache_at_once(tmp_path):
     import subprocess
     import sys

@@ -63,6 +63,7 @@ GENERATE = (
 )
 
 
+@pytest.mark.slow  # several real processes
 def test_two_processes_generating_one_folder_at_once(tmp_path):
     import subprocess
     import sys

@@ -137,15 +137,27 @@ def test_bad_arguments():
 
 
 def test_maps_sum_to_one_over_all_streams_and_are_zero_at_padding():
-    out = fusion()(streams_video(), question())
+    f = fusion()
+    video, text = streams_video(), question()
+    after = {}  # each iteration's transformer output [Z'_i; T_i+1]
+    for i, blocks in enumerate(f.blocks):
+        blocks[-1].register_forward_hook(lambda mod, args, out, i=i: after.setdefault(i, out.detach()))
+    out = f(video, text)
+    x, c = hand_x(f, video), hand_condition(f, text)
+    valid = torch.ones(B, 50, dtype=torch.bool)
+    valid[0, 16 + 3 * 4 : 32] = False  # stream 1 (4 positions per frame), sample 0, last frame
     for i in range(3):
         maps = out.extras["selection_maps"][i]
         total = sum(m.sum(dim=(-1, -2)) for m in maps)  # (b, K): every stream's positions together
         torch.testing.assert_close(total, torch.ones(B, K))
-        assert (flat_maps(out, i) >= 0).all()
         assert (maps[1][0, :, -1] == 0).all()  # the padded frame of stream 1, sample 0
         assert (maps[1][1, :, -1] > 0).all()  # the same frame is real in sample 1
-        assert all((m[:, :, :] > 0).any() for m in maps)  # every stream takes part in the joint softmax
+        # iteration i's maps: one softmax over the real positions of all streams of logits conditioned on
+        # c_i = c_1 (the question) + W_c LN(mean_k Z'_(i-1)) (eq. 6)
+        cond = c if i == 0 else c + f.condition[i - 1](after[i - 1][:, :K].mean(1))
+        logits = f.selectors[i].logits(x, cond)
+        expected = logits.masked_fill(~valid[..., None], -math.inf).softmax(1).transpose(1, 2)
+        torch.testing.assert_close(flat_maps(out, i), expected)
 
 
 def test_sample_without_real_frames_gets_zero_maps_not_nan():

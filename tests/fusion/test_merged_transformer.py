@@ -268,10 +268,17 @@ def test_vtm_reads_h_cls_of_the_merged_decoder():
     torch.testing.assert_close(res["loss"], F.cross_entropy(logits, torch.ones(3, dtype=torch.long)))
     # swapped pairs run through the merged decoder again, labelled 0
     swapped = VideoTextMatching(in_dim=DM, swap_prob=1.0, share_head=False)
-    calls = []
-    model.fusion.register_forward_hook(lambda *a: calls.append(1))
+    runs = []
+    model.fusion.register_forward_hook(lambda module, args, output: runs.append(output))
     res = swapped(model, batch, out)
-    assert calls == [1] and torch.isfinite(res["loss"])
+    assert len(runs) == 1  # one more pass, for the three swapped pairs together
+    pooled = runs[0].pooled  # every pair got another pair's caption: not the matched h^CLS
+    assert pooled.shape == (3, DM) and not torch.allclose(pooled, out.fused.pooled, atol=1e-4)
+    logits = swapped.proj(pooled)
+    torch.testing.assert_close(res["loss"], F.cross_entropy(logits, torch.zeros(3, dtype=torch.long)))
+    assert res["acc"].item() == pytest.approx((logits.argmax(-1) == 0).float().mean().item())
+    # the label decides the loss: the same logits scored as matched would give another value
+    assert not torch.allclose(res["loss"], F.cross_entropy(logits, torch.ones(3, dtype=torch.long)))
 
 
 def test_vtm_choice_scores_options_by_matching_on_the_merged_decoder():

@@ -26,7 +26,8 @@ def vocab_file(tmp_path):
 
 def head(vocab_file, **kwargs) -> TextDecoderHead:
     torch.manual_seed(0)
-    return TextDecoderHead(in_dim=kwargs.pop("in_dim", 12), config=T5, tokenizer_path=str(vocab_file), **kwargs)
+    in_dim, config = kwargs.pop("in_dim", 12), kwargs.pop("config", T5)
+    return TextDecoderHead(in_dim=in_dim, config=config, tokenizer_path=str(vocab_file), **kwargs)
 
 
 def fused(b=4, m=3, d=12, seed=1) -> FusionOutput:
@@ -102,18 +103,49 @@ def test_overfits_a_handful_of_answers_and_greedy_and_beam_generation_return_the
 
 def test_generation_stops_at_max_answer_tokens(vocab_file):
     h = head(vocab_file, max_answer_tokens=2).eval()
-    with torch.no_grad():  # an untrained decoder rarely emits the end token: the limit stops it
-        h.t5.lm_head.weight.zero_()
-        h.t5.lm_head.weight[VOCAB.index("ball")] = 1.0
-        h.t5.config.tie_word_embeddings = False
-    texts = h.generate(fused(b=2))
-    assert all(len(t.split()) <= 2 for t in texts)
+    ball = VOCAB.index("ball")
+    # an LM head that scores "ball" above every other token, the end token included, at every step:
+    # only the limit stops generation
+    lm_head = torch.nn.Linear(T5["d_model"], len(VOCAB))
+    with torch.no_grad():
+        lm_head.weight.zero_()
+        lm_head.bias.zero_()
+        lm_head.bias[ball] = 1.0
+    h.t5.lm_head = lm_head
+    assert h.generate(fused(b=2)) == ["ball ball", "ball ball"]
+    assert h.generate(fused(b=2), num_beams=2) == ["ball ball", "ball ball"]
+
+
+def test_tie_word_embeddings_false_gives_the_lm_head_its_own_weight(vocab_file):
+    tied = head(vocab_file)
+    assert tied.t5.lm_head.weight is tied.t5.shared.weight  # the default: one matrix for both
+    h = head(vocab_file, config={**T5, "tie_word_embeddings": False})
+    shared, lm = h.t5.shared.weight, h.t5.lm_head.weight
+    assert lm is not shared and lm.data_ptr() != shared.data_ptr() and not torch.equal(lm, shared)
+    names = {n for n, _ in h.named_parameters()}
+    assert {"t5.shared.weight", "t5.lm_head.weight"} <= names
+    embedding_before = shared.detach().clone()
+    f = fused(b=2)
+    before = h(f, None, targets=["red", "two cats"]).logits
+    with torch.no_grad():  # change the output projection: the input embedding stays
+        lm.add_(1.0)
+    assert torch.equal(shared, embedding_before)
+    after = h(f, None, targets=["red", "two cats"]).logits
+    assert not torch.allclose(after, before)
+    lm_before = lm.detach().clone()
+    with torch.no_grad():  # change the input embedding: the output projection stays
+        shared.mul_(2.0)
+    assert torch.equal(h.t5.lm_head.weight, lm_before)
+    # both train, each from its own gradient
+    out = h(f, None, targets=["red", "two cats"])
+    F.cross_entropy(out.logits.flatten(0, 1), out.target_ids.flatten(), ignore_index=IGNORE).backward()
+    assert shared.grad is not None and lm.grad is not None and not torch.allclose(shared.grad, lm.grad)
 
 
 def test_a_local_t5_folder_loads_its_decoder_and_drops_its_encoder(tmp_path, vocab_file):
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from vqa_components.text.hf_transformer import load_tokenizer
+    from vqa_components.tokenizers import load_tokenizer
 
     torch.manual_seed(3)
     full = T5ForConditionalGeneration(T5Config(vocab_size=len(VOCAB), pad_token_id=0, eos_token_id=3,

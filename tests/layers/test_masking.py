@@ -79,6 +79,7 @@ def test_ratio_out_of_range_is_an_error():
 def test_mask_pixels_zeroes_exactly_the_masked_blocks():
     video = torch.rand(2, 3, 3, 32, 32) + 0.1  # no zero pixels before masking
     mask = block_mask(2, 3, (4, 4), 0.4, generator=torch.Generator().manual_seed(0))
+    assert mask.any() and not mask.all()  # both branches below run
     out = mask_pixels(video, mask)
     for b in range(2):
         for t in range(3):

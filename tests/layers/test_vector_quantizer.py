@@ -94,6 +94,20 @@ def test_distances_and_losses_are_float32_under_autocast():
     assert out.quantized.dtype == torch.float32 and out.codebook_loss.dtype == torch.float32
     assert torch.equal(out.codes, vq(z.bfloat16().float()).codes)
     assert math.isfinite(out.perplexity.item())
+    # two codes 0.01 rad apart: their dot products with x differ by ~5e-5, below bf16's step near 1
+    # (2^-8), so a bf16 matmul ties them and takes the lower index; float32 finds the nearer one
+    a = 0.01
+    near = _quantizer([[1.0, 0.0], [math.cos(a), math.sin(a)]])
+    x = torch.tensor(
+        [[math.cos(a), math.sin(a)], [math.cos(2 * a), math.sin(2 * a)], [math.cos(a), -math.sin(a)]]
+    )
+    assert near(x).codes.tolist() == [1, 1, 0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (x @ near.normalized_codebook().T).argmax(-1).tolist() == [0, 0, 0]  # what bf16 would pick
+        out = near(x)
+        assert out.codes.tolist() == [1, 1, 0] and near.lookup(x).tolist() == [1, 1, 0]
+    # x_1 and x_2 are a away from their codes: ||.||² = 4 sin²(a/2) each, x_0 sits on its code
+    assert out.codebook_loss.item() == pytest.approx(2 * 4 * math.sin(a / 2) ** 2 / 3, rel=1e-4)
 
 
 def test_width_mismatch_is_an_error():
@@ -124,7 +138,9 @@ def test_dead_codes_restart_onto_encoder_outputs_every_n_training_forwards():
         assert torch.isclose(inputs, row).all(-1).any()
     assert not torch.equal(after[2], after[3])  # distinct outputs while the batch has enough
     assert vq.usage.sum().item() == 0  # counting starts again
-    assert (vq(inputs[:, [1, 0]]).codes >= 0).all()
+    # the restarted codes are live: the encoder output each was placed on now picks it
+    assert vq.lookup(after[2:]).tolist() == [2, 3]
+    assert vq(after[2:]).codes.tolist() == [2, 3] and vq.usage.tolist() == [0, 0, 1, 1]
 
 
 def test_restarts_cure_a_codebook_that_collapsed_and_are_off_by_default():

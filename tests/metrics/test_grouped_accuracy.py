@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
+from helpers import gloo_ranks
 
 from vqa_components.metrics import GroupedAccuracy
 
@@ -38,34 +34,21 @@ def test_length_mismatch_is_an_error():
         GroupedAccuracy(["a"]).update(torch.tensor([1, 0, 1]), ["a", "a"])
 
 
-WORKER = textwrap.dedent(
-    """
+WORKER = """
     import json, os, sys, torch, torch.distributed as dist
     from vqa_components.metrics import GroupedAccuracy
-    rank = int(sys.argv[1])
-    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=rank, world_size=2)
     m = GroupedAccuracy(["spatial", "motion", "needle"])
     if rank == 0:   # rank 0 never sees motion or needle
         m.update(torch.tensor([True, True, False]), ["spatial"] * 3)
     else:           # rank 1 never sees spatial
         m.update(torch.tensor([True, False, False, True, True]), ["motion", "motion", "needle", "needle", "needle"])
     print(json.dumps({k: float(v) for k, v in m.compute().items()}))
-    dist.destroy_process_group()
-    """
-)
+"""
 
 
+@pytest.mark.slow  # several real processes
 def test_two_processes_with_disjoint_groups_reduce_to_the_global_counts():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(r), port], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for r in range(2)]
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
-    results = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
+    results = gloo_ranks(WORKER)
     assert results[0] == results[1]  # every rank computes the same totals
     r = results[0]
     assert r["num_samples"] == 8 and r["acc"] == pytest.approx(5 / 8)

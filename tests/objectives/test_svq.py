@@ -94,8 +94,14 @@ def test_attach_builds_the_word_head_from_the_text_encoder_and_refuses_another_s
     with pytest.raises(ConfigError, match="vocab_size=100 but the text encoder"):
         SemanticVQ(vocab_size=100, **TINY).attach(model)
     standalone = SemanticVQ(vocab_size=30, **TINY)  # no model: explicit vocabulary
-    out = standalone.loss_from_targets(torch.rand(2, 2, 3, 32, 32), torch.zeros(2, 30))
-    assert torch.isfinite(out["loss"])
+    video, targets = torch.rand(2, 2, 3, 32, 32), torch.zeros(2, 30)
+    targets[0, 3] = targets[1, 7] = 1.0
+    out = standalone.loss_from_targets(video, targets)
+    logits = standalone.tokenizer(video).logits
+    assert logits.shape == (2, 30)
+    torch.testing.assert_close(out["token_loss"], focal_word_loss(logits, targets).detach())
+    total = out["token_loss"] + out["codebook_loss"] + out["commitment_loss"]
+    torch.testing.assert_close(out["loss"].detach(), total)
 
 
 def test_loss_is_eq7_and_logs_its_terms():
@@ -104,7 +110,20 @@ def test_loss_is_eq7_and_logs_its_terms():
     assert set(out) == {"loss", "token_loss", "codebook_loss", "commitment_loss", "utilisation", "perplexity"}
     total = out["token_loss"] + out["codebook_loss"] + 0.5 * out["commitment_loss"]
     torch.testing.assert_close(out["loss"].detach(), total)
-    assert 0 < out["utilisation"] <= 100 and 1 <= out["perplexity"] <= 64
+    # eq. 7's two terms and the usage, by hand from the encoder output and the codebook
+    tagger = obj.tokenizer.tagger
+    with torch.no_grad():
+        z = tagger.encoder(_batch()["video"].float() / 255)
+        z = F.normalize(z, dim=-1).flatten(0, -2)  # (b t gh gw, D)
+        codebook = F.normalize(tagger.quantizer.codebook, dim=-1)
+    codes = torch.cdist(z, codebook).argmin(-1)  # eq. 4 on the l2-normalised vectors
+    squared = ((z - codebook[codes]) ** 2).sum(-1).mean()
+    torch.testing.assert_close(out["codebook_loss"], squared)
+    torch.testing.assert_close(out["commitment_loss"], squared)  # same value, other stop-gradient
+    counts = torch.bincount(codes, minlength=64).float()
+    p = counts[counts > 0] / counts.sum()
+    assert out["utilisation"].item() == pytest.approx(100 * (counts > 0).sum().item() / 64)
+    assert out["perplexity"].item() == pytest.approx(math.exp(-(p * p.log()).sum().item()), rel=1e-5)
     # the focal term is what the word head scores, on the tokenizer's targets
     logits = obj.tokenizer(_batch()["video"].float() / 255).logits
     expected = focal_word_loss(logits, obj.targets(model, CAPTIONS))

@@ -137,7 +137,16 @@ def test_matched_pairs_in_the_multiple_choice_forward():
     out = model(batch)
     rows, texts = matched_pairs(model, batch, out)
     assert rows.tolist() == [1, 4] and texts == ["what moves? a lamp", "how many? one"]
+    runs = []
+    model.fusion.register_forward_hook(lambda module, args, output: runs.append(output.pooled))
     res = VideoTextMatching(in_dim=D, swap_prob=1.0)(model, batch, out)
-    assert torch.isfinite(res["loss"])
+    # both matched pairs are chosen: they exchange their texts, run again on their own videos, labelled 0
+    assert len(runs) == 1
+    with torch.no_grad():
+        exchanged = model.encode_text(["how many? one", "what moves? a lamp"])
+        expected = model.forward_features(out.video.select(torch.tensor([1, 4])), exchanged).fused.pooled
+    torch.testing.assert_close(runs[0], expected)
+    logits = model.head.proj(runs[0])  # the shared two-class layer of the vtm_choice head
+    torch.testing.assert_close(res["loss"], F.cross_entropy(logits, torch.zeros(2, dtype=torch.long)))
     res["loss"].backward()
     assert model.head.proj.weight.grad.abs().sum() > 0

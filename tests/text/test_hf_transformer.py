@@ -36,7 +36,7 @@ def tiny_folder(tmp_path, vocab_file) -> tuple[Path, torch.nn.Module]:
     """A tiny BERT written with save_pretrained, as a model hub folder would be."""
     from transformers import BertConfig, BertModel
 
-    from vqa_components.text.hf_transformer import load_tokenizer
+    from vqa_components.tokenizers import load_tokenizer
 
     torch.manual_seed(0)
     model = BertModel(BertConfig(vocab_size=len(VOCAB), pad_token_id=0, **TINY_BERT)).eval()

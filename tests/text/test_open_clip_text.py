@@ -6,7 +6,7 @@ import open_clip
 import pytest
 import torch
 
-from vqa_components.backbones.open_clip import build_open_clip_model
+from vqa_components.layers.open_clip import build_open_clip_model
 from vqa_components.registry import TEXT_ENCODERS
 from vqa_components.text.open_clip import (
     EOT_TOKEN_ID,

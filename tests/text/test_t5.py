@@ -101,7 +101,7 @@ def test_saved_folder_reloads_with_identical_outputs(vocab_file, tmp_path):
 def test_full_t5_folder_loads_its_encoder(vocab_file, tmp_path):
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from vqa_components.text.hf_transformer import load_tokenizer
+    from vqa_components.tokenizers import load_tokenizer
 
     torch.manual_seed(0)
     full = T5ForConditionalGeneration(T5Config(vocab_size=len(VOCAB), pad_token_id=0, **TINY_T5)).eval()
@@ -158,7 +158,7 @@ def test_bad_paths_give_one_clear_error(tmp_path, vocab_file):
 
 def test_clip_bpe_vocabulary_of_open_clip(tmp_path):
     """``tokenizer_path: clip_bpe``: CLIP's BPE vocabulary (shipped with open_clip), as the text_decoder head takes it."""
-    from vqa_components.text.clip_bpe import ClipBPETokenizer
+    from vqa_components.tokenizers import ClipBPETokenizer
 
     torch.manual_seed(0)
     enc = T5TextEncoder(config=TINY_T5, tokenizer_path="clip_bpe", max_length=8)

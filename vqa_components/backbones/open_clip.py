@@ -32,9 +32,9 @@ archive. Loading is strict; see ``docs/parts/feature_cache.md``. A frozen tower
 without a ``checkpoint`` keeps random weights: ``VideoQAModel`` refuses to train
 with it unless ``allow_random_frozen`` is set.
 
-This module is also where the library reads weight files (:func:`read_checkpoint`,
-:func:`read_state_dict`, :func:`load_strict`): torch files are always read with
-``weights_only=True``, so no file can run code when it is loaded.
+Files are read by :mod:`vqa_components.weights` (torch files always with ``weights_only=True``,
+so no file can run code when it is loaded); the CLIP model is built by
+:func:`~vqa_components.layers.open_clip.build_open_clip_model`, which the text encoder shares.
 
 Supported family: open_clip's own ``VisionTransformer`` towers (``ViT-*``
 configs without an attentional pooler). ResNet (``RN50``...), timm and ConvNeXt
@@ -45,191 +45,26 @@ from __future__ import annotations
 
 import logging
 import math
-import zipfile
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from vqa_components.backbones.multi_stream import one_stream
-from vqa_components.interfaces import Backbone, ConfigError, VideoFeatures
+from vqa_components.interfaces import Backbone, VideoFeatures
+from vqa_components.layers.open_clip import build_open_clip_model
 from vqa_components.registry import BACKBONES
+from vqa_components.weights import load_weights
 
 log = logging.getLogger(__name__)
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
-#: File names looked for, in this order, when ``checkpoint`` is a folder.
-CHECKPOINT_FILE_NAMES = (
-    "open_clip_model.safetensors",
-    "open_clip_pytorch_model.bin",
-    "model.safetensors",
-    "pytorch_model.bin",
-    "model.pt",
-    "model.pth",
-)
-#: Non-parameter entries found in OpenAI CLIP archives.
-_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
-
-# ------------------------------------------------------------- shared helpers
-
-
-def build_open_clip_model(
-    model_name: str,
-    model_config: Mapping[str, Any] | None = None,
-    image_size: int | None = None,
-    context_length: int | None = None,
-) -> nn.Module:
-    """Build an open_clip model with random init; nothing is downloaded.
-
-    ``model_config`` (``{"embed_dim", "vision_cfg", "text_cfg", ...}``, the
-    format of open_clip's ``model_configs/*.json``) builds a custom architecture;
-    ``model_name`` is then only a label.
-    """
-    import open_clip
-
-    if model_config is None:
-        if model_name not in open_clip.list_models():
-            raise ValueError(
-                f"unknown open_clip model {model_name!r}; pass model_config for a custom one. "
-                f"Known ViT models: {', '.join(m for m in open_clip.list_models() if m.startswith('ViT-'))}"
-            )
-        kwargs: dict[str, Any] = {"pretrained": None, "pretrained_image": False, "pretrained_text": False}
-        if image_size is not None:
-            kwargs["force_image_size"] = image_size
-        if context_length is not None:
-            kwargs["force_context_length"] = context_length
-        return open_clip.create_model(model_name, **kwargs)
-
-    from open_clip.model import CLIP, CustomTextCLIP
-
-    cfg = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in model_config.items()}
-    for part in ("vision_cfg", "text_cfg"):
-        if part not in cfg:
-            raise ValueError(f"model_config for {model_name!r} needs {part!r} (open_clip config format)")
-    if image_size is not None:
-        cfg["vision_cfg"]["image_size"] = image_size
-    if context_length is not None:
-        cfg["text_cfg"]["context_length"] = context_length
-    custom_text = cfg.pop("custom_text", False) or "hf_model_name" in cfg["text_cfg"]
-    cfg.pop("multimodal_cfg", None)
-    cls = CustomTextCLIP if custom_text else CLIP
-    return cls(**cfg)
-
-
-def _is_torchscript_archive(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
-
-
-def resolve_checkpoint_file(checkpoint: str | Path, names: Iterable[str] = CHECKPOINT_FILE_NAMES) -> Path:
-    """The weights file ``checkpoint`` names: the file itself, or the first known file in a folder."""
-    p = Path(checkpoint).expanduser()
-    if p.is_dir():
-        for name in names:
-            if (p / name).is_file():
-                return p / name
-        raise FileNotFoundError(
-            f"checkpoint folder {p} holds none of the expected weight files: {', '.join(names)}"
-        )
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {p}")
-    return p
-
-
-def read_checkpoint(path: str | Path) -> Any:
-    """``torch.load`` a local file with ``weights_only=True`` (tensors and plain values, no code).
-
-    Reads ``torch.save`` state dicts and the Lightning checkpoints ``vqa fit`` writes. A file that
-    needs arbitrary unpickling fails with one line naming it.
-    """
-    try:
-        return torch.load(Path(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        reason = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else type(exc).__name__)
-        raise ConfigError(
-            f"could not read {path} as a weights-only torch file ({reason}); load it in Python with "
-            f"torch.load(weights_only=False) only if you trust it, and save its state_dict() (torch.save or safetensors)"
-        ) from exc
-
-
-def read_state_dict(checkpoint: str | Path) -> dict[str, Tensor]:
-    """Read a state dict from a local file or folder, without executing pickled code.
-
-    Accepts ``.safetensors``, ``torch.save`` files (read with
-    ``weights_only=True``), training checkpoints holding ``state_dict``, and
-    TorchScript archives (OpenAI's original CLIP files). A ``module.`` prefix
-    on every key (DDP) is stripped.
-    """
-    path = resolve_checkpoint_file(checkpoint)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state: Any = load_file(str(path), device="cpu")
-    elif _is_torchscript_archive(path):
-        state = torch.jit.load(str(path), map_location="cpu").state_dict()
-    else:
-        state = read_checkpoint(path)
-    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
-        state = state["state_dict"]
-    if not isinstance(state, Mapping) or not state:
-        raise ConfigError(f"checkpoint {path} does not hold a state dict (got {type(state).__name__})")
-    state = {str(k): v for k, v in state.items()}
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    # a module's extra state (``get_extra_state``: the bert encoder's vocabulary) is kept
-    bad = [k for k, v in state.items() if not isinstance(v, Tensor) and not k.endswith("_extra_state")]
-    if bad:
-        state = {k: v for k, v in state.items() if k not in bad}
-        unexpected = [k for k in bad if k not in _OPENAI_EXTRA_KEYS]
-        if unexpected:
-            log.debug("checkpoint %s: ignoring non-tensor entries %s", path, unexpected)
-    return state
-
-
-def _preview(keys: Iterable[str], limit: int = 8) -> str:
-    keys = sorted(keys)
-    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
-def state_mismatch(module: nn.Module, state: Mapping[str, Tensor]) -> str | None:
-    """Why ``state`` does not fit ``module`` exactly (missing, unexpected, other shapes), or ``None``."""
-    own = module.state_dict()
-    missing = set(own) - set(state)
-    unexpected = set(state) - set(own)
-    shapes = [
-        f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
-        for k in sorted(set(own) & set(state))
-        # a module's extra state (``get_extra_state``, e.g. a vocabulary) is not a tensor: it has no shape
-        if isinstance(state[k], Tensor) and isinstance(own[k], Tensor) and state[k].shape != own[k].shape
-    ]
-    parts = []
-    if missing:
-        parts.append(f"missing keys ({len(missing)}): {_preview(missing)}")
-    if unexpected:
-        parts.append(f"unexpected keys ({len(unexpected)}): {_preview(unexpected)}")
-    if shapes:
-        parts.append(f"shape mismatches ({len(shapes)}): {'; '.join(shapes[:8])}")
-    return "; ".join(parts) or None
-
-
-def load_strict(module: nn.Module, state: Mapping[str, Tensor], path: str | Path, what: str) -> None:
-    """``module.load_state_dict(state)`` with one error naming the file and every mismatch."""
-    mismatch = state_mismatch(module, state)
-    if mismatch:
-        raise ConfigError(f"checkpoint {path} does not fit {what}: {mismatch}")
-    module.load_state_dict(dict(state), strict=True)
+# ------------------------------------------------------------- helpers
 
 
 def _resize_grid_pos_embed(pe: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -309,16 +144,17 @@ class OpenClipBackbone(Backbone):
         self.out_dim = int(visual.proj.shape[1]) if project and visual.proj is not None else width
         pcfg = getattr(visual, "preprocess_cfg", None) or {}
         self.interpolation = str(pcfg.get("interpolation", "bicubic"))
-        self.register_buffer("mean", torch.tensor(pcfg.get("mean", OPENAI_MEAN)).view(3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(pcfg.get("std", OPENAI_STD)).view(3, 1, 1), persistent=False)
+        mean, std = [float(v) for v in pcfg.get("mean", OPENAI_MEAN)], [float(v) for v in pcfg.get("std", OPENAI_STD)]
+        self.register_buffer("mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(3, 1, 1), persistent=False)
         #: what determines the outputs besides the weights (read by FeatureCache)
         self.config = {
             "model_name": model_name,
             "model_config": model_config,
             "image_size": list(self.image_size),
             "project": project,
-            "mean": list(map(float, self.mean.flatten())),
-            "std": list(map(float, self.std.flatten())),
+            "mean": mean,  # read from the lists: the buffers may be on the meta device
+            "std": std,
             "interpolation": self.interpolation,
         }
         self.checkpoint = checkpoint
@@ -331,16 +167,18 @@ class OpenClipBackbone(Backbone):
     # ---------------------------------------------------------------- weights
     def load_checkpoint(self, checkpoint: str | Path) -> None:
         """Load image-tower weights from a local full-CLIP or visual-only state dict (strict)."""
-        state = read_state_dict(checkpoint)
-        if any(k.startswith("visual.") for k in state):
-            state = {k[len("visual.") :]: v for k, v in state.items() if k.startswith("visual.")}
-        pe = state.get("positional_embedding")
-        own_pe = self.visual.positional_embedding
-        if pe is not None and pe.ndim == 2 and pe.shape != own_pe.shape and pe.shape[1] == own_pe.shape[1]:
-            log.info("resizing position embedding %s -> %s", tuple(pe.shape), tuple(own_pe.shape))
-            state = {**state, "positional_embedding": _resize_grid_pos_embed(pe, self.visual.grid_size)}
-        path = resolve_checkpoint_file(checkpoint)
-        load_strict(self.visual, state, path, f"open_clip {self.model_name} image tower")
+
+        def adapt(state: dict[str, Tensor]) -> dict[str, Tensor]:
+            if any(k.startswith("visual.") for k in state):
+                state = {k[len("visual.") :]: v for k, v in state.items() if k.startswith("visual.")}
+            pe = state.get("positional_embedding")
+            own_pe = self.visual.positional_embedding
+            if pe is not None and pe.ndim == 2 and pe.shape != own_pe.shape and pe.shape[1] == own_pe.shape[1]:
+                log.info("resizing position embedding %s -> %s", tuple(pe.shape), tuple(own_pe.shape))
+                state = {**state, "positional_embedding": _resize_grid_pos_embed(pe, self.visual.grid_size)}
+            return state
+
+        path = load_weights(self.visual, checkpoint, f"open_clip {self.model_name} image tower", adapt=adapt)
         self.weights_source = str(path)
 
     def train(self, mode: bool = True) -> OpenClipBackbone:

@@ -60,18 +60,14 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from vqa_components.backbones.multi_stream import one_stream
-from vqa_components.backbones.open_clip import load_strict, read_state_dict, resolve_checkpoint_file
-from vqa_components.interfaces import Backbone, ConfigError, VideoFeatures
+from vqa_components.interfaces import Backbone, VideoFeatures
 from vqa_components.registry import BACKBONES
+from vqa_components.weights import TIMM_WEIGHT_FILES, load_weights
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-#: File names looked for, in this order, when ``checkpoint`` is a folder (a timm Hugging Face repository's).
-TIMM_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
-
 
 def load_timm_weights(
     model: nn.Module, checkpoint: str | Path, model_name: str, dropped: Iterable[str] = ()
@@ -80,44 +76,31 @@ def load_timm_weights(
 
     This is the one place the backbone reads timm weights (resolving timm ``pretrained`` names in a
     local Hugging Face cache would go here; today only local paths are accepted, nothing is
-    downloaded). Files are read by :func:`~vqa_components.backbones.open_clip.read_state_dict`
-    (``weights_only=True``; ``.safetensors``; a ``{"state_dict": ...}`` checkpoint; a DDP
-    ``module.`` prefix is stripped). ``dropped``: keys of the full timm model that ``model`` no
-    longer has (pruned levels and head); the file may hold them and they are ignored. A file in
-    another layout (a model's original release) goes through the model's timm
-    ``checkpoint_filter_fn`` when it has one. Anything else that does not fit raises
-    :class:`~vqa_components.interfaces.ConfigError` naming the file and every mismatch.
+    downloaded). Files are found and read by :func:`~vqa_components.weights.load_weights`
+    (a folder's :data:`~vqa_components.weights.TIMM_WEIGHT_FILES`; ``weights_only=True``;
+    ``.safetensors``; a ``{"state_dict": ...}`` checkpoint; a DDP ``module.`` prefix is
+    stripped). ``dropped``: keys of the full timm model that ``model`` no longer has (pruned levels
+    and head); the file may hold them and they are ignored. A file in another layout (a model's
+    original release) goes through the model's timm ``checkpoint_filter_fn`` when it has one.
+    Anything else that does not fit raises :class:`~vqa_components.interfaces.ConfigError` naming
+    the file and every mismatch.
     """
-    path = _resolve_weights(checkpoint)
-    try:
-        state = read_state_dict(path)
-    except (ConfigError, FileNotFoundError):
-        raise
-    except Exception as exc:  # a damaged safetensors file, a truncated zip, ...
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"could not read weights file {path} for timm {model_name}: {first}") from exc
     dropped = set(dropped)
     own = set(model.state_dict())
-    if set(state) - own - dropped:  # keys this model never had: perhaps the original release's layout
-        filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
-        if callable(filter_fn):
-            try:
-                state = dict(filter_fn(dict(state), model))
-            except Exception as exc:  # noqa: BLE001 - a filter that fails: the mismatch is reported below
-                log.debug("timm %s: checkpoint_filter_fn failed on %s: %s", model_name, path, exc)
-    state = {k: v for k, v in state.items() if k not in dropped or k in own}
-    load_strict(model, state, path, f"timm {model_name}")
-    return path
 
+    def adapt(state: dict[str, Tensor]) -> dict[str, Tensor]:
+        if set(state) - own - dropped:  # keys this model never had: perhaps the original release's layout
+            filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+            if callable(filter_fn):
+                try:
+                    state = dict(filter_fn(dict(state), model))
+                except Exception as exc:  # noqa: BLE001 - a filter that fails: the mismatch is reported below
+                    log.debug("timm %s: checkpoint_filter_fn failed on %s: %s", model_name, checkpoint, exc)
+        return {k: v for k, v in state.items() if k not in dropped or k in own}
 
-def _resolve_weights(checkpoint: str | Path) -> Path:
-    p = Path(checkpoint).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(
-            f"timm backbone: checkpoint file not found: {p} (a local weights file or folder; timm "
-            f"pretrained names are not resolved and nothing is downloaded)"
-        )
-    return resolve_checkpoint_file(p, TIMM_WEIGHT_FILES)
+    return load_weights(
+        model, checkpoint, f"timm {model_name}", names=TIMM_WEIGHT_FILES, owner="timm backbone", adapt=adapt
+    )
 
 
 def _feature_levels(model: nn.Module, model_name: str) -> list[dict[str, Any]]:

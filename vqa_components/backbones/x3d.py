@@ -55,9 +55,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from vqa_components.backbones.multi_stream import one_stream
-from vqa_components.backbones.open_clip import load_strict, read_state_dict, resolve_checkpoint_file
 from vqa_components.interfaces import Backbone, VideoFeatures
 from vqa_components.registry import BACKBONES
+from vqa_components.weights import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -292,12 +292,14 @@ class X3D(Backbone):
     # ---------------------------------------------------------------- weights
     def load_checkpoint(self, checkpoint: str | Path) -> None:
         """Load a local ``state_dict`` of this module (strict; ``head.*`` dropped if there is no head)."""
-        state = read_state_dict(checkpoint)
-        if self.head is None and any(k.startswith("head.") for k in state):
-            log.info("x3d: ignoring the checkpoint's classification head (num_classes is None)")
-            state = {k: v for k, v in state.items() if not k.startswith("head.")}
-        path = resolve_checkpoint_file(checkpoint)
-        load_strict(self, state, path, f"x3d backbone (preset {self.preset!r})")
+
+        def adapt(state: dict[str, Tensor]) -> dict[str, Tensor]:
+            if self.head is None and any(k.startswith("head.") for k in state):
+                log.info("x3d: ignoring the checkpoint's classification head (num_classes is None)")
+                state = {k: v for k, v in state.items() if not k.startswith("head.")}
+            return state
+
+        path = load_weights(self, checkpoint, f"x3d backbone (preset {self.preset!r})", adapt=adapt)
         self.weights_source = str(path)
 
     # --------------------------------------------------------------- forward

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from vqa_components.data.annotations import AnnotationError
+from vqa_components.interfaces import TokenCounter
 
 VIDEO_CAUSES = ("missing_video", "empty_video", "undecodable_video")
 RECORD_CAUSES = ("missing_field", "empty_question", "malformed_record", "question_too_long")
@@ -228,26 +229,12 @@ def select_rows(batch: dict[str, Any], keep: Sequence[int]) -> dict[str, Any]:
     return out
 
 
-TokenCounter = Callable[[list[str]], list[int]]
-
-
 def question_token_counter(encoder: Any) -> tuple[int, TokenCounter] | None:
     """``(limit, count)``: the text encoder's limit in tokens and a function giving the untruncated
-    token count of each text (special tokens included), or ``None`` for an encoder whose tokenizer
-    is not one of those the built-in encoders use (CLIP's BPE, a Hugging Face tokenizer)."""
-    from vqa_components.text.clip_bpe import ClipBPETokenizer
-
-    tok = getattr(encoder, "tokenizer", None)
-    if isinstance(tok, ClipBPETokenizer):
-        bpe, limit = tok._tok, tok.context_length
-        return limit, lambda texts: [len(bpe.encode(t)) + 2 for t in texts]  # + <start>, <end>
-    if tok is not None and hasattr(tok, "encode") and hasattr(tok, "sot_token_id"):  # open_clip's SimpleTokenizer
-        limit = int(getattr(encoder, "context_length", getattr(tok, "context_length", 0)) or 0)
-        return (limit, lambda texts: [len(tok.encode(t)) + 2 for t in texts]) if limit else None
-    limit = getattr(encoder, "max_length", None)
-    if tok is not None and callable(tok) and hasattr(tok, "model_max_length") and isinstance(limit, int):
-        return limit, lambda texts: [len(ids) for ids in tok(list(texts), truncation=False)["input_ids"]]
-    return None
+    token count of each text (special tokens included), or ``None`` for an encoder that cannot count
+    (:meth:`~vqa_components.interfaces.TextEncoder.token_counter`)."""
+    counter = getattr(encoder, "token_counter", None)
+    return counter() if callable(counter) else None
 
 
 class QuestionTooLongError(AnnotationError):

@@ -46,21 +46,11 @@ from vqa_components.interfaces import FusionOutput, Head, HeadOutput, ModelOutpu
 from vqa_components.metrics.exact_match import annotator_matches, exact_match
 from vqa_components.metrics.soft_accuracy import annotator_agreement
 from vqa_components.registry import HEADS
-from vqa_components.text.clip_bpe import ClipBPETokenizer
-from vqa_components.text.hf_transformer import _local_dir, load_tokenizer
+from vqa_components.tokenizers import ClipBPETokenizer, load_tokenizer_or_clip_bpe, tokenizer_size
+from vqa_components.weights import local_path
 
 #: label of positions the loss ignores (PyTorch's and transformers' convention)
 IGNORE = -100
-#: ``tokenizer_path`` value that selects CLIP's BPE vocabulary shipped with open_clip
-CLIP_BPE = "clip_bpe"
-
-
-def _load(path: str | Any) -> Any:
-    return ClipBPETokenizer() if str(path) == CLIP_BPE else load_tokenizer(path)
-
-
-def _size(tokenizer: Any) -> int:
-    return tokenizer.vocab_size if isinstance(tokenizer, ClipBPETokenizer) else len(tokenizer)
 
 
 @HEADS.register("text_decoder")
@@ -71,7 +61,9 @@ class TextDecoderHead(Head):
         in_dim: width of ``FusionOutput.tokens``.
         config: a ``T5Config`` dict for a random-init build (``d_model``, ``num_layers`` = decoder
             layers, ``num_heads``, ``d_kv``, ``d_ff``, ...); ``vocab_size`` and the special ids
-            come from the tokenizer.
+            come from the tokenizer. The LM head shares the input embedding's weight unless
+            ``tie_word_embeddings: false`` (then it has its own, and the decoder output is not
+            scaled by ``d_model**-0.5``: T5 v1.1).
         tokenizer_path: tokenizer folder, WordPiece ``vocab.txt``, or ``clip_bpe`` (required with
             ``config``; default with ``pretrained_path``: that folder).
         pretrained_path: a local ``T5ForConditionalGeneration`` folder (``save_pretrained``); its
@@ -101,8 +93,8 @@ class TextDecoderHead(Head):
         if num_beams < 1:
             raise ValueError(f"text_decoder: num_beams must be >= 1, got {num_beams}")
         if pretrained_path is not None:
-            folder = _local_dir(pretrained_path, "pretrained_path")
-            self.tokenizer = _load(tokenizer_path or folder)
+            folder = local_path(pretrained_path, "pretrained_path")
+            self.tokenizer = load_tokenizer_or_clip_bpe(tokenizer_path or folder)
             self.t5 = T5ForConditionalGeneration.from_pretrained(str(folder), local_files_only=True)
             self.t5.encoder.block = nn.ModuleList()  # the fused tokens take the encoder's place
             self.weights_source = str(folder)
@@ -110,22 +102,24 @@ class TextDecoderHead(Head):
             if tokenizer_path is None:
                 raise ValueError("text_decoder: a random-init build (config=...) needs tokenizer_path "
                                  "(a tokenizer folder, a WordPiece vocab.txt, or clip_bpe)")
-            self.tokenizer = _load(tokenizer_path)
+            self.tokenizer = load_tokenizer_or_clip_bpe(tokenizer_path)
             cfg = dict(config)
             cfg.pop("model_type", None)
             cfg["num_decoder_layers"] = cfg.pop("num_layers", cfg.get("num_decoder_layers", 2))
-            cfg.setdefault("vocab_size", _size(self.tokenizer))
-            if cfg["vocab_size"] < _size(self.tokenizer):
+            cfg.setdefault("vocab_size", tokenizer_size(self.tokenizer))
+            if cfg["vocab_size"] < tokenizer_size(self.tokenizer):
                 raise ValueError(f"text_decoder: config vocab_size={cfg['vocab_size']} is smaller than the "
-                                 f"tokenizer's {_size(self.tokenizer)} tokens")
+                                 f"tokenizer's {tokenizer_size(self.tokenizer)} tokens")
             pad, eos, start = self._special_ids(self.tokenizer)
             self.t5 = T5ForConditionalGeneration(
                 T5Config(num_layers=0, pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=start, **cfg)
             )
+            if cfg.get("tie_word_embeddings") is False:
+                self._untie_lm_head()
         else:
             raise ValueError("text_decoder needs config (random init) or pretrained_path (a local T5 folder)")
         self.t5.encoder.requires_grad_(False)  # unused: only its final LayerNorm (and the shared embedding) remain
-        self.t5.shared.requires_grad_(True)  # shared with the decoder's input embedding and (tied) LM head
+        self.t5.shared.requires_grad_(True)  # shared with the decoder's input embedding and the LM head, unless untied
         self.pad_id, self.eos_id, self.start_id = self._special_ids(self.tokenizer)
         self.t5.config.decoder_start_token_id = self.start_id
         d_model = int(self.t5.config.d_model)
@@ -136,6 +130,20 @@ class TextDecoderHead(Head):
         gen = self.t5.generation_config
         gen.max_length = gen.min_length = None
         gen.pad_token_id, gen.eos_token_id, gen.decoder_start_token_id = self.pad_id, self.eos_id, self.start_id
+
+    def _untie_lm_head(self) -> None:
+        """Give the LM head its own weight (``tie_word_embeddings: False``, T5 v1.1's layout).
+
+        ``transformers`` >= 5 ties T5's LM head to the shared embedding whatever the config says
+        and reads ``tie_word_embeddings=False`` only as "do not scale the decoder output by
+        ``d_model**-0.5``"; older versions untie it themselves. The untied head is initialised as
+        T5 initialises one (normal, std ``initializer_factor``).
+        """
+        head = self.t5.lm_head
+        if head.weight is self.t5.shared.weight or head.weight.data_ptr() == self.t5.shared.weight.data_ptr():
+            weight = torch.empty_like(self.t5.shared.weight)
+            nn.init.normal_(weight, mean=0.0, std=float(self.t5.config.initializer_factor))
+            head.weight = nn.Parameter(weight)
 
     @staticmethod
     def _special_ids(tokenizer: Any) -> tuple[int, int, int]:

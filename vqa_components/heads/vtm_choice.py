@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from vqa_components.interfaces import FusionOutput, Head, HeadOutput, TextFeatures
+from vqa_components.layers.matching import MatchingClassifier
 from vqa_components.registry import HEADS
-
-#: index of the "matched" class among the two VTM logits (0 = not matched)
-MATCH = 1
 
 
 @HEADS.register("vtm_choice")
@@ -28,8 +26,9 @@ class VTMHead(Head):
     ``answer_cross_entropy`` computes) is well defined. ``logits`` are ``(b, 1)``;
     the model's multiple-choice path regroups them to ``(b, options)``.
 
-    The 2-class layer is ``self.proj`` (class 1 = matched, 0 = not matched), so
-    the ``vtm`` objective (``share_head=True``) trains the same weights.
+    The 2-class layer is ``self.proj``, a
+    :class:`~vqa_components.layers.matching.MatchingClassifier` (class 1 = matched, 0 = not
+    matched), so the ``vtm`` objective (``share_head=True``) trains the same weights.
 
     Args:
         in_dim: width of ``FusionOutput.pooled``.
@@ -39,12 +38,11 @@ class VTMHead(Head):
 
     def __init__(self, in_dim: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(in_dim, 2)
+        self.proj = MatchingClassifier(in_dim)
 
     def matching_logits(self, pooled: Tensor) -> Tensor:
         """``(b, d) -> (b, 2)`` the two VTM logits ``(no match, match)``."""
         return self.proj(pooled)
 
     def forward(self, fused: FusionOutput, text: TextFeatures, targets: list[str] | None = None) -> HeadOutput:
-        y = self.matching_logits(fused.pooled)
-        return HeadOutput(logits=(y[:, MATCH] - y[:, 1 - MATCH])[:, None])
+        return HeadOutput(logits=self.proj.log_odds(fused.pooled)[:, None])

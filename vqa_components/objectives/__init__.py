@@ -1,5 +1,13 @@
 """Training objectives: (model, batch, ModelOutput) -> {"loss": ...}."""
 
-from vqa_components.objectives import answer_cross_entropy, captioning, contrastive, vg_mlm, vtm  # noqa: F401
-from vqa_components.objectives import mlm  # noqa: F401
-from vqa_components.objectives import mvm, svq  # noqa: F401
+from vqa_components.objectives import (  # noqa: F401  # noqa: F401
+    answer_cross_entropy,
+    captioning,
+    contrastive,
+    mlm,
+    mvm,
+    svq,
+    vg_mlm,
+    vtm,
+)
+from vqa_components.objectives.collection import ObjectiveDict, objective_key  # noqa: F401

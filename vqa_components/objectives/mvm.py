@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from vqa_components.interfaces import ConfigError, ModelOutput, Objective
 from vqa_components.layers.masking import block_mask, mask_pixels
+from vqa_components.layers.pixels import one_stream_pixels
 from vqa_components.layers.semantic_tokenizer import TaggerConfig, VideoTagger
 from vqa_components.registry import OBJECTIVES
 
@@ -105,16 +106,11 @@ class MaskedVideoModeling(Objective):
     def forward(
         self, model: nn.Module, batch: dict[str, Any], out: ModelOutput | None = None
     ) -> dict[str, Tensor]:
-        from vqa_components.model import pixels_to_float  # imported here: the model module pulls in Lightning
-
         if self.head is None:
             raise ConfigError(
                 "mvm: HEAD^V is not built: give in_dim, or let a VideoQAModel attach the objective"
             )
-        video = batch["video"]
-        if not isinstance(video, Tensor):
-            raise ConfigError("mvm: the tagger reads one video stream; batch['video'] is not a tensor")
-        video = pixels_to_float(video)
+        video = one_stream_pixels(batch["video"], "mvm: the tagger")
         b, t = video.shape[:2]
         self.tagger.eval()
         with torch.no_grad():

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqa_components.interfaces import ConfigError, ModelOutput, Objective
+from vqa_components.layers.pixels import one_stream_pixels, pixels_to_float
 from vqa_components.layers.semantic_tokenizer import SemanticVideoTokenizer, TaggerConfig
 from vqa_components.registry import OBJECTIVES
 
@@ -152,8 +153,6 @@ class SemanticVQ(Objective):
 
     def loss_from_targets(self, video: Tensor, targets: Tensor) -> dict[str, Tensor]:
         """Eq. 7 for float pixels ``video (b, t, 3, H, W)`` and multi-hot ``targets (b, K)``."""
-        from vqa_components.model import pixels_to_float  # imported here: the model module pulls in Lightning
-
         out = self.tokenizer(pixels_to_float(video))
         if out.logits.shape[-1] != targets.shape[-1]:
             raise ConfigError(
@@ -174,9 +173,7 @@ class SemanticVQ(Objective):
     def forward(
         self, model: nn.Module, batch: dict[str, Any], out: ModelOutput | None = None
     ) -> dict[str, Tensor]:
-        video = batch["video"]
-        if not isinstance(video, Tensor):
-            raise ConfigError("svq: the tokenizer reads one video stream; batch['video'] is not a tensor")
+        video = one_stream_pixels(batch["video"], "svq: the tokenizer")
         if self.caption_field not in batch:
             raise ConfigError(
                 f"svq: the batch has no {self.caption_field!r} (the captions whose words are the targets)"

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqa_components.heads.vtm_choice import VTMHead
 from vqa_components.interfaces import ModelOutput, Objective
+from vqa_components.layers.matching import MatchingClassifier, head_matching_layer
 from vqa_components.objectives._pairs import matched_pairs
 from vqa_components.registry import OBJECTIVES
 
@@ -67,9 +67,9 @@ class VideoTextMatching(Objective):
     the matched pairs are (video, "question correct-option") (see
     :func:`matched_pairs`).
 
-    The two-class layer: with ``share_head=True`` and a ``vtm_choice`` model head,
-    the head's ``proj`` (so pretraining trains the head that later scores
-    options); otherwise this objective's own ``nn.Linear(in_dim, 2)``.
+    The two-class layer (:class:`~vqa_components.layers.matching.MatchingClassifier`): with
+    ``share_head=True`` and a model head that has one (``vtm_choice``), the head's ``proj`` (so
+    pretraining trains the head that later scores options); otherwise this objective's own.
 
     Exchanges happen in evaluation too, so ``val/vtm_acc`` measures matching.
     Returns ``{"loss", "acc"}`` (``acc``: matching accuracy).
@@ -78,7 +78,7 @@ class VideoTextMatching(Objective):
         in_dim: width of ``FusionOutput.pooled``.
         weight: scale of this loss in the total.
         swap_prob: probability that a pair's text is exchanged.
-        share_head: use the model's ``VTMHead.proj`` when there is one.
+        share_head: use the model head's two-class layer when there is one (``vtm_choice``'s ``proj``).
     """
 
     def __init__(
@@ -90,13 +90,12 @@ class VideoTextMatching(Objective):
         self.weight = weight
         self.swap_prob = swap_prob
         self.share_head = share_head
-        self.proj = nn.Linear(in_dim, 2)
+        self.proj = MatchingClassifier(in_dim)
 
     def classifier(self, model: nn.Module) -> nn.Module:
         """The two-class layer in use (the model head's when shared)."""
-        if self.share_head and isinstance(getattr(model, "head", None), VTMHead):
-            return model.head.proj
-        return self.proj
+        shared = head_matching_layer(getattr(model, "head", None)) if self.share_head else None
+        return shared if shared is not None else self.proj
 
     def forward(self, model: nn.Module, batch: dict[str, Any], out: ModelOutput) -> dict[str, Tensor]:
         rows, texts = matched_pairs(model, batch, out)

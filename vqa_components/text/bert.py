@@ -81,9 +81,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from vqa_components.interfaces import ConfigError, TextEncoder, TextFeatures
+from vqa_components.interfaces import ConfigError, TextFeatures
 from vqa_components.registry import TEXT_ENCODERS
+from vqa_components.text._tokenized import TokenizedTextEncoder
 from vqa_components.text.hf_transformer import load_local_model
+from vqa_components.weights import read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +237,7 @@ def parameter_count(
 
 
 @TEXT_ENCODERS.register("bert")
-class BertTextEncoder(TextEncoder):
+class BertTextEncoder(TokenizedTextEncoder):
     """Small BERT over a truncated WordPiece vocabulary, linearly projected (E-ViLM's language encoder).
 
     Args (keyword only):
@@ -429,9 +431,7 @@ class BertTextEncoder(TextEncoder):
         path = folder / PROJECTION_FILE
         if self.proj is None or not path.is_file():
             return
-        from safetensors.torch import load_file
-
-        state = load_file(str(path), device="cpu")
+        state = read_state_dict(path, "the bert projection")
         own = self.proj.state_dict()
         if {k: tuple(v.shape) for k, v in state.items()} != {k: tuple(v.shape) for k, v in own.items()}:
             log.warning("bert: %s is for another dim (%s); the projection to %d keeps its random init",
@@ -446,16 +446,6 @@ class BertTextEncoder(TextEncoder):
         return self
 
     # --------------------------------------------------------------- forward
-    def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
-        enc = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        device = self._device()
-        return {
-            "input_ids": enc["input_ids"].to(device),
-            "attention_mask": enc["attention_mask"].bool().to(device),
-        }
-
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
         mask = attention_mask.bool()
         hidden = self.model(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state

@@ -15,8 +15,8 @@ Two ways to build it, neither of which touches the network:
 
 Everything is loaded with ``local_files_only=True``; a hub id is refused, and so is a folder
 without ``config.json`` or a weights file (one line naming what is missing). The loading code
-(:func:`load_local_model`, :func:`load_tokenizer`, :func:`check_model_folder`) is shared with
-the ``t5`` text encoder.
+(:func:`load_local_model`, :func:`check_model_folder`; tokenizers from
+:func:`vqa_components.tokenizers.load_tokenizer`) is shared with the ``bert`` and ``t5`` text encoders.
 The model's pooler layer (BERT's tanh dense on ``[CLS]``), if any, is kept so
 that checkpoints round-trip but frozen: neither pooling mode reads it, and
 trainable parameters without gradients break DDP.
@@ -28,7 +28,6 @@ tokens (``pooling="mean"``, the sentence-transformers convention).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -36,43 +35,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from vqa_components.interfaces import TextEncoder, TextFeatures
+from vqa_components.interfaces import TextFeatures
 from vqa_components.registry import TEXT_ENCODERS
-
-
-def _local_dir(path: str | Path, what: str, owner: str = "hf_transformer") -> Path:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(
-            f"{owner}: {what} {str(path)!r} is not a local path (hub ids are not supported: "
-            f"nothing is downloaded; copy the model folder to disk and pass its path)"
-        )
-    return p
-
-
-def load_tokenizer(path: str | Path, owner: str = "hf_transformer") -> Any:
-    """A tokenizer from a local folder (``AutoTokenizer``) or a WordPiece ``vocab.txt`` file."""
-    from transformers import AutoTokenizer, BertTokenizerFast
-
-    p = _local_dir(path, "tokenizer_path", owner)
-    if p.is_file():
-        # transformers >= 5 takes ``vocab`` (a dict or file) and silently ignores ``vocab_file``;
-        # 4.x takes ``vocab_file``. Pass what this version understands.
-        params = inspect.signature(BertTokenizerFast.__init__).parameters
-        lines = p.read_text(encoding="utf-8").splitlines()
-        vocab = {tok: i for i, tok in enumerate(line.rstrip("\r") for line in lines) if tok}
-        if "vocab" in params:
-            tok = BertTokenizerFast(vocab=vocab)
-        else:
-            tok = BertTokenizerFast(vocab_file=str(p))
-        if len(tok) < len(vocab):
-            raise ValueError(f"{owner}: {p} has {len(vocab)} tokens but the tokenizer built from it has {len(tok)}")
-        return tok
-    return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
-
-
-#: weight files of a ``save_pretrained`` folder that ``from_pretrained`` reads (one is enough)
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+from vqa_components.text._tokenized import TokenizedTextEncoder
+from vqa_components.tokenizers import load_tokenizer, tokenizer_size
+from vqa_components.weights import HF_WEIGHT_FILES, local_path
 
 
 def check_model_folder(folder: Path, owner: str = "hf_transformer") -> None:
@@ -80,8 +47,8 @@ def check_model_folder(folder: Path, owner: str = "hf_transformer") -> None:
     if not folder.is_dir():
         raise FileNotFoundError(f"{owner}: pretrained_path {str(folder)!r} is a file; pass the model folder")
     missing = [name for name in ("config.json",) if not (folder / name).is_file()]
-    if not any((folder / name).is_file() for name in WEIGHT_FILES):
-        missing.append(" or ".join(WEIGHT_FILES))
+    if not any((folder / name).is_file() for name in HF_WEIGHT_FILES):
+        missing.append(" or ".join(HF_WEIGHT_FILES))
     if missing:
         raise FileNotFoundError(
             f"{owner}: pretrained_path {str(folder)!r} is not a model folder (no {'; no '.join(missing)}); "
@@ -96,6 +63,7 @@ def load_local_model(
     tokenizer_path: str | Path | None,
     from_pretrained: Callable[[str], Any],
     from_config: Callable[[dict[str, Any]], Any],
+    read_tokenizer: Callable[[str | Path, str], Any] = load_tokenizer,
 ) -> tuple[Any, Any, str | None]:
     """``(model, tokenizer, weights_source)`` from a local folder or a config dict, never the network.
 
@@ -104,12 +72,13 @@ def load_local_model(
     ``local_files_only=True``); ``weights_source`` is the folder. Otherwise ``config``: the
     tokenizer from ``tokenizer_path`` (required), ``vocab_size`` (at least the tokenizer's size)
     and ``pad_token_id`` default to the tokenizer's, and ``from_config(cfg)`` builds a random
-    init (``weights_source`` ``None``).
+    init (``weights_source`` ``None``). ``read_tokenizer(path, owner)`` reads the tokenizer (``t5``
+    also takes ``clip_bpe``).
     """
     if pretrained_path is not None:
-        folder = _local_dir(pretrained_path, "pretrained_path", owner)
+        folder = local_path(pretrained_path, "pretrained_path", owner)
         check_model_folder(folder, owner)
-        tokenizer = load_tokenizer(tokenizer_path or folder, owner)
+        tokenizer = read_tokenizer(tokenizer_path or folder, owner)
         return from_pretrained(str(folder)), tokenizer, str(folder)
     if config is None:
         raise ValueError(f"{owner} needs pretrained_path (a local model folder) or config")
@@ -118,19 +87,18 @@ def load_local_model(
             f"{owner}: a random-init build (config=...) needs tokenizer_path "
             "(a tokenizer folder or a WordPiece vocab.txt)"
         )
-    tokenizer = load_tokenizer(tokenizer_path, owner)
+    tokenizer = read_tokenizer(tokenizer_path, owner)
+    size = tokenizer_size(tokenizer)
     cfg = dict(config)
-    cfg.setdefault("vocab_size", len(tokenizer))
-    if cfg["vocab_size"] < len(tokenizer):
-        raise ValueError(
-            f"{owner}: config vocab_size={cfg['vocab_size']} is smaller than the tokenizer's {len(tokenizer)} tokens"
-        )
+    cfg.setdefault("vocab_size", size)
+    if cfg["vocab_size"] < size:
+        raise ValueError(f"{owner}: config vocab_size={cfg['vocab_size']} is smaller than the tokenizer's {size} tokens")
     cfg.setdefault("pad_token_id", tokenizer.pad_token_id)
     return from_config(cfg), tokenizer, None
 
 
 @TEXT_ENCODERS.register("hf_transformer")
-class HFTransformerTextEncoder(TextEncoder):
+class HFTransformerTextEncoder(TokenizedTextEncoder):
     """A BERT-family ``transformers`` encoder (local weights or random init) as a text encoder.
 
     Args:
@@ -211,17 +179,6 @@ class HFTransformerTextEncoder(TextEncoder):
         self.model.save_pretrained(str(folder))
         self.tokenizer.save_pretrained(str(folder))
         return folder
-
-    def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
-        enc = self.tokenizer(
-            list(texts),
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
-        device = self._device()
-        return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].bool().to(device)}
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
         mask = attention_mask.bool()

@@ -38,20 +38,18 @@ Hugging Face text towers, SigLIP tokenizers and CoCa's appended CLS raise
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from vqa_components.backbones.open_clip import (
-    build_open_clip_model,
-    load_strict,
-    read_state_dict,
-    resolve_checkpoint_file,
-)
-from vqa_components.interfaces import TextEncoder, TextFeatures
+from vqa_components.interfaces import TextEncoder, TextFeatures, TokenCounter
+from vqa_components.layers.open_clip import build_open_clip_model
 from vqa_components.registry import TEXT_ENCODERS
+from vqa_components.tokenizers import clip_bpe_counts
+from vqa_components.weights import load_weights
 
 CLIP_VOCAB_SIZE = 49408
 SOT_TOKEN_ID = 49406
@@ -161,21 +159,22 @@ class OpenClipTextEncoder(TextEncoder):
     # ---------------------------------------------------------------- weights
     def load_checkpoint(self, checkpoint: str | Path) -> None:
         """Load text-tower weights (strict) from a full CLIP, CustomTextCLIP (``text.``) or text-only state dict."""
-        state = read_state_dict(checkpoint)
-        if any(k.startswith("text.") for k in state):
-            state = {k[len("text.") :]: v for k, v in state.items() if k.startswith("text.")}
-        else:
-            drop = ("visual.", "logit_scale", "logit_bias", "input_resolution", "context_length", "vocab_size")
-            state = {k: v for k, v in state.items() if not k.startswith(drop)}
-        state = dict(state)
-        emb = state.get("token_embedding.weight")
-        if emb is not None and emb.shape[0] == CLIP_VOCAB_SIZE:  # a CLIP file: add the mask row
-            state["token_embedding.weight"] = torch.cat([emb, emb.mean(0, keepdim=True)])
-        pe = state.get("positional_embedding")
-        if pe is not None and pe.ndim == 2 and pe.shape[0] > self.context_length:
-            state["positional_embedding"] = pe[: self.context_length]  # exact: the tower is causal
-        path = resolve_checkpoint_file(checkpoint)
-        load_strict(self, state, path, f"open_clip {self.model_name} text tower")
+
+        def adapt(state: dict[str, Tensor]) -> dict[str, Tensor]:
+            if any(k.startswith("text.") for k in state):
+                state = {k[len("text.") :]: v for k, v in state.items() if k.startswith("text.")}
+            else:
+                drop = ("visual.", "logit_scale", "logit_bias", "input_resolution", "context_length", "vocab_size")
+                state = {k: v for k, v in state.items() if not k.startswith(drop)}
+            emb = state.get("token_embedding.weight")
+            if emb is not None and emb.shape[0] == CLIP_VOCAB_SIZE:  # a CLIP file: add the mask row
+                state["token_embedding.weight"] = torch.cat([emb, emb.mean(0, keepdim=True)])
+            pe = state.get("positional_embedding")
+            if pe is not None and pe.ndim == 2 and pe.shape[0] > self.context_length:
+                state["positional_embedding"] = pe[: self.context_length]  # exact: the tower is causal
+            return state
+
+        path = load_weights(self, checkpoint, f"open_clip {self.model_name} text tower", adapt=adapt)
         self.weights_source = str(path)
 
     def train(self, mode: bool = True) -> OpenClipTextEncoder:
@@ -188,6 +187,10 @@ class OpenClipTextEncoder(TextEncoder):
         length = max(int(mask.sum(1).max()), 1) if len(texts) else 1
         device = self._device()
         return {"input_ids": ids[:, :length].to(device), "attention_mask": mask[:, :length].to(device)}
+
+    def token_counter(self) -> tuple[int, TokenCounter]:
+        """``(context_length, count)``: CLIP BPE tokens of each text with ``<start>`` and ``<end>``, untruncated."""
+        return self.context_length, partial(clip_bpe_counts, self.tokenizer)
 
     # --------------------------------------------------------------- forward
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:

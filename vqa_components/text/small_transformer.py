@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from vqa_components.interfaces import TextEncoder, TextFeatures
+from vqa_components.interfaces import TextFeatures
 from vqa_components.layers.transformer import TransformerBlock, masked_mean, sinusoidal_positions
 from vqa_components.registry import TEXT_ENCODERS
-from vqa_components.text.clip_bpe import ClipBPETokenizer
+from vqa_components.text._tokenized import TokenizedTextEncoder
+from vqa_components.tokenizers import ClipBPETokenizer
 
 
 @TEXT_ENCODERS.register("small_transformer")
-class SmallTransformerText(TextEncoder):
+class SmallTransformerText(TokenizedTextEncoder):
     """Token embedding + fixed sinusoidal positions + ``num_layers`` pre-norm transformer blocks.
 
     Trains from scratch; the tokenizer is CLIP's BPE vocabulary that ships with
@@ -32,6 +33,7 @@ class SmallTransformerText(TextEncoder):
     ) -> None:
         super().__init__()
         self.tokenizer = ClipBPETokenizer(context_length=max_length)
+        self.max_length = max_length
         self.out_dim = dim
         self.vocab_size = self.tokenizer.vocab_size
         self.pad_token_id = self.tokenizer.pad_token_id
@@ -42,11 +44,6 @@ class SmallTransformerText(TextEncoder):
         self.register_buffer("positions", sinusoidal_positions(max_length, dim), persistent=False)
         self.blocks = nn.ModuleList(TransformerBlock(dim, num_heads, dropout=dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(dim)
-
-    def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
-        tok = self.tokenizer(texts)
-        device = self._device()
-        return {k: v.to(device) for k, v in tok.items()}
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
         mask = attention_mask.bool()

@@ -42,14 +42,12 @@ from typing import Any
 
 from torch import Tensor
 
-from vqa_components.interfaces import TextEncoder, TextFeatures
+from vqa_components.interfaces import TextFeatures
 from vqa_components.layers.transformer import masked_mean
 from vqa_components.registry import TEXT_ENCODERS
-from vqa_components.text.clip_bpe import ClipBPETokenizer
-from vqa_components.text.hf_transformer import _local_dir, check_model_folder, load_local_model
-
-#: ``tokenizer_path`` value that selects CLIP's BPE vocabulary shipped with open_clip
-CLIP_BPE = "clip_bpe"
+from vqa_components.text._tokenized import TokenizedTextEncoder
+from vqa_components.text.hf_transformer import load_local_model
+from vqa_components.tokenizers import ClipBPETokenizer, load_tokenizer_or_clip_bpe, tokenizer_size
 
 
 def _mask_token_id(tokenizer: Any) -> int | None:
@@ -59,33 +57,8 @@ def _mask_token_id(tokenizer: Any) -> int | None:
     return None if sentinel is None or sentinel == tokenizer.unk_token_id else int(sentinel)
 
 
-def _size(tokenizer: Any) -> int:
-    return tokenizer.vocab_size if isinstance(tokenizer, ClipBPETokenizer) else len(tokenizer)
-
-
-def _clip_bpe_model(
-    tokenizer: ClipBPETokenizer, pretrained_path: str | None, config: dict[str, Any] | None,
-    from_pretrained: Any, from_config: Any,
-) -> tuple[Any, str | None]:
-    """``(model, weights_source)`` for ``tokenizer_path: clip_bpe``, with the checks of ``load_local_model``."""
-    if pretrained_path is not None:
-        folder = _local_dir(pretrained_path, "pretrained_path", "t5")
-        check_model_folder(folder, "t5")
-        return from_pretrained(str(folder)), str(folder)
-    if config is None:
-        raise ValueError("t5 needs pretrained_path (a local model folder) or config")
-    cfg = dict(config)
-    cfg.setdefault("vocab_size", tokenizer.vocab_size)
-    if cfg["vocab_size"] < tokenizer.vocab_size:
-        raise ValueError(
-            f"t5: config vocab_size={cfg['vocab_size']} is smaller than the tokenizer's {tokenizer.vocab_size} tokens"
-        )
-    cfg.setdefault("pad_token_id", tokenizer.pad_token_id)
-    return from_config(cfg), None
-
-
 @TEXT_ENCODERS.register("t5")
-class T5TextEncoder(TextEncoder):
+class T5TextEncoder(TokenizedTextEncoder):
     """T5's encoder stack from a config (random init) or a local folder; cls = masked mean of the tokens.
 
     Args:
@@ -126,24 +99,21 @@ class T5TextEncoder(TextEncoder):
         def from_pretrained(folder: str) -> Any:
             return T5EncoderModel.from_pretrained(folder, local_files_only=True)
 
-        if tokenizer_path is not None and str(tokenizer_path) == CLIP_BPE:
-            self.tokenizer = ClipBPETokenizer(context_length=max_length)
-            self.model, self.weights_source = _clip_bpe_model(
-                self.tokenizer, pretrained_path, config, from_pretrained, from_config
-            )
-        else:
-            self.model, self.tokenizer, self.weights_source = load_local_model(
-                "t5", pretrained_path, config, tokenizer_path, from_pretrained, from_config
-            )
+        def read_tokenizer(path: str | Path, owner: str) -> Any:
+            return load_tokenizer_or_clip_bpe(path, owner, context_length=max_length)
+
+        self.model, self.tokenizer, self.weights_source = load_local_model(
+            "t5", pretrained_path, config, tokenizer_path, from_pretrained, from_config, read_tokenizer
+        )
         tok = self.tokenizer
         mask_id = tok.mask_token_id if isinstance(tok, ClipBPETokenizer) else _mask_token_id(tok)
         if tok.pad_token_id is None or mask_id is None:
             raise ValueError(
                 "t5: the tokenizer needs a padding token and a mask token ([MASK] or <extra_id_0>)"
             )
-        if _size(tok) > self.model.config.vocab_size:
+        if tokenizer_size(tok) > self.model.config.vocab_size:
             raise ValueError(
-                f"t5: the tokenizer has {_size(tok)} tokens but the model's vocab_size is {self.model.config.vocab_size}"
+                f"t5: the tokenizer has {tokenizer_size(tok)} tokens but the model's vocab_size is {self.model.config.vocab_size}"
             )
         self.max_length = max_length
         self.frozen = frozen
@@ -168,19 +138,6 @@ class T5TextEncoder(TextEncoder):
         if not isinstance(self.tokenizer, ClipBPETokenizer):  # clip_bpe ships with open_clip: reload with it
             self.tokenizer.save_pretrained(str(folder))
         return folder
-
-    def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
-        if isinstance(self.tokenizer, ClipBPETokenizer):  # pads to the longest text, at most max_length
-            enc = self.tokenizer(list(texts))
-        else:
-            enc = self.tokenizer(
-                list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-            )
-        device = self._device()
-        return {
-            "input_ids": enc["input_ids"].to(device),
-            "attention_mask": enc["attention_mask"].bool().to(device),
-        }
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
         mask = attention_mask.bool()

@@ -1,5 +1,6 @@
 """Helpers that write miniature copies of the benchmark releases (exact file names, layouts, field
-names and value types; a few records; tiny clips) and run a recipe on them through the real CLI."""
+names and value types; a few records; tiny clips), run a tiny recipe on them through the real CLI, and
+check that a paper recipe's datamodule reads them into batches like the one its model is checked on."""
 
 from __future__ import annotations
 
@@ -16,8 +17,6 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-
-from recipe_helpers import objectives_with_tagger_size, paper_sized_bert_vocab
 
 from vqa_components.data.video_io import write_video
 
@@ -156,93 +155,82 @@ def run_cli(subcommand: str, cfg: dict[str, Any], tmp: Path, *extra: str) -> tup
 
 ROOT = Path(__file__).resolve().parents[3]
 
-
-def run_paper_recipe(recipe: str, dataset_args: dict[str, Any], num_answers: int, tmp: Path) -> int:
-    """``fast_dev_run`` of a paper-scale recipe (as written: its parts, widths and dataset) on a miniature
-    release, offline: frames shrunk to 32x32 for the frame encoder, the frozen CLIP tower's random
-    weights allowed, fine-tuning from scratch, fp32 (what tests/test_recipes.py does with synthetic data)."""
-    from vqa_components.cli import main
-
-    args = {"num_frames": 16, "frame_size": SIDE, **dataset_args}
-    with contextlib.redirect_stdout(io.StringIO()):
-        return main([
-            "fit", "--config", str(ROOT / recipe), f"--trainer.default_root_dir={tmp / 'paper'}",
-            f"--data.dataset_args={json.dumps(args)}", "--data.batch_size=2", "--data.num_workers=0",
-            "--trainer.precision=32-true", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
-            "--trainer.fast_dev_run=1", "--model.backbone.init_args.image_size=32",
-            "--model.allow_random_frozen=true", f"--model.head.init_args.num_answers={num_answers}",
-            "--model.init_parts=null",
-        ])  # fmt: skip
+#: the loader a split of the datamodule is read through
+LOADERS = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader"}
+SPLIT_KEYS = {"train": "fit", "val": "validate", "test": "test"}
 
 
-#: The co-tokenization recipes' T5 stacks (text encoder, text_decoder head) and co-tokenizer in a
-#: ``fast_dev_run``: width 64, one layer (tests/test_recipes.py shrinks them the same way).
-SMALL_T5 = {"d_model": 64, "num_layers": 1, "num_heads": 2, "d_kv": 32, "d_ff": 128}
+def check_recipe_batch(recipe: str, dataset_args: dict[str, Any], split: str = "train") -> dict[str, Any]:
+    """The first ``split`` batch (2 samples) of a paper recipe's datamodule, pointed at a miniature
+    release, checked against ``dm.example_batch(2)``: the batch the recipe's model is checked on at
+    full size (tests/recipes/test_paper_scale.py builds it on the meta device and runs a step on it).
 
-
-def run_multi_stream_recipe(recipe: str, dataset_args: dict[str, Any], tmp: Path) -> int:
-    """``fast_dev_run`` of a co-tokenization recipe (one X3D per stream, a T5 encoder, a text_decoder
-    head) on a miniature release, offline: its streams with 8x fewer frames, each 4x smaller; its T5
-    stacks and fusion at :data:`SMALL_T5`; the recipe's other dataset arguments; fine-tuning from
-    scratch, fp32, one thread (X3D's depthwise 3-D convolutions crawl on two contended threads)."""
+    The datamodule is the recipe's ``data:`` section as written (its dataset, frames, sizes, streams,
+    frame sampling, resizing and cropping, so the shapes are the recipe's), with ``dataset_args``
+    overriding where the release lies (``root`` etc.), ``batch_size=2`` and ``num_workers=0``. No model
+    is built. Every key of the example batch must be in the real batch with the same kind of value:
+    tensors of the same shape (video pixels may be uint8 in the batch and float in the example: the
+    model takes both; each stream of a multi-stream video), string lists of the same length, the same
+    ints. The keys the recipe's model reads beyond them must be there too: its text field, the options
+    of a multiple-choice question, the answers a generating head is taught with. Returns the batch."""
     import torch
 
-    from vqa_components.cli import main
+    from vqa_components.data.datamodule import VideoQADataModule
+    from vqa_components.registry import HEADS, import_builtin_parts
 
     cfg = yaml.safe_load((ROOT / recipe).read_text())
-    given = cfg["data"]["dataset_args"]
-    streams = [
-        {"num_frames": max(1, s["num_frames"] // 8), "frame_size": s["frame_size"] // 4}
-        for s in given["streams"]
-    ]
-    args = {**{k: v for k, v in given.items() if k != "root"}, "streams": streams, **dataset_args}
-    t5, d, heads = json.dumps(SMALL_T5), SMALL_T5["d_model"], SMALL_T5["num_heads"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return main([
-                "fit", "--config", str(ROOT / recipe), f"--trainer.default_root_dir={tmp / 'paper'}",
-                f"--data.dataset_args={json.dumps(args)}", "--data.batch_size=2", "--data.num_workers=0",
-                "--trainer.precision=32-true", "--trainer.accelerator=cpu",
-                "--trainer.enable_progress_bar=false", "--trainer.fast_dev_run=1",
-                "--model.allow_random_frozen=true", "--model.init_parts=null",
-                f"--model.text_encoder.init_args.config={t5}", f"--model.head.init_args.config={t5}",
-                f"--model.fusion.init_args.text_dim={d}", f"--model.head.init_args.in_dim={d}",
-                f"--model.fusion.init_args.dim={d}", f"--model.fusion.init_args.num_heads={heads}",
-            ])  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
+    data = dict(cfg["data"])
+    data["dataset_args"] = {**(data.get("dataset_args") or {}), **dataset_args}
+    data.update(batch_size=2, num_workers=0)
+    dm = VideoQADataModule(**data)
+    dm.prepare_data()
+    dm.setup(SPLIT_KEYS[split])
+    assert dm.splits[SPLIT_KEYS[split]] is not None, f"{recipe}: no {split} split"
+    batch = next(iter(getattr(dm, LOADERS[split])()))
+    assert batch["num_skipped"] == 0, batch["skipped"]
+    example = dm.example_batch(2)
 
+    def same_kind(key: str, want: Any, got: Any) -> None:
+        where = f"{recipe}: batch[{key!r}]"
+        if isinstance(want, torch.Tensor):
+            assert isinstance(got, torch.Tensor), f"{where} is a {type(got).__name__}, the example's a tensor"
+            assert got.shape == want.shape, f"{where}: shape {tuple(got.shape)}, the example's {tuple(want.shape)}"
+            if key == "video":  # decoded uint8 pixels or float ones
+                assert got.dtype == torch.uint8 or got.dtype.is_floating_point, f"{where}: dtype {got.dtype}"
+            else:
+                assert got.dtype == want.dtype, f"{where}: dtype {got.dtype}, the example's {want.dtype}"
+        elif isinstance(want, tuple):  # a multi-stream video: one tensor per stream
+            assert isinstance(got, tuple) and len(got) == len(want), f"{where}: not {len(want)} streams"
+            for i, (w, g) in enumerate(zip(want, got)):
+                same_kind(f"{key}[{i}]", w, g)
+        elif isinstance(want, list):
+            assert isinstance(got, list) and len(got) == len(want), f"{where}: not a list of {len(want)}"
+            assert all(isinstance(g, type(w)) for w, g in zip(want, got)), f"{where}: {got!r}, the example's {want!r}"
+        else:
+            assert type(got) is type(want) and got == want, f"{where} = {got!r}, the example's {want!r}"
 
-def run_evilm_recipe(
-    recipe: str, dataset_args: dict[str, Any], tmp: Path, num_answers: int | None = None, subcommand: str = "fit"
-) -> int:
-    """``fast_dev_run`` (``fit``, or ``test`` for an evaluation recipe) of an E-ViLM recipe as written
-    (EdgeNeXt-small, tiny BERT, merged decoder; the tokenizer's or tagger's ViT-B/32) on a miniature
-    release, offline: its 4 frames shrunk to 32x32 (EdgeNeXt's last stage and the tagger's 32-pixel
-    patches then give one grid cell per frame), a vocabulary of the paper's size, earlier stages'
-    weights replaced by random ones, fp32."""
-    from vqa_components.cli import main
+    for key, want in example.items():
+        assert key in batch, f"{recipe}: the example batch has {key!r}, the {split} batch has not"
+        same_kind(key, want, batch[key])
 
-    cfg = yaml.safe_load((ROOT / recipe).read_text())
-    model = cfg["model"]
-    args = {"num_frames": cfg["data"]["dataset_args"]["num_frames"], "frame_size": SIDE, **dataset_args}
-    extra = [f"--model.text_encoder.init_args.vocab_file={paper_sized_bert_vocab(tmp)}", "--model.allow_random_frozen=true"]
-    if "backbone" in model:
-        extra.append("--model.backbone.init_args.image_size=32")
-    if num_answers is not None:
-        extra.append(f"--model.head.init_args.num_answers={num_answers}")
-    if model.get("init_parts"):
-        extra.append("--model.init_parts=null")
-    extra += objectives_with_tagger_size(model["objectives"], SIDE)
-    with contextlib.redirect_stdout(io.StringIO()):
-        return main([
-            subcommand, "--config", str(ROOT / recipe), f"--trainer.default_root_dir={tmp / 'paper'}",
-            f"--data.dataset_args={json.dumps(args)}", "--data.batch_size=2", "--data.num_workers=0",
-            "--trainer.precision=32-true", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
-            "--trainer.fast_dev_run=1", *extra,
-        ])  # fmt: skip
+    def strings(key: str, what: str) -> None:
+        values = batch.get(key)
+        assert isinstance(values, list) and len(values) == 2, f"{recipe}: the batch has no {key!r} ({what})"
+        assert all(isinstance(v, str) and v for v in values), f"{recipe}: batch[{key!r}] = {values!r} ({what})"
+
+    model = cfg.get("model") or {}
+    strings(model.get("text_field", "question"), "the model's text_field")
+    import_builtin_parts()
+    head = model.get("head")
+    task = HEADS.get(head["name"]).task if isinstance(head, dict) and "name" in head else None
+    if task == "generate":
+        strings("answer", "what the generating head is taught")
+    if task == "multiple_choice" and model.get("text_field", "question") == "question":
+        options = batch.get("options")
+        assert isinstance(options, list) and len(options) == 2, f"{recipe}: the batch has no 'options'"
+        assert len({len(o) for o in options}) == 1 and len(options[0]) > 1, f"{recipe}: options {options!r}"
+        assert all(isinstance(o, str) for opts in options for o in opts), f"{recipe}: options {options!r}"
+    return batch
 
 
 @pytest.fixture
@@ -258,7 +246,5 @@ def mini() -> SimpleNamespace:
         write_csv=write_csv,
         recipe=recipe,
         run_cli=run_cli,
-        run_paper_recipe=run_paper_recipe,
-        run_evilm_recipe=run_evilm_recipe,
-        run_multi_stream_recipe=run_multi_stream_recipe,
+        check_recipe_batch=check_recipe_batch,
     )

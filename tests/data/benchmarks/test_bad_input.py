@@ -60,7 +60,7 @@ def config(release, tmp_path, mini, **dataset_args):
 
 def test_training_completes_and_reports_exactly_the_bad_clips(release, tmp_path, mini, caplog):
     cfg = config(release, tmp_path, mini)
-    with caplog.at_level(logging.WARNING, logger="vqa_components.model"):
+    with caplog.at_level(logging.WARNING, logger="vqa_components.data.admission"):
         code, _ = vqa("fit", cfg, tmp_path)
     assert code == 0
     report = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train epoch")]

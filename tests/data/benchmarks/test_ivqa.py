@@ -127,7 +127,5 @@ def test_soft_accuracy_through_the_cli(release, tmp_path, mini, monkeypatch):
     assert metrics["protocol"]["unknown_answer_questions"] == 1 and "37.50 %" in out
 
 
-@pytest.mark.slow
-def test_the_co_tokenization_recipe_runs_on_the_miniature_release(release, tmp_path, mini):
-    recipe = "recipes/cotok/finetune_ivqa.yaml"
-    assert mini.run_multi_stream_recipe(recipe, {"root": str(release)}, tmp_path) == 0
+def test_the_co_tokenization_recipe_reads_the_miniature_release_like_its_example_batch(release, mini):
+    mini.check_recipe_batch("recipes/cotok/finetune_ivqa.yaml", {"root": str(release)})

@@ -99,18 +99,7 @@ def test_fit_through_the_cli(release, tmp_path, mini):
     assert mini.run_cli("fit", cfg, tmp_path)[0] == 0
 
 
-@pytest.mark.slow
-def test_the_videodistill_recipe_runs_on_the_miniature_release(release, tmp_path, mini):
-    recipe = "recipes/videodistill/finetune_msvd_qa.yaml"
-    assert mini.run_paper_recipe(recipe, {"root": str(release)}, 3, tmp_path) == 0
-
-
-@pytest.mark.slow
-def test_the_co_tokenization_recipe_runs_on_the_miniature_release(release, tmp_path, mini):
-    recipe = "recipes/cotok/finetune_msvd_qa.yaml"
-    assert mini.run_multi_stream_recipe(recipe, {"root": str(release)}, tmp_path) == 0
-
-
-@pytest.mark.slow
-def test_the_evilm_recipe_runs_on_the_miniature_release(release, tmp_path, mini):
-    assert mini.run_evilm_recipe("recipes/evilm/finetune_msvd_qa.yaml", {"root": str(release)}, tmp_path, 3) == 0
+@pytest.mark.parametrize("recipe", ["recipes/videodistill/finetune_msvd_qa.yaml", "recipes/cotok/finetune_msvd_qa.yaml",
+                                    "recipes/evilm/finetune_msvd_qa.yaml"])
+def test_the_paper_recipes_read_the_miniature_release_like_their_example_batch(release, mini, recipe):
+    mini.check_recipe_batch(recipe, {"root": str(release)})

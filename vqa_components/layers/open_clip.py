@@ -1,0 +1,60 @@
+"""Building an ``open_clip`` CLIP model (random init, nothing downloaded) for the parts that keep one tower.
+
+The ``open_clip`` image backbone (:mod:`vqa_components.backbones.open_clip`) and the ``open_clip``
+text encoder (:mod:`vqa_components.text.open_clip`) both build the whole CLIP model from a config
+name or dict and keep one of its towers. Building it is neither one kind of part nor weight
+reading (the model is random-init; :mod:`vqa_components.weights` reads files into the tower
+afterwards), so it lives here, with the blocks every kind of part may use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def build_open_clip_model(
+    model_name: str,
+    model_config: Mapping[str, Any] | None = None,
+    image_size: int | None = None,
+    context_length: int | None = None,
+) -> nn.Module:
+    """Build an open_clip model with random init; nothing is downloaded.
+
+    ``model_config`` (``{"embed_dim", "vision_cfg", "text_cfg", ...}``, the
+    format of open_clip's ``model_configs/*.json``) builds a custom architecture;
+    ``model_name`` is then only a label.
+    """
+    import open_clip
+
+    if model_config is None:
+        if model_name not in open_clip.list_models():
+            raise ValueError(
+                f"unknown open_clip model {model_name!r}; pass model_config for a custom one. "
+                f"Known ViT models: {', '.join(m for m in open_clip.list_models() if m.startswith('ViT-'))}"
+            )
+        kwargs: dict[str, Any] = {"pretrained": None, "pretrained_image": False, "pretrained_text": False}
+        if image_size is not None:
+            kwargs["force_image_size"] = image_size
+        if context_length is not None:
+            kwargs["force_context_length"] = context_length
+        # built where torch builds now: on the meta device too (vqa profile, the tests' wiring checks)
+        return open_clip.create_model(model_name, device=torch.get_default_device(), **kwargs)
+
+    from open_clip.model import CLIP, CustomTextCLIP
+
+    cfg = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in model_config.items()}
+    for part in ("vision_cfg", "text_cfg"):
+        if part not in cfg:
+            raise ValueError(f"model_config for {model_name!r} needs {part!r} (open_clip config format)")
+    if image_size is not None:
+        cfg["vision_cfg"]["image_size"] = image_size
+    if context_length is not None:
+        cfg["text_cfg"]["context_length"] = context_length
+    custom_text = cfg.pop("custom_text", False) or "hf_model_name" in cfg["text_cfg"]
+    cfg.pop("multimodal_cfg", None)
+    cls = CustomTextCLIP if custom_text else CLIP
+    return cls(**cfg)
