@@ -73,23 +73,6 @@ def paper_sized_bert_vocab(folder: Path) -> Path:
     return path
 
 
-def objectives_with_tagger_size(objectives: list[dict[str, Any]], image_size: int) -> list[str]:
-    """The command-line override of a recipe's ``objectives`` with the video tokenizer (``svq``) or
-    tagger (``mvm``) built for ``image_size`` pixels; ``[]`` when the recipe has neither."""
-    if not any(o.get("name") in ("svq", "mvm") for o in objectives):
-        return []
-    from vqa_components.registry import OBJECTIVES
-
-    def spelled_out(o: dict[str, Any]) -> dict[str, Any]:  # the command line takes class_path/init_args
-        cls = OBJECTIVES.get(o["name"])
-        init = {k: v for k, v in o.items() if k != "name"}
-        if o["name"] in ("svq", "mvm"):
-            init["tagger"] = {**init.get("tagger", {}), "img_size": image_size}
-        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init}
-
-    return [f"--model.objectives={json.dumps([spelled_out(o) for o in objectives])}"]
-
-
 #: what :class:`EveryParameterLearns` saw in the fits of this process, one record per fit
 LEARNING_CHECKS: list[dict[str, Any]] = []
 

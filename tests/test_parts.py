@@ -116,6 +116,10 @@ def _backprop(out: torch.Tensor, *inputs: torch.Tensor, module: torch.nn.Module 
             assert x.grad is not None, "no gradient reached the input"
 
 
+#: backbones whose output ignores the pixels by design (question-only baselines)
+INPUT_BLIND = {"blind"}
+
+
 @pytest.mark.parametrize("name", _params("backbone"))
 def test_backbone(name):
     part = create("backbone", name, **_kwargs("backbone", name))
@@ -126,6 +130,9 @@ def test_backbone(name):
     assert out.cls.shape == (B, T, part.out_dim)
     if any(p.requires_grad for p in part.parameters()):
         _backprop(torch.cat([out.tokens.flatten(), out.cls.flatten()]), module=part)
+    if name not in INPUT_BLIND:  # frozen parts have no gradient to check: their output follows the pixels
+        other = part(torch.rand(B, T, 3, 32, 32))
+        assert not torch.allclose(other.tokens, out.tokens) and not torch.allclose(other.cls, out.cls)
 
 
 @pytest.mark.parametrize("name", _params("text_encoder"))
@@ -153,6 +160,8 @@ def test_sampler(name):
     assert out.video.tokens.shape == (B, K, N, D) and out.video.cls.shape == (B, K, D)
     assert out.weights.shape == (B, K, T) and out.indices.shape == (B, K)
     _backprop(out.video.tokens, video.tokens, module=part)
+    other = video_features()  # the selected frames are the input's: other frames, other output
+    assert not torch.allclose(part(other, text).video.tokens, out.video.tokens)
     part.eval()
     with torch.no_grad():
         a, b = part(video, text), part(video, text)

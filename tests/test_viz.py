@@ -110,6 +110,7 @@ def test_explain_draws_each_streams_selection_maps_per_iteration(tmp_path, head)
     assert result["prediction"] == expected and result["answer"] == "left"
 
 
+@pytest.mark.slow  # 3 figures, 2-4 s; the maps themselves are checked in the fast tier above
 def test_two_questions_on_the_same_clip_give_different_maps(tmp_path):
     """The blog's figure: the maps change with the question asked about the same video."""
     model = co_tokenizer_model()

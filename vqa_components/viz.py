@@ -59,6 +59,18 @@ def _grid_of(n: int) -> tuple[int, int]:
     return side, side
 
 
+def _save(fig: Any, path: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (110 dpi; missing folders made), close it; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_explanation(
     frames: Tensor,
     selected: list[int],
@@ -108,12 +120,7 @@ def plot_explanation(
             ax.imshow(up[slot].numpy(), cmap="inferno", alpha=0.55, vmin=lo, vmax=hi)
             ax.set_title(f"gates, frame {idx}", fontsize=6)
     fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 @torch.no_grad()
@@ -237,12 +244,7 @@ def plot_selection_maps(
             r += rows_of[s]
     fig.suptitle(f"{title}\ncolour: selection mass of each position (sum over the K tokens' maps), from 0 (dark) "
                  f"to the iteration's largest (bright); % = the stream's share", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def explain_co_tokens(

@@ -54,7 +54,7 @@ from torch import Tensor
 
 from vqa_components.backbones.multi_stream import one_stream
 from vqa_components.interfaces import Backbone, VideoFeatures
-from vqa_components.layers.open_clip import build_open_clip_model
+from vqa_components.layers.open_clip import build_open_clip_model, load_and_freeze
 from vqa_components.registry import BACKBONES
 from vqa_components.weights import load_weights
 
@@ -157,12 +157,7 @@ class OpenClipBackbone(Backbone):
             "std": std,
             "interpolation": self.interpolation,
         }
-        self.checkpoint = checkpoint
-        if checkpoint is not None:
-            self.load_checkpoint(checkpoint)
-        if frozen:
-            self.requires_grad_(False)
-            self.eval()
+        load_and_freeze(self, checkpoint, frozen)
 
     # ---------------------------------------------------------------- weights
     def load_checkpoint(self, checkpoint: str | Path) -> None:

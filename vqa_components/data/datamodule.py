@@ -228,8 +228,9 @@ class VideoQADataModule(pl.LightningDataModule):
             "video": videos if spec.multi_stream else videos[0],
             "question": questions,
             "caption": questions,
-            "answer_idx": torch.zeros(batch_size, dtype=torch.long),
             "family": [spec.families[0] if spec.families else "all"] * batch_size,
             "batch_size": batch_size,
         }
+        if spec.has_answers:  # caption datasets have none
+            batch["answer_idx"] = torch.zeros(batch_size, dtype=torch.long)
         return batch

@@ -77,6 +77,7 @@ class ExampleSpec:
         questions: plausible question strings.
         answers: the answer vocabulary (may be empty if it lives in a file).
         families: question families.
+        has_answers: whether samples carry an answer (``answer_idx``); caption datasets do not.
     """
 
     video_shapes: list[tuple[int, int, int]]
@@ -84,6 +85,7 @@ class ExampleSpec:
     questions: list[str] = field(default_factory=lambda: [GENERIC_QUESTION])
     answers: list[str] = field(default_factory=list)
     families: list[str] = field(default_factory=list)
+    has_answers: bool = True
 
 
 def normalize_streams(
@@ -285,9 +287,7 @@ class VideoQADataset(Dataset):
             self.answer_vocab = vocab_from_records(train_records, max_answers)
         self._answer_to_idx = {a: i for i, a in enumerate(self.answer_vocab)}
         self.families = sorted({r.question_type for r in self.records})
-        self.enable_feature_cache(feature_cache, feature_cache_fingerprint)
-        if self.on_bad_video == "raise":
-            self.check_video_files()
+        self._finish_init(feature_cache, feature_cache_fingerprint)
 
     def _init_decoding(
         self,
@@ -314,6 +314,13 @@ class VideoQADataset(Dataset):
         self.transform = ClipTransform(resize_short, crop_size, random_crop=self.training)
         self._rng: torch.Generator | None = None
         self._rng_seed: tuple[int, int] | None = None
+
+    def _finish_init(self, feature_cache: str | None, feature_cache_fingerprint: str | None) -> None:
+        """The constructor's last step, once the records are known (shared with the benchmark adapters):
+        serve ``feature_cache``, then, in strict mode, check every clip file (:meth:`check_video_files`)."""
+        self.enable_feature_cache(feature_cache, feature_cache_fingerprint)
+        if self.on_bad_video == "raise":
+            self.check_video_files()
 
     # ----------------------------------------------------------- feature cache
     def enable_feature_cache(self, root: str | os.PathLike | None, fingerprint: str | None = None) -> None:

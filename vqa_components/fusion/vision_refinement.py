@@ -8,7 +8,7 @@ from torch import nn
 from vqa_components.fusion.cross_attention import ONE_STREAM_REMEDY, READS_ONE_STREAM
 from vqa_components.interfaces import Fusion, FusionOutput, TextFeatures, VideoFeatures, require_single_stream
 from vqa_components.layers.divided_space_time import DividedSpaceTimeBlock, check_residual
-from vqa_components.layers.la_gate import GATES, build_gate, gate_text
+from vqa_components.layers.la_gate import build_gate, check_gate, gate_text
 from vqa_components.layers.position_table import resize_table
 from vqa_components.registry import FUSIONS
 
@@ -75,8 +75,7 @@ class VisionRefinement(Fusion):
         residual: str = "frozen_in_time",
     ) -> None:
         super().__init__()
-        if gate not in GATES:
-            raise ValueError(f"unknown gate {gate!r}; choose one of {', '.join(GATES)}")
+        check_gate(gate)
         self.residual = check_residual(residual)
         self.out_dim = dim
         self.video_proj = nn.Linear(video_dim, dim)

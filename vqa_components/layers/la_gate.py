@@ -128,15 +128,20 @@ class CrossAttentionGate(nn.Module):
 GATES = ("la_gate", "cross_attention", "none")
 
 
+def check_gate(kind: str) -> str:
+    """``kind`` if it is one of :data:`GATES`, else ``ValueError`` (checked before any block is built)."""
+    if kind not in GATES:
+        raise ValueError(f"unknown gate {kind!r}; choose one of {', '.join(GATES)}")
+    return kind
+
+
 def build_gate(kind: str, dim: int, text_dim: int, num_heads: int, dropout: float = 0.0) -> nn.Module | None:
-    """The language gate of a VideoDistill block: ``"la_gate"``, ``"cross_attention"`` or ``"none"``."""
-    if kind == "la_gate":
+    """The language gate of a VideoDistill block: ``"la_gate"``, ``"cross_attention"`` or ``"none"`` (``None``)."""
+    if check_gate(kind) == "la_gate":
         return LAGate(dim, text_dim, num_heads, skip=True, pre_norm=True)
     if kind == "cross_attention":
         return CrossAttentionGate(dim, text_dim, num_heads, dropout=dropout)
-    if kind == "none":
-        return None
-    raise ValueError(f"unknown gate {kind!r}; choose one of {', '.join(GATES)}")
+    return None
 
 
 def gate_text(gate: nn.Module | None, text_cls: Tensor, text_tokens: Tensor, text_mask: Tensor) -> tuple:

@@ -4,7 +4,8 @@ The ``open_clip`` image backbone (:mod:`vqa_components.backbones.open_clip`) and
 text encoder (:mod:`vqa_components.text.open_clip`) both build the whole CLIP model from a config
 name or dict and keep one of its towers. Building it is neither one kind of part nor weight
 reading (the model is random-init; :mod:`vqa_components.weights` reads files into the tower
-afterwards), so it lives here, with the blocks every kind of part may use.
+afterwards), so it lives here, with the blocks every kind of part may use; so does the end both
+parts' constructors share (:func:`load_and_freeze`).
 """
 
 from __future__ import annotations
@@ -58,3 +59,14 @@ def build_open_clip_model(
     cfg.pop("multimodal_cfg", None)
     cls = CustomTextCLIP if custom_text else CLIP
     return cls(**cfg)
+
+
+def load_and_freeze(part: nn.Module, checkpoint: str | None, frozen: bool) -> None:
+    """The end of an open_clip part's constructor: ``part.checkpoint = checkpoint``, the file loaded
+    by the part's ``load_checkpoint`` when given, then, with ``frozen``, no gradients and eval mode."""
+    part.checkpoint = checkpoint
+    if checkpoint is not None:
+        part.load_checkpoint(checkpoint)
+    if frozen:
+        part.requires_grad_(False)
+        part.eval()

@@ -16,7 +16,7 @@ from vqa_components.interfaces import (
     require_single_stream,
 )
 from vqa_components.layers.divided_space_time import check_residual
-from vqa_components.layers.la_gate import GATES, build_gate, gate_text
+from vqa_components.layers.la_gate import build_gate, check_gate, gate_text
 from vqa_components.layers.position_table import resize_table
 from vqa_components.layers.transformer import TransformerBlock
 from vqa_components.samplers.uniform import NO_SAMPLER, SELECTS_ONE_STREAM
@@ -103,8 +103,7 @@ class FrameScorer(nn.Module):
         residual: str = "frozen_in_time",
     ) -> None:
         super().__init__()
-        if gate not in GATES:
-            raise ValueError(f"unknown gate {gate!r}; choose one of {', '.join(GATES)}")
+        check_gate(gate)
         dim = dim or video_dim
         self.num_frames = num_frames
         self.in_proj = nn.Linear(video_dim, dim) if dim != video_dim else nn.Identity()
@@ -170,24 +169,25 @@ class ScoredSampler(Sampler):
     """Shared body of the samplers that score frames with FS-blocks (``gumbel_topk``, ``soft``).
 
     Subclasses turn the scorer's logits ``(b, K, N)`` into selection weights; this class
-    owns the scorer, the temperature and the slot ordering.
+    owns the scorer, the temperature and the slot ordering. Its constructor is the ``soft``
+    sampler's (which keeps it; the arguments are documented there); ``gumbel_topk`` adds
+    ``allow_repeats``.
     """
 
     def __init__(
         self,
-        *,
         video_dim: int,
         text_dim: int,
-        num_frames: int,
-        dim: int | None,
-        num_layers: int,
-        num_heads: int,
-        tau: float,
-        gate: str,
-        max_frames: int,
-        sort_by_time: bool,
-        dropout: float,
-        residual: str,
+        num_frames: int = 16,
+        dim: int | None = None,
+        num_layers: int = 3,
+        num_heads: int = 8,
+        tau: float = 1.0,
+        gate: str = "la_gate",
+        max_frames: int = 128,
+        sort_by_time: bool = True,
+        dropout: float = 0.0,
+        residual: str = "frozen_in_time",
     ) -> None:
         super().__init__()
         if tau <= 0:

@@ -126,19 +126,9 @@ class GumbelTopKSampler(ScoredSampler):
         dropout: float = 0.0,
         residual: str = "frozen_in_time",
     ) -> None:
-        super().__init__(
-            video_dim=video_dim,
-            text_dim=text_dim,
-            num_frames=num_frames,
-            dim=dim,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            tau=tau,
-            gate=gate,
-            max_frames=max_frames,
-            sort_by_time=sort_by_time,
-            dropout=dropout,
-            residual=residual,
+        super().__init__(  # ScoredSampler's order up to tau; the ones after allow_repeats by name
+            video_dim, text_dim, num_frames, dim, num_layers, num_heads, tau,
+            gate=gate, max_frames=max_frames, sort_by_time=sort_by_time, dropout=dropout, residual=residual,
         )
         self.allow_repeats = allow_repeats
 

@@ -42,36 +42,6 @@ class SoftSampler(ScoredSampler):
     ``video.extras`` gains ``selection_logits``, ``frame_gates`` and ``slot_order`` as in ``gumbel_topk``.
     """
 
-    def __init__(
-        self,
-        video_dim: int,
-        text_dim: int,
-        num_frames: int = 16,
-        dim: int | None = None,
-        num_layers: int = 3,
-        num_heads: int = 8,
-        tau: float = 1.0,
-        gate: str = "la_gate",
-        max_frames: int = 128,
-        sort_by_time: bool = True,
-        dropout: float = 0.0,
-        residual: str = "frozen_in_time",
-    ) -> None:
-        super().__init__(
-            video_dim=video_dim,
-            text_dim=text_dim,
-            num_frames=num_frames,
-            dim=dim,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            tau=tau,
-            gate=gate,
-            max_frames=max_frames,
-            sort_by_time=sort_by_time,
-            dropout=dropout,
-            residual=residual,
-        )
-
     def forward(self, video: VideoFeatures, text: TextFeatures) -> SamplerOutput:
         logits, gates = self.score(video, text)
         with float32_region(logits.device):

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from vqa_components.interfaces import TextEncoder, TextFeatures, TokenCounter
-from vqa_components.layers.open_clip import build_open_clip_model
+from vqa_components.layers.open_clip import build_open_clip_model, load_and_freeze
 from vqa_components.registry import TEXT_ENCODERS
 from vqa_components.tokenizers import clip_bpe_counts
 from vqa_components.weights import load_weights
@@ -141,12 +141,7 @@ class OpenClipTextEncoder(TextEncoder):
             "context_length": self.context_length,
             "project": project,
         }
-        self.checkpoint = checkpoint
-        if checkpoint is not None:
-            self.load_checkpoint(checkpoint)
-        if frozen:
-            self.requires_grad_(False)
-            self.eval()
+        load_and_freeze(self, checkpoint, frozen)
 
     def _add_mask_row(self) -> None:
         old = self.token_embedding

@@ -194,8 +194,10 @@ def check_recipe_batch(recipe: str, dataset_args: dict[str, Any], split: str = "
         where = f"{recipe}: batch[{key!r}]"
         if isinstance(want, torch.Tensor):
             assert isinstance(got, torch.Tensor), f"{where} is a {type(got).__name__}, the example's a tensor"
-            assert got.shape == want.shape, f"{where}: shape {tuple(got.shape)}, the example's {tuple(want.shape)}"
-            if key == "video":  # decoded uint8 pixels or float ones
+            assert got.shape == want.shape, (
+                f"{where}: shape {tuple(got.shape)}, the example's {tuple(want.shape)}"
+            )
+            if key.startswith("video"):  # decoded uint8 pixels or float ones (each stream's)
                 assert got.dtype == torch.uint8 or got.dtype.is_floating_point, f"{where}: dtype {got.dtype}"
             else:
                 assert got.dtype == want.dtype, f"{where}: dtype {got.dtype}, the example's {want.dtype}"
@@ -205,7 +207,9 @@ def check_recipe_batch(recipe: str, dataset_args: dict[str, Any], split: str = "
                 same_kind(f"{key}[{i}]", w, g)
         elif isinstance(want, list):
             assert isinstance(got, list) and len(got) == len(want), f"{where}: not a list of {len(want)}"
-            assert all(isinstance(g, type(w)) for w, g in zip(want, got)), f"{where}: {got!r}, the example's {want!r}"
+            assert all(isinstance(g, type(w)) for w, g in zip(want, got)), (
+                f"{where}: {got!r}, the example's {want!r}"
+            )
         else:
             assert type(got) is type(want) and got == want, f"{where} = {got!r}, the example's {want!r}"
 
@@ -213,23 +217,30 @@ def check_recipe_batch(recipe: str, dataset_args: dict[str, Any], split: str = "
         assert key in batch, f"{recipe}: the example batch has {key!r}, the {split} batch has not"
         same_kind(key, want, batch[key])
 
-    def strings(key: str, what: str) -> None:
+    def strings(key: str, what: str, empty: bool = False) -> None:
         values = batch.get(key)
         assert isinstance(values, list) and len(values) == 2, f"{recipe}: the batch has no {key!r} ({what})"
-        assert all(isinstance(v, str) and v for v in values), f"{recipe}: batch[{key!r}] = {values!r} ({what})"
+        assert all(isinstance(v, str) and (v or empty) for v in values), (
+            f"{recipe}: batch[{key!r}] = {values!r} ({what})"
+        )
 
     model = cfg.get("model") or {}
-    strings(model.get("text_field", "question"), "the model's text_field")
+    text_field = model.get("text_field", "question")
     import_builtin_parts()
     head = model.get("head")
     task = HEADS.get(head["name"]).task if isinstance(head, dict) and "name" in head else None
+    choice = task == "multiple_choice" and text_field == "question"  # a question with options to pick from
+    # the question of a multiple-choice record may be empty (MSR-VTT MC: the options are the captions)
+    strings(text_field, "the model's text_field", empty=choice)
     if task == "generate":
         strings("answer", "what the generating head is taught")
-    if task == "multiple_choice" and model.get("text_field", "question") == "question":
+    if choice:
         options = batch.get("options")
         assert isinstance(options, list) and len(options) == 2, f"{recipe}: the batch has no 'options'"
         assert len({len(o) for o in options}) == 1 and len(options[0]) > 1, f"{recipe}: options {options!r}"
-        assert all(isinstance(o, str) for opts in options for o in opts), f"{recipe}: options {options!r}"
+        assert all(isinstance(o, str) and o for opts in options for o in opts), (
+            f"{recipe}: options {options!r}"
+        )
     return batch
 
 

@@ -439,9 +439,7 @@ class BenchmarkDataset(VideoQADataset):
         self.breakdowns = self.find_breakdowns(records)
         self.skipped_records = self._skipped_by_split.get(split, [])
         self._records_cache, self._clip_paths = {}, {}  # parsed once; only self.records is kept
-        self.enable_feature_cache(feature_cache, feature_cache_fingerprint)
-        if self.on_bad_video == "raise":
-            self.check_video_files()
+        self._finish_init(feature_cache, feature_cache_fingerprint)
 
     # ------------------------------------------------------------ subclass API
     @property
@@ -650,6 +648,7 @@ class BenchmarkDataset(VideoQADataset):
         spec.families = list(cls.family_names or ())
         vocab = kwargs.get("answer_vocab")
         spec.answers = list(vocab) if isinstance(vocab, (list, tuple)) else []
+        spec.has_answers = cls.kind != "captions"
         return spec
 
     def __repr__(self) -> str:
