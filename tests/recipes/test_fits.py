@@ -2,9 +2,10 @@
 checkpoint of its monitored metric, a finite loss, and (:class:`helpers.EveryParameterLearns`, in the
 same step) a gradient for every trainable parameter and none for frozen ones.
 
+Each fit is followed by ``vqa test`` of its last checkpoint (finite figures in ``test_metrics.json``).
 The fast tier fits :data:`FAST_FITS`, a few tiny recipes that between them use every registered part
-some tiny recipe uses, one of each paper family in ``bf16-mixed`` (fit and test); the slow tier fits
-every other recipe on the embedded benchmark, and the fast set in the other precision.
+some tiny recipe uses, one of each paper family in ``bf16-mixed``; the slow tier fits every other
+recipe on the embedded benchmark, and the fast set in the other precision.
 """
 
 from __future__ import annotations
@@ -117,11 +118,9 @@ def fit_and_check(recipe: str, precision: str, tmp_path: Path, tiny_data: list[s
     assert len(LEARNING_CHECKS) == 1 and LEARNING_CHECKS[0]["trainable"] > 0
     assert math.isfinite(LEARNING_CHECKS[0]["loss"]), f"train/loss is {LEARNING_CHECKS[0]['loss']}"
     assert list((tmp_path / "checkpoints").glob("best-*.ckpt")), "no checkpoint of the monitored metric"
-    if precision == "bf16-mixed":
-        assert run_vqa("test", *common, "--ckpt_path=last", "--trainer.limit_test_batches=1")[0] == 0
-        written = json.loads((tmp_path / "test_metrics.json").read_text())
-        assert written and all(math.isfinite(v) for v in written.values())
-        assert "test/acc" not in written or written["test/num_samples"] > 0
+    assert run_vqa("test", *common, "--ckpt_path=last", "--trainer.limit_test_batches=1")[0] == 0
+    written = json.loads((tmp_path / "test_metrics.json").read_text())
+    assert "test/loss" in written and all(math.isfinite(v) for v in written.values()), written
 
 
 @pytest.mark.parametrize("recipe", list(FAST_FITS))
