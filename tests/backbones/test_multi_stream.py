@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import pytest
 import torch
 import yaml
+from helpers import run_vqa
 
 from vqa_components import create, weights
 from vqa_components.backbones.multi_stream import MultiStreamBackbone
@@ -357,18 +355,8 @@ def _recipe(tmp_path, text: str = RECIPE) -> str:
     return str(path)
 
 
-def _run(*args: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        try:
-            code = main(list(args))
-        except SystemExit as exc:  # --print_config exits after printing
-            code = exc.code or 0
-    return code, out.getvalue()
-
-
 def test_recipe_form_parses_prints_and_reparses(tmp_path):
-    code, printed = _run("fit", "--config", _recipe(tmp_path), "--print_config")
+    code, printed = run_vqa("fit", "--config", _recipe(tmp_path), "--print_config")
     assert code == 0
     backbone = yaml.safe_load(printed)["model"]["backbone"]
     assert backbone["class_path"] == "vqa_components.backbones.multi_stream.MultiStreamBackbone"
@@ -379,7 +367,7 @@ def test_recipe_form_parses_prints_and_reparses(tmp_path):
     ]
     again_path = tmp_path / "printed.yaml"
     again_path.write_text(printed)
-    code, again = _run("fit", "--config", str(again_path), "--print_config")
+    code, again = run_vqa("fit", "--config", str(again_path), "--print_config")
     assert code == 0 and yaml.safe_load(again) == yaml.safe_load(printed)
 
 

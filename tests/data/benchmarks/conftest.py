@@ -4,7 +4,6 @@ check that a paper recipe's datamodule reads them into batches like the one its 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -16,6 +15,7 @@ import av
 import numpy as np
 import pytest
 import yaml
+from helpers import run_vqa
 from PIL import Image
 
 from vqa_components.data.video_io import write_video
@@ -143,14 +143,9 @@ def recipe(
 
 def run_cli(subcommand: str, cfg: dict[str, Any], tmp: Path, *extra: str) -> tuple[int, str]:
     """``vqa <subcommand> --config <cfg> --trainer.fast_dev_run=1`` in this process; (exit code, stdout)."""
-    from vqa_components.cli import main
-
     path = tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main([subcommand, "--config", str(path), "--trainer.fast_dev_run=1", *extra])
-    return code, out.getvalue()
+    return run_vqa(subcommand, "--config", path, "--trainer.fast_dev_run=1", *extra)
 
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -5,14 +5,13 @@ out at start-up (on_bad_record: skip) are in the report with their causes."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import logging
 
 import pytest
 import yaml
+from helpers import run_vqa
 
 ANSWERS = ["man", "dog", "car", "cat"]
 
@@ -41,14 +40,10 @@ def release(tmp_path, mini):
 
 
 def vqa(subcommand, cfg, tmp_path, *extra):
-    from vqa_components.cli import main
-
+    """``vqa <subcommand>`` on ``cfg`` written as a recipe, in this process."""
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main([subcommand, "--config", str(path), *extra])
-    return code, out.getvalue()
+    return run_vqa(subcommand, "--config", path, *extra)
 
 
 def config(release, tmp_path, mini, **dataset_args):
