@@ -16,6 +16,23 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+#: every recipe, as a path relative to the repository
+RECIPES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "recipes").rglob("*.yaml"))
+
+
+def recipe_config(recipe: str) -> dict[str, Any]:
+    """The YAML of ``recipes/...`` as written."""
+    import yaml
+
+    return yaml.safe_load((ROOT / recipe).read_text())
+
+
+def vocab_args(recipe: str, folder: Path) -> list[str]:
+    """E-ViLM recipes read the bert encoder's vocabulary from the file ``vqa vocab`` writes: one of the
+    paper's size (:func:`paper_sized_bert_vocab`), in ``folder``; other recipes need nothing."""
+    if "name: bert" not in (ROOT / recipe).read_text():
+        return []
+    return [f"--model.text_encoder.init_args.vocab_file={paper_sized_bert_vocab(folder)}"]
 
 
 def run_vqa(*args: str) -> tuple[int, str]:
@@ -158,3 +175,35 @@ def fake_training_step(model, batch: dict[str, Any]) -> dict[str, Any]:
     no_grad = sorted(n for n, p in model.named_parameters() if p.requires_grad and n.startswith(forward_parts)
                      and state[n].grad is None)
     return {"no_grad": no_grad}
+
+
+#: the width of the tiny model the model and callback tests share
+D = 32
+
+
+def tiny_model(**kwargs):
+    """A small VideoQAModel (frame_cnn, small_transformer, cross_attention, 5 answers); ``kwargs`` replace parts."""
+    from vqa_components import create
+    from vqa_components.model import VideoQAModel
+
+    parts = dict(
+        backbone=create("backbone", "frame_cnn", dim=D, channels=(8, 16, 32), grid=2),
+        text_encoder=create("text_encoder", "small_transformer", dim=D, num_layers=1, num_heads=2),
+        fusion=create("fusion", "cross_attention", video_dim=D, text_dim=D, dim=D, num_layers=1, num_heads=2),
+        head=create("head", "answer_classifier", in_dim=D, num_answers=5),
+        objectives=[create("objective", "answer_cross_entropy")],
+    )
+    parts.update(kwargs)
+    return VideoQAModel(**parts)
+
+
+def tiny_batch(b=3, t=4):
+    """Three samples for :func:`tiny_model`; the third answer is outside the vocabulary (-1)."""
+    import torch
+
+    return {
+        "video": torch.rand(b, t, 3, 32, 32),
+        "question": ["what color is the ball?", "how many flashes?", "which way?"][:b],
+        "answer_idx": torch.tensor([0, 3, -1])[:b],
+        "family": ["a", "b", "a"][:b],
+    }

@@ -1,53 +1,20 @@
 """VideoQAModel: assembly from parts, freezing, loading parts from an earlier stage, multiple choice,
-evaluation through the head task's metric, and the samples it leaves out (reports, long questions)."""
+modules inside parts and objectives by name. Its callbacks: tests/data/test_admission.py (the samples
+a stage leaves out) and tests/metrics/test_evaluation.py (the head task's metric)."""
 
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers import D, tiny_model
+from helpers import tiny_batch as batch
 
 from vqa_components import create, weights
-from vqa_components.data.admission import SkippedSamples
 from vqa_components.interfaces import ConfigError
-from vqa_components.metrics.evaluation import AnswerEvaluation
 from vqa_components.model import VideoQAModel
-
-#: what the data-side callbacks read of a trainer that has no loaders (tests call them directly)
-TRAINER = SimpleNamespace(global_rank=0, train_dataloader=None, val_dataloaders=None, test_dataloaders=None)
-
-
-def evaluate(model: VideoQAModel, data: dict) -> None:
-    """One validation step and the epoch's end, as the trainer runs them with AnswerEvaluation."""
-    evaluation = AnswerEvaluation()
-    evaluation.update(model, model.validation_step(data, 0), data, "val")
-    evaluation.log_epoch(model, "val")
-
-D = 32
-
-
-def tiny_model(**kwargs) -> VideoQAModel:
-    parts = dict(
-        backbone=create("backbone", "frame_cnn", dim=D, channels=(8, 16, 32), grid=2),
-        text_encoder=create("text_encoder", "small_transformer", dim=D, num_layers=1, num_heads=2),
-        fusion=create("fusion", "cross_attention", video_dim=D, text_dim=D, dim=D, num_layers=1, num_heads=2),
-        head=create("head", "answer_classifier", in_dim=D, num_answers=5),
-        objectives=[create("objective", "answer_cross_entropy")],
-    )
-    parts.update(kwargs)
-    return VideoQAModel(**parts)
-
-
-def batch(b=3, t=4):
-    return {
-        "video": torch.rand(b, t, 3, 32, 32),
-        "question": ["what color is the ball?", "how many flashes?", "which way?"][:b],
-        "answer_idx": torch.tensor([0, 3, -1])[:b],
-        "family": ["a", "b", "a"][:b],
-    }
 
 
 def test_forward_and_training_step_backprop_into_every_part():
@@ -169,100 +136,6 @@ def test_multiple_choice_regroups_pair_scores():
     torch.testing.assert_close(out.logits, ref)
     preds = model.predict_step(b, 0)
     assert [p["prediction"] for p in preds] == [b["options"][i][int(ref[i].argmax())] for i in range(2)]
-
-
-def test_skipped_samples_are_reported_per_stage_and_cause_at_epoch_end(caplog):
-    from vqa_components.data.bad_input import SkippedSample
-
-    model, skips = tiny_model(), SkippedSamples()
-    corrupt = SkippedSample(3, "a", "/d/a.mp4", "corrupt video data", cause="undecodable_video")
-    gone = SkippedSample(9, "b", "/d/b.mp4", "file not found", cause="missing_video")
-    skips.admit(TRAINER, model, {**batch(), "num_skipped": 2, "skipped": [gone, corrupt]}, "train")
-    skips.admit(TRAINER, model, {**batch(), "num_skipped": 1, "skipped": [corrupt]}, "val")  # its own report
-    logged = {}
-    model.log = lambda name, value, **kw: logged.__setitem__(name, value)
-    with caplog.at_level("WARNING"):
-        skips.on_train_epoch_end(TRAINER, model)
-    assert logged == {"train/skipped_videos": 2.0, "train/skipped_missing_video": 1.0, "train/skipped_undecodable_video": 1.0}
-    assert "train epoch: left out 2 sample(s): missing_video 1, undecodable_video 1" in caplog.text
-    assert "missing_video: b;" in caplog.text and "undecodable_video: a;" in caplog.text
-    skips.on_train_epoch_end(TRAINER, model)  # the next epoch starts from nothing
-    assert logged["train/skipped_videos"] == 0.0
-    skips.on_validation_epoch_end(TRAINER, model)
-    assert skips.summaries["val"].counts == {"undecodable_video": 1}
-
-
-def test_questions_longer_than_the_text_encoder_s_limit_are_left_out_or_stop_the_run():
-    from vqa_components.data.bad_input import QuestionTooLongError
-
-    long_question = "what colour is the ball that the man in the red coat throws at the wall"  # > 8 tokens
-    data = {**batch(), "question": ["what color?", long_question, "which way?"], "index": torch.tensor([0, 1, 2]),
-            "video_id": ["v0", "v1", "v2"]}  # fmt: skip
-    encoder = {"dim": D, "num_layers": 1, "num_heads": 2, "max_length": 8}
-    model = tiny_model(text_encoder=create("text_encoder", "small_transformer", **encoder))
-    model.log = lambda *a, **k: None
-    skips, evaluation = model.configure_callbacks()
-    train = dict(data)
-    skips.admit(TRAINER, model, train, "train")  # in place: the step gets what is left
-    assert train["video_id"] == ["v0", "v2"] and model.training_step(train, 0) is not None
-    val = dict(data)
-    skips.admit(TRAINER, model, val, "val")
-    evaluation.update(model, model.validation_step(val, 0), val, "val")
-    assert evaluation.metric(model, "val").compute()["num_samples"] == 2  # the long question was not scored
-    summary = skips.report(TRAINER, model, "train")
-    assert summary.counts == {"question_too_long": 1} and summary.first["question_too_long"][0].video_id == "v1"
-    strict = tiny_model(text_encoder=create("text_encoder", "small_transformer", **encoder), on_long_question="raise")
-    with pytest.raises(QuestionTooLongError, match=r"a train batch: record 1 \[video_id='v1'\]: field 'question'"):
-        strict.configure_callbacks()[0].admit(TRAINER, strict, dict(data), "train")
-    lenient = tiny_model(text_encoder=create("text_encoder", "small_transformer", **encoder), on_long_question="truncate")
-    kept = dict(data)
-    lenient.configure_callbacks()[0].admit(TRAINER, lenient, kept, "val")
-    assert kept["video_id"] == ["v0", "v1", "v2"]
-    with pytest.raises(ValueError, match="on_long_question must be one of skip, raise, truncate"):
-        tiny_model(on_long_question="cut")
-
-
-def test_a_generating_head_trains_on_answer_text_and_is_scored_by_its_exact_match(minilm_folder, monkeypatch):
-    """The model passes the answers to a generating head, and its accuracy is the head's exact match."""
-    import torch.nn.functional as F
-
-    head = create("head", "text_decoder", in_dim=D, tokenizer_path=str(minilm_folder),
-                  config={"d_model": D, "num_layers": 1, "num_heads": 2, "d_kv": 8, "d_ff": 2 * D})
-    model = tiny_model(head=head)
-    model.families = ["a", "b"]
-    data = {**batch(), "answer": ["Red", "three", "left"]}
-    out = model(data)
-    labels = head.target_ids(data["answer"])
-    assert torch.equal(out.head.target_ids, labels)
-    loss = model.loss(data, out, "train")
-    assert torch.allclose(loss, F.cross_entropy(out.logits.flatten(0, 1), labels.flatten(), ignore_index=-100))
-    assert model(batch()).head.target_ids is None  # no answers (e.g. prediction): no targets
-
-    monkeypatch.setattr(head, "generate", lambda fused, num_beams=None: ["red.", "two", "left"])
-    logged = {}
-    monkeypatch.setattr(model, "log", lambda key, value, **kw: logged.__setitem__(key, float(torch.as_tensor(value).detach())))
-    evaluate(model, data)
-    assert logged["val/acc"] == pytest.approx(2 / 3) and logged["val/num_samples"] == 3
-    assert logged["val/acc_a"] == 1.0 and logged["val/acc_b"] == 0.0  # families a, b, a
-    preds = model.predict_step(data, 0)
-    assert [p["prediction"] for p in preds] == ["red.", "two", "left"]
-
-
-def test_a_model_without_ground_truth_logs_no_accuracy(monkeypatch):
-    model = tiny_model(head=create("head", "retrieval", video_dim=D, text_dim=D, embed_dim=D),
-                       objectives=[create("objective", "contrastive", video_dim=D, text_dim=D)])
-    logged = {}
-    monkeypatch.setattr(model, "log", lambda key, value, **kw: logged.__setitem__(key, float(torch.as_tensor(value).detach())))
-    evaluate(model, batch())
-    assert "val/loss" in logged and not any(k.startswith("val/acc") for k in logged)
-    # its metric ranks the pairs instead (hand-checked values: tests/metrics/test_retrieval.py)
-    assert logged["val/num_samples"] == 3 and {"val/t2v_r1", "val/v2t_r10", "val/t2v_median_rank"} <= set(logged)
-    # a classifier on data without answers (e.g. pretraining captions)
-    model = tiny_model(objectives=[create("objective", "contrastive", video_dim=D, text_dim=D)])
-    logged.clear()
-    monkeypatch.setattr(model, "log", lambda key, value, **kw: logged.__setitem__(key, float(torch.as_tensor(value).detach())))
-    evaluate(model, {k: v for k, v in batch().items() if k != "answer_idx"})
-    assert "val/loss" in logged and not any(k.startswith("val/acc") for k in logged)
 
 
 # ------------------------------------------------- stages, modules inside parts, objectives by name

@@ -325,10 +325,12 @@ USAGE = """usage: vqa {fit,validate,test,predict,list,profile,explain,vocab} ...
 def _show_model_log() -> None:
     """Show the model's INFO lines in the terminal (which parts ``init_from`` loaded; what an epoch left
     out), once, on rank 0."""
+    if logging.getLogger().handlers or not is_launching_process():
+        return  # the user configured logging, or a DDP rank other than 0
     for name in ("vqa_components.weights", "vqa_components.data.admission"):
         logger = logging.getLogger(name)
-        if logger.handlers or logging.getLogger().handlers or not is_launching_process():
-            return  # the user configured logging, or a DDP rank other than 0
+        if logger.handlers:
+            continue  # configured already (an earlier run in this process, or the user)
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)

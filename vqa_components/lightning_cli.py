@@ -19,15 +19,14 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from vqa_components import weights
-from vqa_components.data.admission import SkippedSamples
-
 from vqa_components.cli_common import CLIError, find_checkpoint, is_launching_process
+from vqa_components.data.admission import SkippedSamples, stage_dataset
 
 log = logging.getLogger(__name__)
 
 #: Lightning messages that are not the user's business: internal deprecations, an advert, and the
-#: advice to reduce epoch-level metrics across ranks, which VideoQAModel's metrics and skip counts
-#: already are (only its losses are reduced by Lightning).
+#: advice to reduce epoch-level metrics across ranks, which the metrics and skip counts of the model's
+#: callbacks (AnswerEvaluation, SkippedSamples) already are (only its losses are reduced by Lightning).
 _NOISE = (
     r".*isinstance\(treespec, LeafSpec\)",
     r"It is recommended to use `self.log\('(train|val|test)/(?![^']*loss)",
@@ -131,7 +130,7 @@ class TestMetricsWriter(Callback):
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         written: dict[str, Any] = dict(metrics)
-        protocol = getattr(_test_dataset(trainer), "protocol", None)
+        protocol = getattr(stage_dataset(trainer, "test"), "protocol", None)
         if isinstance(protocol, dict):
             written["protocol"] = protocol
         admission = next((c for c in trainer.callbacks if isinstance(c, SkippedSamples)), None)
@@ -164,14 +163,6 @@ class TestMetricsWriter(Callback):
 
 #: ``test/`` figures besides accuracies printed in the table (the count error, retrieval ranks)
 _OTHER_FIGURES = ("test/count_mse", "test/t2v_", "test/v2t_")
-
-
-def _test_dataset(trainer: Any) -> Any:
-    """The dataset the test loader read (its ``protocol`` goes into ``test_metrics.json``)."""
-    loaders = trainer.test_dataloaders
-    if isinstance(loaders, (list, tuple)):
-        loaders = loaders[0] if loaders else None
-    return getattr(loaders, "dataset", None)
 
 
 def guard_earlier_run(ckpt_dir: Path, root: Path, overwrite: bool) -> None:

@@ -281,8 +281,8 @@ def freeze(model: nn.Module, paths: Iterable[str]) -> None:
 
 def set_weights_source(module: nn.Module, source: str) -> None:
     """Record where ``module``'s weights came from (each objective of an objective dict on its own)."""
-    members = module.values() if isinstance(module, nn.ModuleDict) else module if isinstance(module, nn.ModuleList) else [module]
-    for m in members:
+    module.weights_source = source
+    for m in module.values() if isinstance(module, nn.ModuleDict) else module if isinstance(module, nn.ModuleList) else ():
         m.weights_source = source
 
 
@@ -319,6 +319,16 @@ def _preview_paths(paths: Sequence[str], near: str, n: int = 6) -> str:
     """Up to ``n`` of ``paths``, those sharing the longest prefix with ``near`` first."""
     ranked = sorted(paths, key=lambda p: (-len(os.path.commonprefix([p, near])), p))[:n]
     return ", ".join(ranked) + (", ..." if len(paths) > n else "")
+
+
+def _why_not_loaded(part: nn.Module, sub: Mapping[str, Tensor]) -> str | None:
+    """Why the default ``init_from`` leaves ``part`` as it is, given the file's weights ``sub`` for it."""
+    if not part.state_dict():
+        return "the model's part has no weights"
+    if not sub:
+        return "not in the file"
+    mismatch = state_mismatch(part, sub)
+    return f"does not fit: {mismatch}" if mismatch else None
 
 
 def load_parts(
@@ -369,8 +379,7 @@ def load_parts(
                 )
             load_strict(part, sub, path, _label(name) + (f" (from {source!r})" if source != name else ""))
         else:
-            why = ("the model's part has no weights" if not part.state_dict() else "not in the file" if not sub
-                   else (f"does not fit: {state_mismatch(part, sub)}" if state_mismatch(part, sub) else None))
+            why = _why_not_loaded(part, sub)
             if why:
                 skipped[name] = why
                 continue

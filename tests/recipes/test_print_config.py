@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from helpers import ROOT, run_vqa
+from helpers import RECIPES, ROOT, recipe_config, run_vqa
 
-RECIPES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "recipes").rglob("*.yaml"))
-PAPER = [r for r in RECIPES if yaml.safe_load((ROOT / r).read_text())["data"].get("dataset") != "synthetic_vqa"]
+PAPER = [r for r in RECIPES if recipe_config(r)["data"].get("dataset") != "synthetic_vqa"]
 
 
 def test_there_are_recipes():
@@ -27,13 +26,9 @@ def test_print_config_reparses_to_the_same_config(recipe, tmp_path):
     assert yaml.safe_load(printed)["model"]["objectives"], "the printed config lost the objectives"
 
 
-def model_of(recipe: str) -> dict:
-    return yaml.safe_load((ROOT / recipe).read_text())["model"]
-
-
-FROZEN_CLIP = [r for r in PAPER if model_of(r).get("backbone", {}).get("name") == "open_clip"
-               and model_of(r)["backbone"].get("frozen")]
-LATER_STAGES = [r for r in PAPER if model_of(r).get("init_parts") and not model_of(r).get("init_from")]
+FROZEN_CLIP = [r for r in PAPER if recipe_config(r)["model"].get("backbone", {}).get("name") == "open_clip"
+               and recipe_config(r)["model"]["backbone"].get("frozen")]
+LATER_STAGES = [r for r in PAPER if recipe_config(r)["model"].get("init_parts") and not recipe_config(r)["model"].get("init_from")]
 
 
 def test_the_paper_recipes_have_frozen_towers_and_later_stages():
@@ -42,7 +37,7 @@ def test_the_paper_recipes_have_frozen_towers_and_later_stages():
 
 @pytest.mark.parametrize("recipe", FROZEN_CLIP)
 def test_a_frozen_clip_tower_has_its_checkpoint_key_to_fill_in(recipe):
-    assert "checkpoint" in model_of(recipe)["backbone"]
+    assert "checkpoint" in recipe_config(recipe)["model"]["backbone"]
     assert "open_clip_pytorch_model.bin" in (ROOT / recipe).read_text()
 
 

@@ -31,6 +31,7 @@ from vqa_components.data.bad_input import (
     screen_long_questions,
     startup_skips,
 )
+from vqa_components.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class SkippedSamples(Callback):
 
     def __init__(self, on_long_question: str = "skip") -> None:
         if on_long_question not in LONG_QUESTION_POLICIES:
-            raise ValueError(
+            raise ConfigError(
                 f"on_long_question must be one of {', '.join(LONG_QUESTION_POLICIES)}, got {on_long_question!r}"
             )
         self.on_long_question = on_long_question

@@ -11,12 +11,13 @@ A sample is left out, and counted under one cause, when::
     empty_question      at start-up: the question is empty
     malformed_record    at start-up: any other field of the wrong type
                         or value
-    question_too_long   at the step: more tokens than the text          model.on_long_question: raise
+    question_too_long   before the step: more tokens than the text      model.on_long_question: raise
                         encoder's limit (which would truncate it)
     unreadable_sample   at read: a dataset returned ``None``            -
 
-Each left-out sample is a :class:`SkippedSample`. The model collects those of a stage (training,
-validation, test) in a :class:`SkipReport`; at the end of the epoch :meth:`SkipReport.reduce`
+Each left-out sample is a :class:`SkippedSample`. The callback
+:class:`~vqa_components.data.admission.SkippedSamples` (which every ``VideoQAModel`` adds to its
+trainer) collects those of a stage (training, validation, test) in a :class:`SkipReport`; at the end of the epoch :meth:`SkipReport.reduce`
 merges the ranks' reports (every rank calls it: it is a collective under DDP) and the records
 the dataset left out at start-up, and gives a :class:`SkipSummary`: the count of each cause
 (a record is counted once, also when DDP's sampler served it twice) and the first ids of each

@@ -1,6 +1,6 @@
 """Training objectives: (model, batch, ModelOutput) -> {"loss": ...}."""
 
-from vqa_components.objectives import (  # noqa: F401  # noqa: F401
+from vqa_components.objectives import (  # noqa: F401
     answer_cross_entropy,
     captioning,
     contrastive,
