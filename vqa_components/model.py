@@ -1,7 +1,7 @@
 """The LightningModule that assembles a VideoQA model from parts, in the order the data flows::
 
-    batch ─> encode_video (backbone) ──┐
-          └> encode_text (text_encoder) ┴> fuse (sampler, fusion) ─> head ─> ModelOutput ─> objectives: loss
+    batch ─> encode_video (backbone) ───┐
+          └> encode_text (text_encoder) ┴> fuse (sampler, fusion) ─> head ─> ModelOutput ─> objectives
 
 Each part is a constructor argument, so a LightningCLI recipe names it (by registry name or
 ``class_path``) and any mix of compatible parts trains (``docs/concepts.md``).
@@ -53,31 +53,25 @@ class VideoQAModel(pl.LightningModule):
     """A VideoQA model assembled from parts.
 
     Args:
-        backbone, text_encoder, fusion, head: video -> frame features; question (or caption) ->
-            token features; both -> fused features; fused -> answer scores. May be ``None`` when no
-            objective runs the model's forward (``Objective.runs_model_forward``: a first stage that
-            trains its own encoder); parts given anyway (a text encoder for its tokenizer) then idle.
+        backbone, text_encoder, fusion, head: video -> frame features; question (or caption) -> token
+            features; both -> fused features -> answer scores. ``None`` allowed when no objective runs
+            the model's forward (``Objective.runs_model_forward``: a first stage training its own encoder).
         objectives: training losses, summed with their ``weight``; kept by name (``objectives.svq``).
         sampler: optional frame selection between backbone and fusion.
-        optimizer, scheduler: ``params -> Optimizer`` and ``optimizer -> LRScheduler`` (stepped per
+        optimizer, scheduler: ``params -> Optimizer``, ``optimizer -> LRScheduler`` (stepped per
             optimizer step); LightningCLI: ``{class_path: torch.optim.AdamW, init_args: {lr: ...}}``.
         text_field: the batch key the text encoder reads (``question``; ``caption`` for pretraining).
-        freeze: parts, or dotted paths to modules inside them (``objectives.mvm.tagger``), whose
-            weights stay fixed; a frozen module also runs in eval mode.
-        init_from: a checkpoint (``.ckpt``), state-dict or ``.safetensors`` file to load parts from
-            (earlier training stages); ``init_parts``: the parts (or dotted paths) to load, each
-            required to be in the file and to fit, by default every part that is there and fits;
-            ``init_rename``: ``{path in the model: path in the file}``
-            (``{"objectives.mvm.tagger": "objectives.svq.tokenizer.tagger"}``). See
-            :func:`vqa_components.weights.load_parts`.
+        freeze: parts, or dotted paths inside them (``objectives.mvm.tagger``), kept fixed and in eval mode.
+        init_from, init_parts, init_rename: a checkpoint, state-dict or ``.safetensors`` file of an earlier
+            stage; the parts (or dotted paths) to load from it (default: every part that is there and
+            fits); ``{path in the model: path in the file}``. :func:`vqa_components.weights.load_parts`.
         allow_random_frozen: train even if a frozen part still has its random initialisation (timing
             runs, tests); otherwise ``fit`` without ``ckpt_path`` stops with an error.
         feature_cache, feature_cache_dtype: folder and precision (``float32`` exact, ``float16``) of an
             on-disk cache of a frozen, ``cacheable`` backbone's features (``docs/parts/feature_cache.md``).
         on_long_question: a question longer than the text encoder's limit is left out and counted
-            (``"skip"``), stops the run naming its record (``"raise"``) or is cut (``"truncate"``).
-            Screened before each step by :class:`~vqa_components.data.admission.SkippedSamples`;
-            prediction always truncates (every sample gets an answer).
+            (``"skip"``), stops the run naming its record (``"raise"``) or is cut (``"truncate"``), before
+            the step (:class:`~vqa_components.data.admission.SkippedSamples`); prediction always cuts.
     """
 
     def __init__(
@@ -102,8 +96,9 @@ class VideoQAModel(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.admission = SkippedSamples(on_long_question)  # checks the policy
-        self.save_hyperparameters(ignore=["backbone", "text_encoder", "fusion", "head", "objectives", "sampler"])
-        self.backbone, self.text_encoder, self.sampler, self.fusion, self.head = backbone, text_encoder, sampler, fusion, head
+        self.save_hyperparameters(ignore=[*FORWARD_PARTS, "sampler", "objectives"])
+        self.backbone, self.text_encoder, self.sampler = backbone, text_encoder, sampler
+        self.fusion, self.head = fusion, head
         self.objectives = ObjectiveDict.of(objectives)
         if not len(self.objectives):
             raise ValueError("VideoQAModel needs at least one objective (e.g. answer_cross_entropy)")
@@ -114,21 +109,21 @@ class VideoQAModel(pl.LightningModule):
             users = [k for k, o in self.objectives.items() if getattr(o, "runs_model_forward", True)]
             raise ConfigError(
                 f"the model has no {', '.join(missing)}, but objective(s) {', '.join(users)} run the model's "
-                f"forward, which needs {', '.join(FORWARD_PARTS)}: give them in the recipe (model.{missing[0]})"
+                f"forward, which needs {', '.join(FORWARD_PARTS)}: give them in the recipe "
+                f"(model.{missing[0]})"
             )
         self.optimizer_factory, self.scheduler_factory, self.text_field = optimizer, scheduler, text_field
         self.allow_random_frozen = allow_random_frozen
         for obj in self.objectives:  # before freezing and loading: what it builds is frozen and loaded too
             obj.attach(self)
         self.frozen_parts = tuple(freeze)
-        weights.freeze(self, self.frozen_parts)
         #: parts given but never run, kept for what they hold (a text encoder's tokenizer): not trained
         self.idle_parts = weights.idle_parts(self)
-        weights.freeze(self, self.idle_parts)
+        weights.freeze(self, (*self.frozen_parts, *self.idle_parts))
         self.init_rename = dict(init_rename or {})
         weights.init_from(self, init_from, init_parts, self.init_rename)
-        # after init_from: the cache's fingerprint covers the final weights
-        self.feature_cache = FeatureCache(feature_cache, self.backbone, dtype=feature_cache_dtype) if feature_cache else None
+        self.feature_cache = (FeatureCache(feature_cache, self.backbone, dtype=feature_cache_dtype)
+                              if feature_cache else None)  # after init_from: fingerprints the final weights
         #: the evaluation context, from the datamodule at setup (or from the checkpoint)
         self.answer_vocab, self.families, self.breakdowns = [], [], {}
         # a new module is in training mode, but transformers builds its models in eval mode, and
@@ -163,20 +158,22 @@ class VideoQAModel(pl.LightningModule):
     def fuse(
         self, video: VideoFeatures, text: TextFeatures, run_fusion: bool = True
     ) -> tuple[SamplerOutput | None, FusionOutput]:
-        """Sampler and fusion; the output carries the video features it was given (``extras["video_features"]``).
-        ``run_fusion=False`` (a head that reads the unimodal features) leaves the fusion out."""
+        """Sampler and fusion; the output carries the video features it was given (``extras``
+        ``["video_features"]``). ``run_fusion=False`` (a head reading unimodal features): no fusion."""
         sampled = self.sampler(video, text) if self.sampler is not None else None
         given = sampled.video if sampled is not None else video
-        fused = self.fusion(given, text) if run_fusion else FusionOutput(pooled=given.cls.mean(1), tokens=given.flat_tokens())
+        unfused = None if run_fusion else FusionOutput(pooled=given.cls.mean(1), tokens=given.flat_tokens())
+        fused = unfused or self.fusion(given, text)
         fused.extras.setdefault("video_features", given)
         return sampled, fused
 
     def forward_features(
         self, video: VideoFeatures, text: TextFeatures, targets: Sequence[str] | None = None
     ) -> ModelOutput:
-        """Sampler, fusion and head on encoded inputs; ``targets`` go to a head that trains on text. A head
-        with ``uses_fusion = False`` reads the video features unfused (objectives needing the fusion call :meth:`fuse`)."""
-        sampled, fused = self.fuse(video, text, run_fusion=self.head is None or getattr(self.head, "uses_fusion", True))
+        """Sampler, fusion and head on encoded inputs; ``targets`` go to a head that trains on text. A
+        head with ``uses_fusion = False`` reads the video features unfused (objectives call :meth:`fuse`)."""
+        run_fusion = self.head is None or getattr(self.head, "uses_fusion", True)
+        sampled, fused = self.fuse(video, text, run_fusion=run_fusion)
         # a head written before heads took targets keeps working: they are passed only when there are some
         head = self.head(fused, text) if targets is None else self.head(fused, text, targets=list(targets))
         return ModelOutput(video=video, text=text, fused=fused, head=head, sampled=sampled)
@@ -249,8 +246,8 @@ class VideoQAModel(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         preds = self.head.answer_texts(self.head.answers(self(batch)), batch, self.answer_vocab)
-        ids = batch.get("video_id") or [None] * len(preds)
-        return [{"video_id": v, "question": q, "prediction": p} for v, q, p in zip(ids, batch["question"], preds, strict=True)]
+        rows = zip(batch.get("video_id") or [None] * len(preds), batch["question"], preds, strict=True)
+        return [{"video_id": v, "question": q, "prediction": p} for v, q, p in rows]
 
     # ------------------------------------------------------------ setup and checkpoints
     def setup(self, stage: str) -> None:
@@ -259,7 +256,7 @@ class VideoQAModel(pl.LightningModule):
             return
         self.answer_vocab = list(getattr(dm, "answer_vocab", []) or []) or self.answer_vocab
         n, vocab = getattr(self.head, "num_answers", None), self.answer_vocab
-        if vocab and self.head is not None and self.head.task == "classify" and n is not None and n != len(vocab):
+        if vocab and getattr(self.head, "task", None) == "classify" and n is not None and n != len(vocab):
             raise ValueError(f"head.num_answers={n} but the dataset has {len(vocab)} answers; "
                              f"set model.head.init_args.num_answers: {len(vocab)} in the recipe")
         self.families = list(getattr(dm, "families", []) or [])
@@ -280,7 +277,8 @@ class VideoQAModel(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if isinstance(checkpoint.get("state_dict"), dict):  # runs before Lightning loads the weights
-            checkpoint["state_dict"] = weights.migrate_objective_keys(checkpoint["state_dict"], list(self.objectives.keys()))
+            names = list(self.objectives.keys())
+            checkpoint["state_dict"] = weights.migrate_objective_keys(checkpoint["state_dict"], names)
         self.answer_vocab = checkpoint.get("answer_vocab", [])
         self.families = checkpoint.get("families", [])
         self.breakdowns = checkpoint.get("breakdowns", {})
@@ -289,10 +287,12 @@ class VideoQAModel(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
         if self._trainer is not None:
-            optimizer = optimizer_for_precision(optimizer, str(self.trainer.precision), self.trainer.gradient_clip_val)
+            trainer = self.trainer
+            optimizer = optimizer_for_precision(optimizer, str(trainer.precision), trainer.gradient_clip_val)
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+        scheduler = {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
