@@ -62,7 +62,8 @@ def isolated_cache(tmp_path_factory):
 @pytest.fixture
 def one_thread():
     """One torch thread for the test (restored after): X3D's depthwise 3-D convolutions and other tiny
-    kernels run far faster on one thread than on two contended ones (docs/parts/x3d.md)."""
+    kernels run far faster on one thread than on two contended ones (docs/parts/x3d.md). Under the
+    default ``-n 2`` every worker has one thread already; this matters in a run with ``-n 0``."""
     import torch
 
     threads = torch.get_num_threads()
