@@ -186,13 +186,13 @@ def tiny_model(**kwargs):
     from vqa_components import create
     from vqa_components.model import VideoQAModel
 
-    parts = dict(
-        backbone=create("backbone", "frame_cnn", dim=D, channels=(8, 16, 32), grid=2),
-        text_encoder=create("text_encoder", "small_transformer", dim=D, num_layers=1, num_heads=2),
-        fusion=create("fusion", "cross_attention", video_dim=D, text_dim=D, dim=D, num_layers=1, num_heads=2),
-        head=create("head", "answer_classifier", in_dim=D, num_answers=5),
-        objectives=[create("objective", "answer_cross_entropy")],
-    )
+    parts = {
+        "backbone": create("backbone", "frame_cnn", dim=D, channels=(8, 16, 32), grid=2),
+        "text_encoder": create("text_encoder", "small_transformer", dim=D, num_layers=1, num_heads=2),
+        "fusion": create("fusion", "cross_attention", video_dim=D, text_dim=D, dim=D, num_layers=1, num_heads=2),
+        "head": create("head", "answer_classifier", in_dim=D, num_answers=5),
+        "objectives": [create("objective", "answer_cross_entropy")],
+    }
     parts.update(kwargs)
     return VideoQAModel(**parts)
 
@@ -207,3 +207,47 @@ def tiny_batch(b=3, t=4):
         "answer_idx": torch.tensor([0, 3, -1])[:b],
         "family": ["a", "b", "a"][:b],
     }
+
+
+# ------------------------------------------------- a Hugging Face hub cache filled by the tests
+#: the commit every test repository of :func:`fill_hub_cache` is at
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def fill_hub_cache(cache: Path, repo_id: str, files: Any) -> Path:
+    """Put ``files`` (a folder, or ``{name: path | bytes | str}``) into the hub cache ``cache`` in the
+    hub's own layout, as a download would leave them: ``models--ORG--NAME/refs/main`` holding the
+    commit, ``models--ORG--NAME/snapshots/<commit>/<files>``. Returns the snapshot folder."""
+    import shutil
+
+    repo = Path(cache) / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / HUB_COMMIT
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(HUB_COMMIT)
+    items = {p.name: p for p in Path(files).iterdir() if p.is_file()} if isinstance(files, (str, Path)) else files
+    for name, value in items.items():
+        target = snapshot / name
+        if isinstance(value, Path):
+            shutil.copyfile(value, target)
+        elif isinstance(value, bytes):
+            target.write_bytes(value)
+        else:
+            target.write_text(value)
+    return snapshot
+
+
+def use_hub_cache(monkeypatch, cache: Path, offline: bool = True) -> Path:
+    """Point transformers, timm and open_clip at the hub cache ``cache``, offline: the environment
+    (``HF_HUB_CACHE``, ``HF_HUB_OFFLINE=1``, for processes a test starts) and
+    ``huggingface_hub.constants``, which read them once, at import, and which every library reads
+    when it looks a file up."""
+    from huggingface_hub import constants
+
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1" if offline else "0")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    return cache

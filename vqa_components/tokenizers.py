@@ -1,11 +1,12 @@
-"""Text tokenizers shared by the text encoders and the ``text_decoder`` head; nothing is downloaded.
+"""Text tokenizers shared by the text encoders and the ``text_decoder`` head.
 
 Two kinds of tokenizer are used:
 
 * **CLIP's BPE** (:class:`ClipBPETokenizer`): the 49,408-token vocabulary that ships inside
   ``open_clip``, selected by ``tokenizer_path: clip_bpe`` (:data:`CLIP_BPE`);
-* **a ``transformers`` tokenizer** from a local folder or a WordPiece ``vocab.txt``
-  (:func:`load_tokenizer`).
+* **a ``transformers`` tokenizer** from a local folder, a WordPiece ``vocab.txt``, or a Hugging
+  Face model id read through the hub cache as ``AutoTokenizer.from_pretrained(id)`` does
+  (:func:`load_tokenizer`; nothing is downloaded unless an id is named).
 
 :func:`encode_batch` and :func:`count_tokens` tokenize a batch and count a text's tokens the same
 way for both, so that an encoder, the head and the long-question screen
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vqa_components.weights import local_path
+from vqa_components.weights import from_hub, local_or_hub
 
 #: ``tokenizer_path`` value that selects CLIP's BPE vocabulary shipped with open_clip
 CLIP_BPE = "clip_bpe"
@@ -75,10 +76,14 @@ class ClipBPETokenizer:
 
 
 def load_tokenizer(path: str | Path, owner: str = "hf_transformer") -> Any:
-    """A tokenizer from a local folder (``AutoTokenizer``) or a WordPiece ``vocab.txt`` file."""
+    """A tokenizer from a local folder (``AutoTokenizer``), a WordPiece ``vocab.txt`` file, or a
+    Hugging Face model id (``AutoTokenizer.from_pretrained(id)`` through the hub cache; its errors
+    as one line, :func:`~vqa_components.weights.from_hub`)."""
     from transformers import AutoTokenizer, BertTokenizerFast
 
-    p = local_path(path, "tokenizer_path", owner)
+    p = local_or_hub(path, "tokenizer_path", owner)
+    if isinstance(p, str):
+        return from_hub(lambda: AutoTokenizer.from_pretrained(p), owner, "tokenizer_path", p)
     if p.is_file():
         # transformers >= 5 takes ``vocab`` (a dict or file) and silently ignores ``vocab_file``;
         # 4.x takes ``vocab_file``. Pass what this version understands.

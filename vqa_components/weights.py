@@ -6,7 +6,17 @@ module, so that there is one reader and one error for a file that does not fit:
 * **Naming**: the file names looked for in a checkpoint folder (:data:`CHECKPOINT_FILE_NAMES`,
   :data:`TIMM_WEIGHT_FILES`, :data:`HF_WEIGHT_FILES`).
 * **Resolving**: a local file or folder to the one file to read (:func:`resolve_checkpoint_file`),
-  a local model folder (:func:`local_path`). Nothing is ever downloaded.
+  a local model folder (:func:`local_path`), or a local path or Hugging Face hub id
+  (:func:`local_or_hub`).
+* **Pretrained names, through the Hugging Face hub cache**, each resolved the way its library
+  resolves it: ``transformers`` model ids (:func:`from_hub` around ``from_pretrained(id)``), timm
+  ``NAME.TAG`` (:func:`timm_pretrained_file`), open_clip tags and ``hf-hub:`` names
+  (:func:`open_clip_pretrained`). The cache is ``huggingface_hub.constants.HF_HUB_CACHE``
+  (``$HF_HUB_CACHE``, default ``$HF_HOME/hub``); with ``HF_HUB_OFFLINE=1`` only the cache is read,
+  otherwise a missing file is downloaded as the library would. Missing and offline (or the hub
+  unreachable): one :class:`~vqa_components.interfaces.ConfigError` line built by
+  :func:`hub_missing_message` (the id, the cache folder, the ``hf download`` command that fills it).
+  Nothing is downloaded unless a part is given such a name.
 * **Reading**: :func:`read_checkpoint` (a torch file, always with ``weights_only=True``: no file
   can run code when it is loaded) and :func:`read_state_dict` (also ``.safetensors``, training
   checkpoints holding ``state_dict``, OpenAI's TorchScript CLIP archives; a DDP ``module.``
@@ -28,17 +38,22 @@ module, so that there is one reader and one error for a file that does not fit:
     checkpoint: PATH     resolve_checkpoint_file  read_state_dict       load_strict          freeze
     init_from: PATH      (a folder: the first of  (.safetensors, .ckpt, load_parts           check_frozen_parts_
                           CHECKPOINT_FILE_NAMES)  TorchScript, module.)  (init_parts, rename)  have_weights
+    pretrained: TAG      timm_pretrained_file,    (as above)            load_weights
+    pretrained_path: ID  open_clip_pretrained     transformers' own     from_pretrained
+                         (the hub cache)          from_pretrained(id), wrapped by from_hub
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +61,7 @@ from torch import Tensor, nn
 from vqa_components.interfaces import ConfigError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # ------------------------------------------------------------------- naming
 
@@ -75,13 +91,11 @@ _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
 def local_path(path: str | Path, what: str, owner: str = "hf_transformer") -> Path:
-    """``path`` as a local path that exists (``what`` names the argument in the error); hub ids are refused."""
+    """``path`` as a local path that exists (``what`` names the argument in the error); for an
+    argument that also takes a Hugging Face hub id, :func:`local_or_hub`."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise FileNotFoundError(
-            f"{owner}: {what} {str(path)!r} is not a local path (hub ids are not supported: "
-            f"nothing is downloaded; copy the model folder to disk and pass its path)"
-        )
+        raise FileNotFoundError(f"{owner}: {what} {str(path)!r} is not a local path")
     return p
 
 
@@ -104,6 +118,260 @@ def resolve_checkpoint_file(
             f"{prefix}checkpoint file not found: {p} (a local weights file or folder; nothing is downloaded)"
         )
     return p
+
+
+# ------------------------------------- pretrained names (the Hugging Face hub cache)
+#: file suffixes that make a missing path a file name, not a hub id (``vocab.txt``, ``model.pt``)
+_FILE_SUFFIXES = (".txt", ".json", ".bin", ".safetensors", ".pt", ".pth", ".ckpt", ".model", ".yaml", ".yml")
+
+
+def hub_cache_dir() -> str:
+    """The Hugging Face hub cache read now: ``huggingface_hub.constants.HF_HUB_CACHE`` (``$HF_HUB_CACHE``,
+    default ``$HF_HOME/hub``, ``~/.cache/huggingface/hub``), the folder transformers, timm and
+    open_clip all read and fill."""
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def hub_offline() -> bool:
+    """Whether the hub libraries read only the cache (``HF_HUB_OFFLINE=1`` or ``TRANSFORMERS_OFFLINE=1``)."""
+    from huggingface_hub import constants
+
+    return bool(constants.is_offline_mode())
+
+
+def is_hub_id(name: str | Path) -> bool:
+    """Whether ``name`` reads as a Hugging Face hub id (``NAME`` or ``ORG/NAME``, ``@REVISION`` allowed)
+    rather than a local path: no leading ``/``, ``.`` or ``~``, at most one ``/``, no file suffix."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    text = str(name)
+    repo = text.partition("@")[0]
+    if not repo or repo[0] in "/.~" or repo.lower().endswith(_FILE_SUFFIXES) or "\\" in repo:
+        return False
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        return False
+    return True
+
+
+def local_or_hub(path: str | Path, what: str, owner: str) -> Path | str:
+    """An existing local path (a :class:`~pathlib.Path`), or ``path`` itself when it reads as a hub id
+    (:func:`is_hub_id`; the library then resolves it through the hub cache); else ``FileNotFoundError``."""
+    p = Path(path).expanduser()
+    if p.exists():
+        return p
+    if is_hub_id(path):
+        return str(path)
+    raise FileNotFoundError(
+        f"{owner}: {what} {str(path)!r} is not a local path, nor a Hugging Face hub id (ORG/NAME)"
+    )
+
+
+def hub_missing_message(owner: str, what: str, name: str, repo_id: str, files: Sequence[str] = ()) -> str:
+    """The one line for pretrained weights that are not in the hub cache while the hub cannot be
+    read: the name and its hub id, the cache folder looked in, and the command that fills it."""
+    cache = hub_cache_dir()
+    why = "offline (HF_HUB_OFFLINE=1)" if hub_offline() else "the hub could not be reached"
+    named = f"{name!r} (hub id {repo_id})" if name != repo_id else f"{name!r}"
+    command = " ".join(["hf download", repo_id, *files])
+    return (
+        f"{owner}: {what} {named} is not in the Hugging Face cache {cache} and {why}; on a machine "
+        f"with a network run `{command}`, then copy its cache folder (~/.cache/huggingface/hub, or "
+        f"$HF_HUB_CACHE there) to {cache} here (or point HF_HUB_CACHE at the copy)"
+    )
+
+
+def _not_in_cache(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) says the file is neither cached nor reachable."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError)):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def from_hub(
+    load: Callable[[], T], owner: str, what: str, name: str, repo_id: str | None = None, files: Sequence[str] = ()
+) -> T:
+    """``load()`` (a library's own ``from_pretrained(id)`` or hub download) with its errors as one
+    :class:`~vqa_components.interfaces.ConfigError` line: :func:`hub_missing_message` when the
+    files are not cached and the hub cannot be read (offline, unreachable), else the library's reason
+    (an id the hub does not know, a file the repository lacks)."""
+    try:
+        return load()
+    except OSError as exc:  # huggingface_hub's errors, transformers' OSError, open_clip's FileNotFoundError
+        if hub_offline() or _not_in_cache(exc):
+            raise ConfigError(hub_missing_message(owner, what, name, repo_id or name, files)) from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"{owner}: {what} {name!r}: could not load it from the Hugging Face hub: {first}") from exc
+
+
+def hub_source(repo_id: str, filename: str | None = None) -> str:
+    """What a part records as ``weights_source`` for weights read by name: ``hf-hub:REPO[/FILE]``."""
+    return f"hf-hub:{repo_id}" + (f"/{filename}" if filename else "")
+
+
+def building_on_meta() -> bool:
+    """Whether parts are being built on the meta device (``vqa profile``, wiring checks): then weights
+    named by a pretrained name are not looked up (shapes do not depend on them)."""
+    return torch.get_default_device().type == "meta"
+
+
+def timm_pretrained_file(model_name: str, owner: str = "timm backbone", *, download: bool = True) -> tuple[str, Path | None]:
+    """``(source, file)``: timm's pretrained weights for ``model_name`` (``NAME`` for the default tag,
+    or ``NAME.TAG``), found as ``timm.create_model(model_name, pretrained=True)`` finds them: the
+    pretrained config's ``hf_hub_id`` (and ``hf_hub_filename``), ``model.safetensors`` before
+    ``pytorch_model.bin``, through the hub cache. ``download=False``: only the source, no file."""
+    import timm
+
+    try:
+        cfg = timm.get_pretrained_cfg(model_name, allow_unregistered=True)
+    except RuntimeError as exc:  # an unknown tag
+        arch = model_name.partition(".")[0]
+        tags = ", ".join(timm.list_pretrained(f"{arch}.*")[:8]) or "none"
+        raise ConfigError(f"{owner}: {exc} Pretrained names: {tags}") from exc
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub_id:
+        raise ConfigError(
+            f"{owner}: timm has no Hugging Face hub weights for {model_name!r} (pretrained names: "
+            f"timm.list_pretrained('{model_name.partition('.')[0]}.*')); give a local checkpoint instead"
+        )
+    repo, _, revision = hub_id.partition("@")
+    filename = getattr(cfg, "hf_hub_filename", None) or "pytorch_model.bin"
+    names = [filename] if filename.endswith(".safetensors") else [
+        "model.safetensors" if filename == "pytorch_model.bin" else filename.rsplit(".", 1)[0] + ".safetensors",
+        filename,
+    ]
+    if not download:
+        return hub_source(repo), None
+    path, name = hub_file(repo, names, owner, "pretrained weights", model_name, revision=revision or None)
+    return hub_source(repo, name), path
+
+
+def hub_file(
+    repo_id: str, filenames: Sequence[str], owner: str, what: str, name: str, revision: str | None = None
+) -> tuple[Path, str]:
+    """The first of ``filenames`` that ``huggingface_hub.hf_hub_download`` finds in ``repo_id`` (the
+    cache, or the hub when online), with its name; one :class:`ConfigError` line (:func:`from_hub`,
+    naming ``what`` ``name``) if none is found."""
+    from huggingface_hub import hf_hub_download
+
+    def first() -> tuple[Path, str]:
+        last: OSError | None = None
+        for filename in filenames:
+            try:
+                return Path(hf_hub_download(repo_id=repo_id, filename=filename, revision=revision)), filename
+            except OSError as exc:  # not cached / not in the repository: try the next name, as the libraries do
+                last = exc
+        assert last is not None
+        raise last
+
+    return from_hub(first, owner, what, name, repo_id, filenames[:1])
+
+
+@dataclass
+class OpenClipPretrained:
+    """What an open_clip pretrained name resolves to (:func:`open_clip_pretrained`)."""
+
+    #: the architecture to build: an open_clip model name, or the hub's config (``hf-hub:`` names)
+    model_name: str
+    model_config: dict[str, Any] | None
+    #: the weights file in the hub cache (``None`` when not looked up: the meta device)
+    file: Path | None
+    #: ``weights_source``: ``hf-hub:REPO/FILE``
+    source: str
+    #: the name's preprocessing (mean, std, interpolation, resize_mode)
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    #: the weights were trained with QuickGELU (OpenAI's): build with it
+    quick_gelu: bool = False
+
+
+def open_clip_pretrained(
+    model_name: str,
+    pretrained: str | None,
+    owner: str,
+    model_config: Mapping[str, Any] | None = None,
+    checkpoint: str | Path | None = None,
+) -> OpenClipPretrained | None:
+    """Resolve ``open_clip.create_model(model_name, pretrained=pretrained)``'s weights through the hub
+    cache, with open_clip's own tables and download functions; ``None`` when nothing is named.
+
+    * ``pretrained`` a tag (``openai``, ``laion2b_s34b_b88k``, ... ``open_clip.list_pretrained()``):
+      the tag's ``hf_hub`` repository and file (``open_clip_model.safetensors`` before
+      ``open_clip_pytorch_model.bin``), its preprocessing, and QuickGELU where the tag was trained
+      with it (open_clip only warns; the ``-quickgelu`` model names build it).
+    * ``model_name`` ``hf-hub:ORG/NAME``: the repository's ``open_clip_config.json`` (``model_cfg``,
+      ``preprocess_cfg``) and its weights; ``pretrained`` must then be empty.
+
+    The weights file is not looked up (``file`` ``None``) when the part's ``checkpoint`` replaces it
+    (the tag still sets QuickGELU and preprocessing; an ``hf-hub:`` config is still read) or on the
+    meta device. ``model_config`` (a custom architecture) takes no pretrained name.
+    """
+    import open_clip
+    from open_clip.pretrained import download_pretrained_from_hf, get_pretrained_cfg
+
+    if model_config is not None and (pretrained or model_name.startswith("hf-hub:")):
+        raise ConfigError(f"{owner}: model_config builds a custom architecture: it takes no pretrained name "
+                          f"(pretrained, hf-hub:); give its weights as checkpoint")
+    if checkpoint is not None and pretrained:
+        log.info("%s: checkpoint %s replaces the weights of %s %s", owner, checkpoint, model_name, pretrained)
+    download = checkpoint is None and not building_on_meta()
+
+    if model_name.startswith("hf-hub:"):
+        repo = model_name[len("hf-hub:") :]
+        if pretrained:
+            raise ConfigError(f"{owner}: {model_name!r} names its own weights; drop pretrained={pretrained!r}")
+        cfg_file = from_hub(
+            lambda: download_pretrained_from_hf(repo, filename="open_clip_config.json"),
+            owner, "model_name", model_name, repo, ("open_clip_config.json", "open_clip_model.safetensors"),
+        )
+        config = json.loads(Path(cfg_file).read_text(encoding="utf-8"))
+        if "model_cfg" not in config:
+            raise ConfigError(f"{owner}: {cfg_file} (of {model_name!r}) has no model_cfg")
+        file = None
+        if download:
+            file = Path(from_hub(lambda: download_pretrained_from_hf(repo), owner, "model_name", model_name, repo,
+                                 ("open_clip_config.json", "open_clip_model.safetensors")))
+        return OpenClipPretrained(
+            model_name, dict(config["model_cfg"]), file, hub_source(repo, file.name if file else None),
+            dict(config.get("preprocess_cfg", {})),
+        )
+    if not pretrained:
+        return None
+    name = model_name.replace("/", "-")
+    cfg = get_pretrained_cfg(name, pretrained)
+    if not cfg:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+        raise ConfigError(
+            f"{owner}: {pretrained!r} is not an open_clip pretrained tag of {model_name!r} (its tags: {tags}); "
+            f"a local file goes in checkpoint"
+        )
+    if not cfg.get("hf_hub"):
+        raise ConfigError(
+            f"{owner}: open_clip's {model_name!r} {pretrained!r} has no Hugging Face hub file; download "
+            f"{cfg.get('url') or 'it'} and pass it as checkpoint"
+        )
+    repo, filename = os.path.split(cfg["hf_hub"])
+    first = ("open_clip_model.safetensors",) if not filename else (filename,)
+    file = None
+    if download:
+        file = Path(from_hub(
+            lambda: download_pretrained_from_hf(repo, filename=filename or None),
+            owner, "pretrained", f"{model_name} {pretrained}", repo, first,
+        ))
+    preprocess = {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg}
+    return OpenClipPretrained(
+        name, None, file, hub_source(repo, file.name if file else filename or None), preprocess,
+        bool(cfg.get("quick_gelu", False)),
+    )
 
 
 # ------------------------------------------------------------------ reading
@@ -428,6 +696,8 @@ def check_frozen_parts_have_weights(model: nn.Module) -> None:
         "open_clip_pytorch_model.bin" if getattr(first, "registry_name", "") == "open_clip" else "weights.safetensors"
     )
     how = f"--model.{names[0]}.{arg} /path/to/{weights} or --model.init_from PATH" if arg else "--model.init_from PATH"
+    if "pretrained" in params:  # timm, open_clip: a name read through the Hugging Face hub cache
+        how += f", or a pretrained name: --model.{names[0]}.pretrained (docs/using-models.md)"
     raise ConfigError(
         f"frozen part(s) {', '.join(names)} still have their random initialisation: give them weights "
         f"({how}); --model.allow_random_frozen true trains anyway (timing runs, tests)"

@@ -163,13 +163,20 @@ def test_a_local_t5_folder_loads_its_decoder_and_drops_its_encoder(tmp_path, voc
     assert torch.allclose(got, ref, atol=1e-5)
 
 
-def test_errors(tmp_path, vocab_file):
+def test_errors(tmp_path, vocab_file, monkeypatch):
     with pytest.raises(ValueError, match="needs config"):
         TextDecoderHead(in_dim=8)
     with pytest.raises(ValueError, match="needs tokenizer_path"):
         TextDecoderHead(in_dim=8, config=T5)
-    with pytest.raises(FileNotFoundError, match="not a local path"):
+    from helpers import use_hub_cache
+
+    from vqa_components.interfaces import ConfigError
+
+    use_hub_cache(monkeypatch, tmp_path / "hub")  # a hub id: read through an empty cache, offline
+    with pytest.raises(ConfigError, match="text_decoder: pretrained_path 'google/t5-small' is not in"):
         TextDecoderHead(in_dim=8, pretrained_path="google/t5-small")
+    with pytest.raises(FileNotFoundError, match="not a local path"):
+        TextDecoderHead(in_dim=8, pretrained_path=str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="max_answer_tokens"):
         head(vocab_file, max_answer_tokens=1)
 

@@ -218,7 +218,7 @@ def test_frozen_bert_stays_eval(tmp_path):
     assert enc.model.embeddings.word_embeddings.weight.grad is None
 
 
-def test_errors(tmp_path):
+def test_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="needs vocab_file"):
         BertTextEncoder()
     path = vocab_file(tmp_path, ["a"])
@@ -236,7 +236,10 @@ def test_errors(tmp_path):
     dup.write_text("\n".join([*SPECIAL_TOKENS, "a", "a"]) + "\n")
     with pytest.raises(ValueError, match="duplicate tokens"):
         read_vocab(dup)
-    with pytest.raises(FileNotFoundError, match="hub ids are not supported"):
+    from helpers import use_hub_cache
+
+    use_hub_cache(monkeypatch, tmp_path / "hub")  # a hub id: read through an empty cache, offline
+    with pytest.raises(ConfigError, match="bert: pretrained_path 'google/bert_uncased_L-6_H-128_A-2' is not in"):
         BertTextEncoder(pretrained_path="google/bert_uncased_L-6_H-128_A-2")
 
 

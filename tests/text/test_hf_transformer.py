@@ -113,9 +113,16 @@ def test_trainable_by_default_frozen_stays_frozen(tiny_folder):
     assert not any(p.requires_grad for p in frozen.parameters())
 
 
-def test_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="hub ids are not supported"):
+def test_errors(tmp_path, monkeypatch):
+    from helpers import use_hub_cache
+
+    from vqa_components.interfaces import ConfigError
+
+    use_hub_cache(monkeypatch, tmp_path / "hub")  # a hub id: read through an empty cache, offline
+    with pytest.raises(ConfigError, match="is not in the Hugging Face cache"):
         HFTransformerTextEncoder(pretrained_path="sentence-transformers/all-MiniLM-L6-v2")
+    with pytest.raises(FileNotFoundError, match="is not a local path, nor a Hugging Face hub id"):
+        HFTransformerTextEncoder(pretrained_path=str(tmp_path / "missing"))
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises((OSError, ValueError)):

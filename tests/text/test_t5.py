@@ -134,10 +134,13 @@ def test_trainable_by_default_frozen_stays_frozen(vocab_file):
     assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
 
 
-def test_bad_paths_give_one_clear_error(tmp_path, vocab_file):
-    with pytest.raises(
-        FileNotFoundError, match="t5: pretrained_path 't5-small' is not a local path.*hub ids"
-    ):
+def test_bad_paths_give_one_clear_error(tmp_path, vocab_file, monkeypatch):
+    from helpers import use_hub_cache
+
+    from vqa_components.interfaces import ConfigError
+
+    use_hub_cache(monkeypatch, tmp_path / "hub")  # a hub id: read through an empty cache, offline
+    with pytest.raises(ConfigError, match="t5: pretrained_path 't5-small' is not in the Hugging Face cache"):
         T5TextEncoder(pretrained_path="t5-small")
     with pytest.raises(FileNotFoundError, match="t5: tokenizer_path .* is not a local path"):
         T5TextEncoder(config=TINY_T5, tokenizer_path=str(tmp_path / "missing_vocab.txt"))

@@ -24,8 +24,17 @@ Choices the paper leaves open:
 * **Patch dropout** of the config is not applied: the tower is used as a
   deterministic feature extractor (``cacheable``).
 
-Weights: random init by default (nothing is downloaded); ``checkpoint`` loads a
-local file (or a folder holding one): a full open_clip/OpenAI CLIP state dict, a
+Weights: random init by default (nothing is downloaded). ``pretrained`` names open_clip's
+pretrained weights of ``model_name`` by tag (``openai``, ``laion2b_s34b_b88k``, ...:
+``open_clip.list_pretrained()``), and ``model_name: hf-hub:ORG/NAME`` names a hub repository
+holding ``open_clip_config.json`` and the weights; both are found as ``open_clip.create_model(
+model_name, pretrained=tag)`` finds them, through the Hugging Face hub cache (``HF_HUB_CACHE``;
+``HF_HUB_OFFLINE=1`` reads only the cache; missing: one line naming the id, the cache and
+``hf download ...``; :func:`vqa_components.weights.open_clip_pretrained`), then read like a
+``checkpoint`` (``weights_source``: ``hf-hub:REPO/FILE``). A tag trained with QuickGELU
+(``openai``) builds the model with it. ``checkpoint`` loads a
+local file (or a folder holding one) and wins over the tag's file (the tag still sets QuickGELU
+and preprocessing; the hub is not read): a full open_clip/OpenAI CLIP state dict, a
 visual-only one, a training checkpoint ``{"state_dict": ...}`` (a DDP
 ``module.`` prefix is stripped), ``.safetensors``, or an OpenAI TorchScript
 archive. Loading is strict; see ``docs/parts/feature_cache.md``. A frozen tower
@@ -56,7 +65,7 @@ from vqa_components.backbones.multi_stream import one_stream
 from vqa_components.interfaces import Backbone, VideoFeatures
 from vqa_components.layers.open_clip import build_open_clip_model, load_and_freeze
 from vqa_components.registry import BACKBONES
-from vqa_components.weights import load_weights
+from vqa_components.weights import load_weights, open_clip_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +97,11 @@ class OpenClipBackbone(Backbone):
 
     Args:
         model_name: an open_clip architecture (``open_clip.list_models()``), e.g.
-            ``"ViT-B-16"`` (VideoDistill), ``"ViT-B-32"``. ViT family only.
+            ``"ViT-B-16"`` (VideoDistill), ``"ViT-B-32"``, or ``"hf-hub:ORG/NAME"``. ViT family only.
         checkpoint: local weights file or folder (full CLIP or visual-only state
-            dict); ``None`` keeps the random init.
+            dict); wins over ``pretrained``. Neither: the random init.
+        pretrained: an open_clip pretrained tag of ``model_name`` (``"openai"``), read through
+            the Hugging Face hub cache.
         frozen: no gradients, and the tower stays in eval mode under ``train()``.
         image_size: input resolution; default the model's own. A checkpoint made
             for another resolution has its position embedding resized (bicubic).
@@ -118,13 +129,18 @@ class OpenClipBackbone(Backbone):
         project: bool = True,
         chunk_size: int = 64,
         model_config: dict[str, Any] | None = None,
+        pretrained: str | None = None,
     ) -> None:
         super().__init__()
         from open_clip.transformer import VisionTransformer
 
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        model = build_open_clip_model(model_name, model_config, image_size=image_size)
+        hub = open_clip_pretrained(model_name, pretrained, "open_clip backbone", model_config, checkpoint)
+        model = build_open_clip_model(
+            hub.model_name if hub else model_name, hub.model_config if hub else model_config, image_size=image_size,
+            quick_gelu=bool(hub and hub.quick_gelu), preprocess=hub.preprocess if hub else None,
+        )
         visual = model.visual
         if not isinstance(visual, VisionTransformer):
             raise ValueError(  # noqa: TRY004 - a wrong model_name value, not a wrong argument type
@@ -157,7 +173,10 @@ class OpenClipBackbone(Backbone):
             "std": std,
             "interpolation": self.interpolation,
         }
-        load_and_freeze(self, checkpoint, frozen)
+        if hub and hub.quick_gelu:
+            self.config["quick_gelu"] = True
+        self.pretrained = pretrained
+        load_and_freeze(self, checkpoint, frozen, hub.file if hub else None, hub.source if hub else None)
 
     # ---------------------------------------------------------------- weights
     def load_checkpoint(self, checkpoint: str | Path) -> None:

@@ -37,9 +37,17 @@ Choices the paper leaves open:
   resized with the model's interpolation, then a centre crop); models with a fixed input size
   (ViTs) are built for ``image_size`` (default: their ``pretrained_cfg["input_size"]``).
 
-Weights: random init by default; timm is always called with ``pretrained=False`` and never
-touches the network. ``checkpoint`` loads a local file or folder through
-:func:`load_timm_weights`: timm's own state dict (what timm's Hugging Face repositories hold,
+Weights: random init by default; timm is always called with ``pretrained=False``. ``pretrained:
+true`` reads timm's pretrained weights of ``model_name`` (``edgenext_small`` for its default tag,
+or ``NAME.TAG``: ``edgenext_small.usi_in1k``, ``vit_base_patch16_clip_224.openai``) from the file
+``timm.create_model(model_name, pretrained=True)`` would read: the pretrained config's
+``hf_hub_id``, ``model.safetensors`` before ``pytorch_model.bin``, through the Hugging Face hub
+cache (``HF_HUB_CACHE``; ``HF_HUB_OFFLINE=1`` reads only the cache; missing: one line naming the
+id, the cache and ``hf download ...``; :func:`vqa_components.weights.timm_pretrained_file`); it
+is loaded like a ``checkpoint`` and ``weights_source`` is ``hf-hub:REPO/FILE``. Nothing is
+downloaded unless ``pretrained`` is set, and not on the meta device. ``checkpoint`` loads a local
+file or folder through :func:`load_timm_weights` and wins over ``pretrained`` when both are given
+(the hub is then not read): timm's own state dict (what timm's Hugging Face repositories hold,
 classifier included) or this part's pruned ``model`` state dict; keys of pruned levels and of
 the head are dropped, everything else must fit exactly. ``frozen``: no gradients for the timm
 model, which stays in eval mode under ``train()`` (no dropout, drop-path or batch statistics), so
@@ -62,7 +70,7 @@ from torch import Tensor, nn
 from vqa_components.backbones.multi_stream import one_stream
 from vqa_components.interfaces import Backbone, VideoFeatures
 from vqa_components.registry import BACKBONES
-from vqa_components.weights import TIMM_WEIGHT_FILES, load_weights
+from vqa_components.weights import TIMM_WEIGHT_FILES, building_on_meta, load_weights, timm_pretrained_file
 
 log = logging.getLogger(__name__)
 
@@ -74,22 +82,25 @@ def load_timm_weights(
 ) -> Path:
     """Load a local weights file (or folder holding one) into the timm ``model``, strictly; returns the file.
 
-    This is the one place the backbone reads timm weights (resolving timm ``pretrained`` names in a
-    local Hugging Face cache would go here; today only local paths are accepted, nothing is
-    downloaded). Files are found and read by :func:`~vqa_components.weights.load_weights`
+    This is the one place the backbone reads timm weights (a local ``checkpoint``, or the file
+    ``pretrained: true`` names in the hub cache). Files are found and read by
+    :func:`~vqa_components.weights.load_weights`
     (a folder's :data:`~vqa_components.weights.TIMM_WEIGHT_FILES`; ``weights_only=True``;
     ``.safetensors``; a ``{"state_dict": ...}`` checkpoint; a DDP ``module.`` prefix is
     stripped). ``dropped``: keys of the full timm model that ``model`` no longer has (pruned levels
     and head); the file may hold them and they are ignored. A file in another layout (a model's
-    original release) goes through the model's timm ``checkpoint_filter_fn`` when it has one.
+    original release) or with other shapes (a position table for another input size) goes through
+    the model's timm ``checkpoint_filter_fn`` when it has one, as timm's own loader does.
     Anything else that does not fit raises :class:`~vqa_components.interfaces.ConfigError` naming
     the file and every mismatch.
     """
     dropped = set(dropped)
-    own = set(model.state_dict())
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    own = set(shapes)
 
     def adapt(state: dict[str, Tensor]) -> dict[str, Tensor]:
-        if set(state) - own - dropped:  # keys this model never had: perhaps the original release's layout
+        other_shapes = any(tuple(v.shape) != shapes[k] for k, v in state.items() if k in shapes and isinstance(v, Tensor))
+        if set(state) - own - dropped or other_shapes:  # perhaps the original release's layout, another size
             filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
             if callable(filter_fn):
                 try:
@@ -127,8 +138,10 @@ class TimmBackbone(Backbone):
         image_size: resize frames (shorter side, then centre crop) to ``image_size`` square;
             ``None``: frames keep their size, except for fixed-size models (their input size).
         frozen: no gradients for the timm model, which stays in eval mode (not the projection).
-        checkpoint: local weights file or folder (:func:`load_timm_weights`); ``None`` keeps the
-            random init.
+        pretrained: timm's pretrained weights of ``model_name`` (its tag, or the default one) through
+            the Hugging Face hub cache, as ``timm.create_model(model_name, pretrained=True)`` reads them.
+        checkpoint: local weights file or folder (:func:`load_timm_weights`); wins over
+            ``pretrained``. Neither: the random init.
         chunk_size: frames per forward pass (bounds memory).
         model_args: further ``timm.create_model`` arguments (e.g. ``drop_path_rate``).
 
@@ -145,6 +158,7 @@ class TimmBackbone(Backbone):
         norm: bool = False,
         image_size: int | None = None,
         frozen: bool = False,
+        pretrained: bool = False,
         checkpoint: str | None = None,
         chunk_size: int = 64,
         model_args: dict[str, Any] | None = None,
@@ -160,14 +174,18 @@ class TimmBackbone(Backbone):
         if "pretrained" in extra or "features_only" in extra:
             raise ValueError(
                 "timm backbone: model_args may not set pretrained or features_only (weights come "
-                "from checkpoint; the grid from stage)"
+                "from the pretrained or checkpoint argument; the grid from stage)"
             )
         if not timm.is_model(model_name):
             raise ValueError(
                 f"timm backbone: unknown timm model {model_name!r}; see timm.list_models(), e.g. "
                 f"{', '.join(timm.list_models('edgenext*')[:4])}"
             )
-        cfg = dict(timm.get_pretrained_cfg(model_name, allow_unregistered=True).to_dict())
+        try:
+            cfg = dict(timm.get_pretrained_cfg(model_name, allow_unregistered=True).to_dict())
+        except RuntimeError as exc:  # a tag timm does not know
+            tags = ", ".join(timm.list_pretrained(f"{model_name.partition('.')[0]}.*")[:8]) or "none"
+            raise ValueError(f"timm backbone: {exc} Pretrained names: {tags}") from None
         fixed = bool(cfg.get("fixed_input_size", False))
         if fixed:
             image_size = image_size or int(cfg.get("input_size", (3, 224, 224))[-1])
@@ -216,8 +234,13 @@ class TimmBackbone(Backbone):
         #: eval mode is a pure function of pixels and weights; a frozen model stays in eval mode
         self.cacheable = frozen
         self.checkpoint = checkpoint
+        self.pretrained = pretrained
         if checkpoint is not None:
+            if pretrained:
+                log.info("timm backbone: checkpoint %s replaces timm's pretrained weights of %s", checkpoint, model_name)
             self.load_checkpoint(checkpoint)
+        elif pretrained:
+            self.load_pretrained()
         if frozen:
             self.model.requires_grad_(False)
             self.model.eval()
@@ -227,6 +250,14 @@ class TimmBackbone(Backbone):
         """Load timm weights from a local file or folder (:func:`load_timm_weights`)."""
         path = load_timm_weights(self.model, checkpoint, self.model_name, self.pruned_keys)
         self.weights_source = str(path)
+
+    def load_pretrained(self) -> None:
+        """Load timm's pretrained weights of ``model_name`` from the hub cache
+        (:func:`~vqa_components.weights.timm_pretrained_file`; on the meta device only the source is recorded)."""
+        source, path = timm_pretrained_file(self.model_name, download=not building_on_meta())
+        if path is not None:
+            load_timm_weights(self.model, path, self.model_name, self.pruned_keys)
+        self.weights_source = source
 
     def train(self, mode: bool = True) -> TimmBackbone:
         super().train(mode)

@@ -27,8 +27,9 @@ DDP rejects).
   no articles, one space between words); with several annotators' answers (``answers``, iVQA) the
   soft accuracy ``min(#annotators whose normalised answer equals it / 2, 1)``.
 
-Tokenizer: T5's own SentencePiece model is not reachable offline, so like ``hf_transformer`` the
-head takes ``tokenizer_path`` (a tokenizer folder or a WordPiece ``vocab.txt``), usually the text
+Tokenizer: like ``hf_transformer`` the head takes ``tokenizer_path`` (a tokenizer folder, a
+WordPiece ``vocab.txt``, or a Hugging Face model id such as ``t5-base`` read through the hub
+cache), usually the text
 encoder's; its end token is ``eos`` or, for BERT-style vocabularies, ``[SEP]``, and the start
 token is the padding id (T5's convention). ``tokenizer_path: clip_bpe`` uses CLIP's BPE vocabulary
 that ships with ``open_clip`` (the ``small_transformer`` text encoder's): end ``<end_of_text>``,
@@ -47,7 +48,7 @@ from vqa_components.metrics.exact_match import annotator_matches, exact_match
 from vqa_components.metrics.soft_accuracy import annotator_agreement
 from vqa_components.registry import HEADS
 from vqa_components.tokenizers import ClipBPETokenizer, load_tokenizer_or_clip_bpe, tokenizer_size
-from vqa_components.weights import local_path
+from vqa_components.weights import from_hub, hub_source, local_or_hub
 
 #: label of positions the loss ignores (PyTorch's and transformers' convention)
 IGNORE = -100
@@ -66,8 +67,11 @@ class TextDecoderHead(Head):
             scaled by ``d_model**-0.5``: T5 v1.1).
         tokenizer_path: tokenizer folder, WordPiece ``vocab.txt``, or ``clip_bpe`` (required with
             ``config``; default with ``pretrained_path``: that folder).
-        pretrained_path: a local ``T5ForConditionalGeneration`` folder (``save_pretrained``); its
-            decoder, shared embeddings and LM head are used, its encoder is dropped.
+        pretrained_path: a local ``T5ForConditionalGeneration`` folder (``save_pretrained``), or a
+            Hugging Face model id (``t5-base``, ``google/t5-v1_1-base``) read by
+            ``from_pretrained(id)`` through the hub cache (``HF_HUB_OFFLINE=1``: the cache only;
+            missing: one line naming the id, the cache and ``hf download ID``); its decoder, shared
+            embeddings and LM head are used, its encoder is dropped.
         max_answer_tokens: most tokens of a target (end token included) and of a generated answer.
         num_beams: beam width of :meth:`generate` (1 = greedy).
         length_penalty: beam search's length penalty (``transformers`` convention).
@@ -93,16 +97,21 @@ class TextDecoderHead(Head):
         if num_beams < 1:
             raise ValueError(f"text_decoder: num_beams must be >= 1, got {num_beams}")
         if pretrained_path is not None:
-            folder = local_path(pretrained_path, "pretrained_path")
-            self.tokenizer = load_tokenizer_or_clip_bpe(tokenizer_path or folder)
-            self.t5 = T5ForConditionalGeneration.from_pretrained(str(folder), local_files_only=True)
+            where = local_or_hub(pretrained_path, "pretrained_path", "text_decoder")
+            if isinstance(where, str):  # a hub id, through the hub cache as transformers resolves it
+                self.t5 = from_hub(lambda: T5ForConditionalGeneration.from_pretrained(where),
+                                   "text_decoder", "pretrained_path", where)
+                self.weights_source = hub_source(where)
+            else:
+                self.t5 = T5ForConditionalGeneration.from_pretrained(str(where), local_files_only=True)
+                self.weights_source = str(where)
+            self.tokenizer = load_tokenizer_or_clip_bpe(tokenizer_path or where, "text_decoder")
             self.t5.encoder.block = nn.ModuleList()  # the fused tokens take the encoder's place
-            self.weights_source = str(folder)
         elif config is not None:
             if tokenizer_path is None:
                 raise ValueError("text_decoder: a random-init build (config=...) needs tokenizer_path "
                                  "(a tokenizer folder, a WordPiece vocab.txt, or clip_bpe)")
-            self.tokenizer = load_tokenizer_or_clip_bpe(tokenizer_path)
+            self.tokenizer = load_tokenizer_or_clip_bpe(tokenizer_path, "text_decoder")
             cfg = dict(config)
             cfg.pop("model_type", None)
             cfg["num_decoder_layers"] = cfg.pop("num_layers", cfg.get("num_decoder_layers", 2))

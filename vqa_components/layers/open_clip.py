@@ -1,5 +1,10 @@
 """Building an ``open_clip`` CLIP model (random init, nothing downloaded) for the parts that keep one tower.
 
+Pretrained names (open_clip tags, ``hf-hub:`` names) are resolved to a config and a weights file by
+:func:`vqa_components.weights.open_clip_pretrained`; the model is still built here with random
+weights (``quick_gelu`` and ``preprocess`` as the name says) and the file is then read into the
+kept tower like a ``checkpoint``.
+
 The ``open_clip`` image backbone (:mod:`vqa_components.backbones.open_clip`) and the ``open_clip``
 text encoder (:mod:`vqa_components.text.open_clip`) both build the whole CLIP model from a config
 name or dict and keep one of its towers. Building it is neither one kind of part nor weight
@@ -22,13 +27,31 @@ def build_open_clip_model(
     model_config: Mapping[str, Any] | None = None,
     image_size: int | None = None,
     context_length: int | None = None,
+    quick_gelu: bool = False,
+    preprocess: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Build an open_clip model with random init; nothing is downloaded.
 
     ``model_config`` (``{"embed_dim", "vision_cfg", "text_cfg", ...}``, the
     format of open_clip's ``model_configs/*.json``) builds a custom architecture;
-    ``model_name`` is then only a label.
+    ``model_name`` is then only a label. ``quick_gelu``: QuickGELU activations (what OpenAI's
+    weights were trained with). ``preprocess`` (``mean``, ``std``, ``interpolation``, ...) is merged
+    into the image tower's ``preprocess_cfg``.
     """
+    model = _build(model_name, model_config, image_size, context_length, quick_gelu)
+    visual = getattr(model, "visual", None)
+    if preprocess and visual is not None:
+        visual.preprocess_cfg = {**(getattr(visual, "preprocess_cfg", None) or {}), **dict(preprocess)}
+    return model
+
+
+def _build(
+    model_name: str,
+    model_config: Mapping[str, Any] | None,
+    image_size: int | None,
+    context_length: int | None,
+    quick_gelu: bool,
+) -> nn.Module:
     import open_clip
 
     if model_config is None:
@@ -37,7 +60,9 @@ def build_open_clip_model(
                 f"unknown open_clip model {model_name!r}; pass model_config for a custom one. "
                 f"Known ViT models: {', '.join(m for m in open_clip.list_models() if m.startswith('ViT-'))}"
             )
-        kwargs: dict[str, Any] = {"pretrained": None, "pretrained_image": False, "pretrained_text": False}
+        kwargs: dict[str, Any] = {
+            "pretrained": None, "pretrained_image": False, "pretrained_text": False, "force_quick_gelu": quick_gelu,
+        }
         if image_size is not None:
             kwargs["force_image_size"] = image_size
         if context_length is not None:
@@ -55,18 +80,28 @@ def build_open_clip_model(
         cfg["vision_cfg"]["image_size"] = image_size
     if context_length is not None:
         cfg["text_cfg"]["context_length"] = context_length
+    if quick_gelu:
+        cfg["quick_gelu"] = True
     custom_text = cfg.pop("custom_text", False) or "hf_model_name" in cfg["text_cfg"]
     cfg.pop("multimodal_cfg", None)
     cls = CustomTextCLIP if custom_text else CLIP
     return cls(**cfg)
 
 
-def load_and_freeze(part: nn.Module, checkpoint: str | None, frozen: bool) -> None:
+def load_and_freeze(
+    part: nn.Module, checkpoint: str | None, frozen: bool, hub_file: Any = None, hub_source: str | None = None
+) -> None:
     """The end of an open_clip part's constructor: ``part.checkpoint = checkpoint``, the file loaded
-    by the part's ``load_checkpoint`` when given, then, with ``frozen``, no gradients and eval mode."""
+    by the part's ``load_checkpoint`` when given, else the pretrained name's file in the hub cache
+    (``hub_file``; ``weights_source`` is then ``hub_source``, also when the file was not looked up:
+    the meta device), then, with ``frozen``, no gradients and eval mode."""
     part.checkpoint = checkpoint
     if checkpoint is not None:
         part.load_checkpoint(checkpoint)
+    elif hub_source is not None:
+        if hub_file is not None:
+            part.load_checkpoint(hub_file)
+        part.weights_source = hub_source
     if frozen:
         part.requires_grad_(False)
         part.eval()

@@ -62,10 +62,11 @@ rebuilds the tokenizer from it, so an encoder built from another ``vocab_file`` 
 checkpoint's did; a vocabulary of another size than the embedding table is an error.
 
 Weights: random init by default (``vocab_file`` required); ``pretrained_path`` loads a local folder
-of a pretrained BERT-family model (config, weights, tokenizer) through
+of a pretrained BERT-family model (config, weights, tokenizer), or a Hugging Face model id
+(``bert-base-uncased``) through the hub cache, through
 :func:`~vqa_components.text.hf_transformer.load_local_model`, the loading path of
-``hf_transformer`` (the architecture arguments are then the folder's, and so is the vocabulary).
-Nothing is downloaded.
+``hf_transformer`` (the architecture arguments are then the model's, and so is the vocabulary).
+Nothing is downloaded unless a hub id is named (``HF_HUB_OFFLINE=1``: the cache only).
 """
 
 from __future__ import annotations
@@ -243,8 +244,9 @@ class BertTextEncoder(TokenizedTextEncoder):
     Args (keyword only):
         vocab_file: a ``vocab.txt`` (``vqa vocab`` writes one) for a random-init build; sets
             ``vocab_size`` and the special ids (``[PAD]``, ``[MASK]``, ...). Not with ``pretrained_path``.
-        pretrained_path: local folder of a pretrained BERT-family model (config, weights, tokenizer);
-            its architecture and vocabulary replace the arguments below.
+        pretrained_path: local folder of a pretrained BERT-family model (config, weights, tokenizer),
+            or a Hugging Face model id read through the hub cache (``bert-base-uncased``); its
+            architecture and vocabulary replace the arguments below.
         dim: width of the final projection (``out_dim``); ``None``: no projection.
         hidden_size, num_layers, num_heads, intermediate_size, max_position_embeddings: the BERT
             (random init); defaults: the paper's 128 and 4 heads, our 6 layers and 512.
@@ -290,7 +292,7 @@ class BertTextEncoder(TokenizedTextEncoder):
                 pretrained_path,
                 None,
                 None,
-                lambda folder: AutoModel.from_pretrained(folder, local_files_only=True),
+                AutoModel.from_pretrained,
                 lambda cfg: None,  # never called: pretrained_path is given
             )
         else:
@@ -340,8 +342,8 @@ class BertTextEncoder(TokenizedTextEncoder):
                 f"bert: the tokenizer has {self.tokenizer_size} tokens but the embedding only "
                 f"{self.vocab_size} rows"
             )
-        if pretrained_path is not None:
-            self._load_projection(Path(pretrained_path))
+        if pretrained_path is not None and Path(pretrained_path).expanduser().is_dir():  # a hub id has none
+            self._load_projection(Path(pretrained_path).expanduser())
         if frozen:
             self.model.requires_grad_(False)
         self.train(False)  # as hf_transformer: from_pretrained leaves eval mode; the same for both paths

