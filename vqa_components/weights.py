@@ -225,19 +225,24 @@ def building_on_meta() -> bool:
     return torch.get_default_device().type == "meta"
 
 
+def timm_pretrained_cfg(model_name: str, owner: str = "timm backbone") -> Any:
+    """timm's pretrained config of ``model_name`` (``NAME`` or ``NAME.TAG``); an unknown tag is one
+    :class:`ConfigError` line listing the architecture's pretrained names."""
+    import timm
+
+    try:
+        return timm.get_pretrained_cfg(model_name, allow_unregistered=True)
+    except RuntimeError as exc:  # a tag timm does not know
+        tags = ", ".join(timm.list_pretrained(f"{model_name.partition('.')[0]}.*")[:8]) or "none"
+        raise ConfigError(f"{owner}: {exc} Pretrained names: {tags}") from None
+
+
 def timm_pretrained_file(model_name: str, owner: str = "timm backbone", *, download: bool = True) -> tuple[str, Path | None]:
     """``(source, file)``: timm's pretrained weights for ``model_name`` (``NAME`` for the default tag,
     or ``NAME.TAG``), found as ``timm.create_model(model_name, pretrained=True)`` finds them: the
     pretrained config's ``hf_hub_id`` (and ``hf_hub_filename``), ``model.safetensors`` before
     ``pytorch_model.bin``, through the hub cache. ``download=False``: only the source, no file."""
-    import timm
-
-    try:
-        cfg = timm.get_pretrained_cfg(model_name, allow_unregistered=True)
-    except RuntimeError as exc:  # an unknown tag
-        arch = model_name.partition(".")[0]
-        tags = ", ".join(timm.list_pretrained(f"{arch}.*")[:8]) or "none"
-        raise ConfigError(f"{owner}: {exc} Pretrained names: {tags}") from exc
+    cfg = timm_pretrained_cfg(model_name, owner)
     hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
     if not hub_id:
         raise ConfigError(

@@ -70,7 +70,13 @@ from torch import Tensor, nn
 from vqa_components.backbones.multi_stream import one_stream
 from vqa_components.interfaces import Backbone, VideoFeatures
 from vqa_components.registry import BACKBONES
-from vqa_components.weights import TIMM_WEIGHT_FILES, building_on_meta, load_weights, timm_pretrained_file
+from vqa_components.weights import (
+    TIMM_WEIGHT_FILES,
+    building_on_meta,
+    load_weights,
+    timm_pretrained_cfg,
+    timm_pretrained_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -181,11 +187,7 @@ class TimmBackbone(Backbone):
                 f"timm backbone: unknown timm model {model_name!r}; see timm.list_models(), e.g. "
                 f"{', '.join(timm.list_models('edgenext*')[:4])}"
             )
-        try:
-            cfg = dict(timm.get_pretrained_cfg(model_name, allow_unregistered=True).to_dict())
-        except RuntimeError as exc:  # a tag timm does not know
-            tags = ", ".join(timm.list_pretrained(f"{model_name.partition('.')[0]}.*")[:8]) or "none"
-            raise ValueError(f"timm backbone: {exc} Pretrained names: {tags}") from None
+        cfg = dict(timm_pretrained_cfg(model_name).to_dict())
         fixed = bool(cfg.get("fixed_input_size", False))
         if fixed:
             image_size = image_size or int(cfg.get("input_size", (3, 224, 224))[-1])
