@@ -214,6 +214,32 @@ def from_hub(
         raise ConfigError(f"{owner}: {what} {name!r}: could not load it from the Hugging Face hub: {first}") from exc
 
 
+def check_model_folder(folder: Path, owner: str) -> None:
+    """Raise one clear ``FileNotFoundError`` unless ``folder`` holds ``config.json`` and a weights file."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{owner}: pretrained_path {str(folder)!r} is a file; pass the model folder")
+    missing = [name for name in ("config.json",) if not (folder / name).is_file()]
+    if not any((folder / name).is_file() for name in HF_WEIGHT_FILES):
+        missing.append(" or ".join(HF_WEIGHT_FILES))
+    if missing:
+        raise FileNotFoundError(
+            f"{owner}: pretrained_path {str(folder)!r} is not a model folder (no {'; no '.join(missing)}); "
+            f"write one with save_pretrained"
+        )
+
+
+def pretrained_model(from_pretrained: Callable[..., T], pretrained_path: str | Path, owner: str) -> tuple[T, str, Path | str]:
+    """``(model, weights_source, where)`` of a transformers ``pretrained_path``: a local model folder
+    (:func:`check_model_folder`, then ``from_pretrained(folder, local_files_only=True)``), or a hub id
+    (:func:`local_or_hub`) read by ``from_pretrained(id)`` through the hub cache (:func:`from_hub`;
+    ``weights_source`` ``hf-hub:ID``). ``where`` is the folder or the id (the tokenizer's default)."""
+    where = local_or_hub(pretrained_path, "pretrained_path", owner)
+    if isinstance(where, str):  # a hub id, through the hub cache as transformers resolves it
+        return from_hub(lambda: from_pretrained(where), owner, "pretrained_path", where), hub_source(where), where
+    check_model_folder(where, owner)
+    return from_pretrained(str(where), local_files_only=True), str(where), where
+
+
 def hub_source(repo_id: str, filename: str | None = None) -> str:
     """What a part records as ``weights_source`` for weights read by name: ``hf-hub:REPO[/FILE]``."""
     return f"hf-hub:{repo_id}" + (f"/{filename}" if filename else "")

@@ -48,7 +48,7 @@ from vqa_components.metrics.exact_match import annotator_matches, exact_match
 from vqa_components.metrics.soft_accuracy import annotator_agreement
 from vqa_components.registry import HEADS
 from vqa_components.tokenizers import ClipBPETokenizer, load_tokenizer_or_clip_bpe, tokenizer_size
-from vqa_components.weights import from_hub, hub_source, local_or_hub
+from vqa_components.weights import pretrained_model
 
 #: label of positions the loss ignores (PyTorch's and transformers' convention)
 IGNORE = -100
@@ -97,14 +97,9 @@ class TextDecoderHead(Head):
         if num_beams < 1:
             raise ValueError(f"text_decoder: num_beams must be >= 1, got {num_beams}")
         if pretrained_path is not None:
-            where = local_or_hub(pretrained_path, "pretrained_path", "text_decoder")
-            if isinstance(where, str):  # a hub id, through the hub cache as transformers resolves it
-                self.t5 = from_hub(lambda: T5ForConditionalGeneration.from_pretrained(where),
-                                   "text_decoder", "pretrained_path", where)
-                self.weights_source = hub_source(where)
-            else:
-                self.t5 = T5ForConditionalGeneration.from_pretrained(str(where), local_files_only=True)
-                self.weights_source = str(where)
+            self.t5, self.weights_source, where = pretrained_model(
+                T5ForConditionalGeneration.from_pretrained, pretrained_path, "text_decoder"
+            )
             self.tokenizer = load_tokenizer_or_clip_bpe(tokenizer_path or where, "text_decoder")
             self.t5.encoder.block = nn.ModuleList()  # the fused tokens take the encoder's place
         elif config is not None:

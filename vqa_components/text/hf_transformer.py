@@ -20,7 +20,7 @@ Two ways to build it:
 
 A local folder is loaded with ``local_files_only=True``; a folder without ``config.json`` or a
 weights file is refused (one line naming what is missing). The loading code
-(:func:`load_local_model`, :func:`check_model_folder`; tokenizers from
+(:func:`load_local_model`, :func:`~vqa_components.weights.pretrained_model`; tokenizers from
 :func:`vqa_components.tokenizers.load_tokenizer`) is shared with the ``bert`` and ``t5`` text encoders.
 The model's pooler layer (BERT's tanh dense on ``[CLS]``), if any, is kept so
 that checkpoints round-trip but frozen: neither pooling mode reads it, and
@@ -44,21 +44,7 @@ from vqa_components.interfaces import TextFeatures
 from vqa_components.registry import TEXT_ENCODERS
 from vqa_components.text._tokenized import TokenizedTextEncoder
 from vqa_components.tokenizers import load_tokenizer, tokenizer_size
-from vqa_components.weights import HF_WEIGHT_FILES, from_hub, hub_source, local_or_hub
-
-
-def check_model_folder(folder: Path, owner: str = "hf_transformer") -> None:
-    """Raise one clear ``FileNotFoundError`` unless ``folder`` holds ``config.json`` and a weights file."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{owner}: pretrained_path {str(folder)!r} is a file; pass the model folder")
-    missing = [name for name in ("config.json",) if not (folder / name).is_file()]
-    if not any((folder / name).is_file() for name in HF_WEIGHT_FILES):
-        missing.append(" or ".join(HF_WEIGHT_FILES))
-    if missing:
-        raise FileNotFoundError(
-            f"{owner}: pretrained_path {str(folder)!r} is not a model folder (no {'; no '.join(missing)}); "
-            f"write one with save_pretrained"
-        )
+from vqa_components.weights import pretrained_model
 
 
 def load_local_model(
@@ -72,26 +58,18 @@ def load_local_model(
 ) -> tuple[Any, Any, str | None]:
     """``(model, tokenizer, weights_source)`` from a local folder, a hub id or a config dict.
 
-    ``pretrained_path`` a local folder: checked with :func:`check_model_folder`, the tokenizer from
-    ``tokenizer_path`` or that folder, the model from ``from_pretrained(folder,
-    local_files_only=True)``; ``weights_source`` is the folder. ``pretrained_path`` a hub id (not a
-    local path, :func:`~vqa_components.weights.local_or_hub`): ``from_pretrained(id)`` through the
-    hub cache as transformers resolves it (its errors as one line,
-    :func:`~vqa_components.weights.from_hub`), the tokenizer from ``tokenizer_path`` or the same
-    id; ``weights_source`` is ``hf-hub:ID``. Otherwise ``config``: the
+    ``pretrained_path`` a local model folder or a hub id: the model and its ``weights_source`` from
+    :func:`~vqa_components.weights.pretrained_model`, the tokenizer from ``tokenizer_path`` or that
+    folder or id. Otherwise ``config``: the
     tokenizer from ``tokenizer_path`` (required), ``vocab_size`` (at least the tokenizer's size)
     and ``pad_token_id`` default to the tokenizer's, and ``from_config(cfg)`` builds a random
     init (``weights_source`` ``None``). ``read_tokenizer(path, owner)`` reads the tokenizer (``t5``
     also takes ``clip_bpe``).
     """
     if pretrained_path is not None:
-        where = local_or_hub(pretrained_path, "pretrained_path", owner)
-        if isinstance(where, str):  # a hub id: the model first, so that a missing one is named as pretrained_path
-            model = from_hub(lambda: from_pretrained(where), owner, "pretrained_path", where)
-            return model, read_tokenizer(tokenizer_path or where, owner), hub_source(where)
-        check_model_folder(where, owner)
-        tokenizer = read_tokenizer(tokenizer_path or where, owner)
-        return from_pretrained(str(where), local_files_only=True), tokenizer, str(where)
+        # the model first, so that a missing hub id is named as pretrained_path
+        model, source, where = pretrained_model(from_pretrained, pretrained_path, owner)
+        return model, read_tokenizer(tokenizer_path or where, owner), source
     if config is None:
         raise ValueError(f"{owner} needs pretrained_path (a local model folder) or config")
     if tokenizer_path is None:
