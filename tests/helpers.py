@@ -15,6 +15,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.callbacks import Callback
+
 ROOT = Path(__file__).resolve().parents[1]
 #: every recipe, as a path relative to the repository
 RECIPES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "recipes").rglob("*.yaml"))
@@ -94,13 +96,7 @@ def paper_sized_bert_vocab(folder: Path) -> Path:
 LEARNING_CHECKS: list[dict[str, Any]] = []
 
 
-def _learning_check_base():
-    from lightning.pytorch.callbacks import Callback
-
-    return Callback
-
-
-class EveryParameterLearns(_learning_check_base()):
+class EveryParameterLearns(Callback):
     """A callback (``--trainer.callbacks+=helpers.EveryParameterLearns``) that checks, after the first
     backward of a fit, what DDP without ``find_unused_parameters`` needs: every trainable parameter
     has a gradient; frozen and idle modules have none and require none; the optimizer holds exactly
