@@ -31,7 +31,12 @@ Choices where the paper and the two implementations differ or say nothing
   ``width_factor = 2.0`` for every preset here: 24, 24, 48, 96, 192.
 * **Shortcut of a stage's first block.** SlowFast: strided 1x1x1 conv + BN whenever the width
   or the resolution changes. PyTorchVideo drops the BN when only the resolution changes (the
-  first block of stage 1, 24 -> 24). We follow SlowFast (+48 parameters).
+  first block of stage 1, 24 -> 24). We follow SlowFast (+48 parameters) unless built with
+  ``layout="pytorchvideo"``, which a PyTorchVideo ``checkpoint`` selects by itself.
+* **Weights.** ``checkpoint`` reads this module's own state dict or PyTorchVideo's published
+  X3D-XS/S/M/L (:mod:`vqa_components.backbones.x3d_pytorchvideo` renames the keys and drops the
+  Kinetics classifier unless ``num_classes`` is given); with the same weights the features equal
+  PyTorchVideo's (tested block by block).
 * **conv5** belongs to the head in both implementations (``X3DHead.conv_5``); here it ends the
   backbone, so the tokens are its 432-d output. Its width is the last stage's inner width,
   ``int(bottleneck_factor * 192)``.
@@ -47,6 +52,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -55,9 +61,15 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from vqa_components.backbones.multi_stream import one_stream
-from vqa_components.interfaces import Backbone, VideoFeatures
+from vqa_components.backbones.x3d_pytorchvideo import (
+    convert_pytorchvideo_x3d,
+    is_pytorchvideo_x3d,
+    read_x3d_checkpoint,
+    stage_depths,
+)
+from vqa_components.interfaces import Backbone, ConfigError, VideoFeatures
 from vqa_components.registry import BACKBONES
-from vqa_components.weights import load_weights
+from vqa_components.weights import load_strict, state_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +91,8 @@ BOTTLENECK_FACTOR = 2.25
 SE_RATIO = 1 / 16
 HEAD_WIDTH = 2048
 HEAD_DROPOUT = 0.5
+#: Where a BN follows a projection shortcut: SlowFast (always) or PyTorchVideo (width changes only).
+LAYOUTS = ("slowfast", "pytorchvideo")
 
 
 def round_width(width: float, multiplier: float, divisor: int = 8, min_width: int = 8) -> int:
@@ -91,6 +105,21 @@ def round_width(width: float, multiplier: float, divisor: int = 8, min_width: in
 def round_depth(depth: int, multiplier: float) -> int:
     """Blocks of a stage after depth expansion: ``ceil(depth * multiplier)``."""
     return math.ceil(depth * multiplier)
+
+
+def file_layout(state: Mapping[str, Tensor]) -> str:
+    """``"pytorchvideo"`` if a block of ``state`` (our names) has a projection shortcut without a BN."""
+    convs = {k.removesuffix("branch1.weight") for k in state if k.endswith(".branch1.weight")}
+    norms = {k.removesuffix("branch1_bn.weight") for k in state if k.endswith(".branch1_bn.weight")}
+    return "pytorchvideo" if convs - norms else "slowfast"
+
+
+def _in_our_names(state: dict[str, Tensor], path: Path, keep_head: bool) -> dict[str, Tensor]:
+    """``state`` as read from ``path``, converted if it is PyTorchVideo's."""
+    if is_pytorchvideo_x3d(state):
+        log.info("x3d: %s holds PyTorchVideo's X3D layout: converting its keys", path)
+        return convert_pytorchvideo_x3d(state, keep_head=keep_head, source=str(path))
+    return state
 
 
 def _bn(channels: int, zero: bool = False) -> nn.BatchNorm3d:
@@ -120,10 +149,19 @@ class X3DBlock(nn.Module):
         dim_in, dim_inner, dim_out: input, expanded (depthwise) and output widths.
         stride: spatial stride of the depthwise conv and of the projection shortcut.
         se_ratio: squeeze-excitation width ``round_width(dim_inner, se_ratio)``; 0 = no SE.
+        shortcut_bn: a BN after the projection shortcut (SlowFast: always; PyTorchVideo: only when
+            the width changes). No effect on an identity shortcut.
     """
 
     def __init__(
-        self, *, dim_in: int, dim_inner: int, dim_out: int, stride: int = 1, se_ratio: float = 0.0
+        self,
+        *,
+        dim_in: int,
+        dim_inner: int,
+        dim_out: int,
+        stride: int = 1,
+        se_ratio: float = 0.0,
+        shortcut_bn: bool = True,
     ) -> None:
         super().__init__()
         self.a = nn.Conv3d(dim_in, dim_inner, 1, bias=False)
@@ -139,7 +177,7 @@ class X3DBlock(nn.Module):
         self.branch1_bn: nn.BatchNorm3d | None = None
         if dim_in != dim_out or stride != 1:
             self.branch1 = nn.Conv3d(dim_in, dim_out, 1, stride=(1, stride, stride), bias=False)
-            self.branch1_bn = _bn(dim_out)
+            self.branch1_bn = _bn(dim_out) if shortcut_bn else None
 
     def forward(self, x: Tensor) -> Tensor:
         y = F.relu(self.a_bn(self.a(x)))
@@ -147,7 +185,9 @@ class X3DBlock(nn.Module):
         if self.se is not None:
             y = self.se(y)
         y = self.c_bn(self.c(F.silu(y)))  # Swish = x * sigmoid(x) = SiLU
-        shortcut = x if self.branch1 is None else self.branch1_bn(self.branch1(x))
+        shortcut = x if self.branch1 is None else self.branch1(x)
+        if self.branch1_bn is not None:
+            shortcut = self.branch1_bn(shortcut)
         return F.relu(shortcut + y)
 
 
@@ -202,8 +242,15 @@ class X3D(Backbone):
         num_classes: if given, the paper's classification head exists (``self.head``,
             :meth:`classify`); ``forward`` never uses it. For parameter counts and loading
             classifier checkpoints.
-        checkpoint: local weights file or folder (this module's own ``state_dict``); ``None`` keeps
-            the random initialisation. ``head.*`` entries are ignored when the model has no head.
+        layout: ``"slowfast"`` (a BN after every projection shortcut, as SlowFast) or
+            ``"pytorchvideo"`` (none after a projection that changes only the resolution, as
+            PyTorchVideo: at the presets' widths, the first block of stage 1). ``None``: the layout
+            of ``checkpoint``'s weights, ``"slowfast"`` without one.
+        checkpoint: local weights file or folder: this module's own ``state_dict``, or PyTorchVideo's
+            published X3D (``X3D_M.pyth``, its ``model_state``, or the hub model's ``state_dict``),
+            converted by :func:`~vqa_components.backbones.x3d_pytorchvideo.convert_pytorchvideo_x3d`;
+            ``None`` keeps the random initialisation. The classification head's weights are
+            ignored when the model has no head.
 
     ``forward(video (b, t, 3, h, w) in [0, 1]) -> VideoFeatures(tokens (b, t, n, d), cls (b, t, d))``
     with ``n = ceil(h/32) * ceil(w/32)`` positions per frame, ``d = out_dim``, ``cls`` the mean of a
@@ -219,6 +266,7 @@ class X3D(Backbone):
         bottleneck_factor: float | None = None,
         dim: int | None = None,
         num_classes: int | None = None,
+        layout: str | None = None,
         checkpoint: str | None = None,
     ) -> None:
         super().__init__()
@@ -234,8 +282,16 @@ class X3D(Backbone):
         for name, value in (("width_factor", wf), ("depth_factor", df), ("bottleneck_factor", bf)):
             if not value > 0:
                 raise ValueError(f"x3d: {name} must be > 0, got {value}")
+        if layout is not None and layout not in LAYOUTS:
+            raise ValueError(f"x3d: unknown layout {layout!r}; choose one of {', '.join(map(repr, LAYOUTS))}")
         self.preset = key
         self.input_frames, self.input_size = int(cfg["frames"]), int(cfg["crop"])
+        what = f"x3d backbone (preset {key!r})"
+        path, state = None, None
+        if checkpoint is not None:  # read first: a PyTorchVideo file sets the layout
+            path, state = read_x3d_checkpoint(checkpoint, what)
+            state = _in_our_names(state, path, keep_head=num_classes is not None)
+        self.layout = layout or (file_layout(state) if state is not None else "slowfast")
 
         stem_width = round_width(STEM_BASE_WIDTH, wf)
         self.stem = X3DStem(stem_width)
@@ -251,6 +307,7 @@ class X3D(Backbone):
                     dim_out=width,
                     stride=2 if j == 0 else 1,
                     se_ratio=SE_RATIO if j % 2 == 0 else 0.0,
+                    shortcut_bn=self.layout == "slowfast" or (dim_in if j == 0 else width) != width,
                 )
                 for j in range(depth)
             ]
@@ -272,12 +329,13 @@ class X3D(Backbone):
             "bottleneck_factor": bf,
             "dim": dim,
             "num_classes": num_classes,
+            "layout": self.layout,
             "mean": X3D_MEAN,
             "std": X3D_STD,
         }
         self.checkpoint = checkpoint
-        if checkpoint is not None:
-            self.load_checkpoint(checkpoint)
+        if path is not None and state is not None:
+            self._load_state(state, path)
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -291,15 +349,38 @@ class X3D(Backbone):
 
     # ---------------------------------------------------------------- weights
     def load_checkpoint(self, checkpoint: str | Path) -> None:
-        """Load a local ``state_dict`` of this module (strict; ``head.*`` dropped if there is no head)."""
+        """Load a local ``state_dict`` of this module or a PyTorchVideo X3D file (strict; the
+        classification head's weights are dropped if there is no head)."""
+        path, state = read_x3d_checkpoint(checkpoint, f"x3d backbone (preset {self.preset!r})")
+        self._load_state(_in_our_names(state, path, keep_head=self.head is not None), path)
 
-        def adapt(state: dict[str, Tensor]) -> dict[str, Tensor]:
-            if self.head is None and any(k.startswith("head.") for k in state):
-                log.info("x3d: ignoring the checkpoint's classification head (num_classes is None)")
-                state = {k: v for k, v in state.items() if not k.startswith("head.")}
-            return state
-
-        path = load_weights(self, checkpoint, f"x3d backbone (preset {self.preset!r})", adapt=adapt)
+    def _load_state(self, state: dict[str, Tensor], path: Path) -> None:
+        what = f"x3d backbone (preset {self.preset!r})"
+        if self.head is None and any(k.startswith("head.") for k in state):
+            log.info("x3d: ignoring the checkpoint's classification head (num_classes is None)")
+            state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        depths = stage_depths(state)
+        if depths and depths != self.depths:
+            ours = set(self.state_dict())
+            key = next(iter(sorted(set(state) - ours) or sorted(ours - set(state))), "")
+            fits = [
+                p
+                for p, c in PRESETS.items()
+                if [round_depth(d, c["depth_factor"]) for d in STAGE_BASE_DEPTHS] == depths
+            ]
+            build = f"preset: {' / '.join(fits)}" if fits else "the depth_factor it was trained with"
+            raise ConfigError(
+                f"checkpoint {path} does not fit {what}: the file's stage depths are {depths}, the "
+                f"model's {self.depths} (first differing key: {key}); build it with {build}"
+            )
+        mismatch = state_mismatch(self, state)
+        theirs = file_layout(state)
+        if mismatch and theirs != self.layout:
+            raise ConfigError(
+                f"checkpoint {path} does not fit {what}: {mismatch} (the file has {theirs}'s layout, "
+                f"this model {self.layout}'s: build it with layout: {theirs}, or leave layout unset)"
+            )
+        load_strict(self, state, path, what)
         self.weights_source = str(path)
 
     # --------------------------------------------------------------- forward
