@@ -82,8 +82,9 @@ def profile_config(cfg: dict, question: str | None = None) -> ProfileReport:
 def with_t5(cfg: dict, size: str) -> dict:
     cfg = copy.deepcopy(cfg)
     t5 = T5_SIZES[size]
-    cfg["model"]["text_encoder"]["config"] = dict(t5)
-    cfg["model"]["head"]["config"] = dict(t5)
+    for part in ("text_encoder", "head"):  # T5 of this size, random, with t5-base's SentencePiece vocabulary
+        cfg["model"][part].pop("pretrained_path", None)
+        cfg["model"][part].update(config={**t5, "vocab_size": 32128}, tokenizer_path="t5-base")
     cfg["model"]["head"]["in_dim"] = t5["d_model"]
     fusion = cfg["model"]["fusion"]
     fusion.update(text_dim=t5["d_model"], dim=t5["d_model"], num_heads=t5["d_model"] // 64)

@@ -247,3 +247,111 @@ def use_hub_cache(monkeypatch, cache: Path, offline: bool = True) -> Path:
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
     return cache
+
+
+# ------------------------------------------------- the papers' starting points, offline, at any size
+#: the pretrained name of each paper family's recipes that a part looks up first (docs/using-models.md,
+#: "The papers' starting points"): the hub repository and the command that fills the cache with it
+PAPER_HUB_NAMES = {
+    "videodistill": ("timm/vit_base_patch16_clip_224.openai",
+                     "hf download timm/vit_base_patch16_clip_224.openai open_clip_model.safetensors"),
+    "cotok": ("t5-base", "hf download t5-base"),
+    "evilm": ("timm/edgenext_small.usi_in1k", "hf download timm/edgenext_small.usi_in1k model.safetensors"),
+}
+#: the architecture of the hub's ``t5-base`` (its config.json: T5 v1.0, ReLU feed-forward, tied embeddings)
+T5_BASE = {
+    "vocab_size": 32128, "d_model": 768, "d_kv": 64, "d_ff": 3072, "num_layers": 12, "num_heads": 12,
+    "feed_forward_proj": "relu", "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0,
+}  # fmt: skip
+
+
+def paper_family(recipe: str) -> str | None:
+    """``videodistill``, ``cotok`` or ``evilm`` for a recipe of that paper at paper scale, else ``None``."""
+    parts = Path(recipe).parts
+    paper = len(parts) > 2 and parts[0] == "recipes" and parts[1] in PAPER_HUB_NAMES and "tiny" not in parts
+    return parts[1] if paper else None
+
+
+def sentencepiece_model(folder: Path, vocab_size: int = 320) -> Path:
+    """``folder/spiece.model``: a unigram SentencePiece model laid out as T5's (``<pad>`` 0, ``</s>`` 1,
+    ``<unk>`` 2, no ``<s>``), trained here on 600 generated sentences (the words of synthetic_vqa's
+    questions and answers and made-up ones), ``vocab_size`` pieces."""
+    import io
+    import random
+
+    import sentencepiece as spm
+
+    rng = random.Random(0)
+    words = ["what", "color", "is", "the", "ball", "circle", "square", "triangle", "moving", "left", "right",
+             "how", "many", "times", "does", "flash", "which", "way", "red", "green", "blue", "yellow",
+             "purple", "cyan", "orange", "white", "a", "man", "dog", "cat", "runs", "holding", "two", "three"]
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words += ["".join(rng.choice(letters) for _ in range(rng.randint(2, 8))) for _ in range(400)]
+    sentences = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) + rng.choice(["?", ".", ""])
+                 for _ in range(600)]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2, num_threads=1,
+    )
+    path = Path(folder) / "spiece.model"
+    path.write_bytes(model.getvalue())
+    return path
+
+
+def t5_repository(cache: Path, repo_id: str, spiece: Path, config: dict[str, Any] | None = None,
+                  weights: bool = True, seed: int = 0) -> Path:
+    """Put a T5 repository into the hub cache ``cache`` as ``repo_id``, laid out as the hub's ``t5-base``:
+    ``config.json`` (``config``: ``T5Config`` arguments, default :data:`T5_BASE`), T5's tokenizer files
+    (``spiece.model`` and the ``tokenizer.json``/``tokenizer_config.json`` that ``save_pretrained``
+    writes from it) and, with ``weights``, a randomly initialised ``T5ForConditionalGeneration`` of that
+    config (``model.safetensors``). Returns the snapshot folder."""
+    import tempfile
+
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from vqa_components.tokenizers import t5_sentencepiece_tokenizer
+
+    t5_config = T5Config(**(config or T5_BASE))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        t5_config.save_pretrained(folder)
+        t5_sentencepiece_tokenizer(spiece).save_pretrained(folder)
+        files = {p.name: p for p in folder.iterdir() if p.is_file()}
+        files["spiece.model"] = Path(spiece)
+        if weights:
+            torch.manual_seed(seed)
+            T5ForConditionalGeneration(t5_config).save_pretrained(folder / "model")
+            files.update({p.name: p for p in (folder / "model").iterdir() if p.is_file()})
+        return fill_hub_cache(cache, repo_id, files)
+
+
+def paper_hub_cache(cache: Path, family: str, weights: bool = True) -> Path:
+    """Fill the hub cache ``cache`` with what the recipes of ``family`` name (:data:`PAPER_HUB_NAMES`),
+    at the real architecture, with random weights saved here in the hub's layout: OpenAI's CLIP
+    ViT-B/16 as open_clip reads it, ``t5-base`` (:func:`t5_repository`, a SentencePiece model trained
+    here), timm's ImageNet EdgeNeXt-small. ``weights=False`` writes what a build on the meta device
+    reads (``t5-base``'s config and tokenizer; open_clip and timm read nothing there). Returns ``cache``."""
+    import tempfile
+
+    import torch
+    from safetensors.torch import save_file
+
+    repo, _ = PAPER_HUB_NAMES[family]
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        if family == "cotok":
+            t5_repository(cache, repo, sentencepiece_model(Path(tmp)), weights=weights)
+        elif weights and family == "videodistill":
+            import open_clip
+
+            state = open_clip.create_model("ViT-B-16", pretrained=None).state_dict()
+            save_file({k: v.contiguous() for k, v in state.items()}, f"{tmp}/open_clip_model.safetensors")
+            fill_hub_cache(cache, repo, Path(tmp))
+        elif weights and family == "evilm":
+            import timm
+
+            save_file(timm.create_model("edgenext_small").state_dict(), str(Path(tmp) / "model.safetensors"))
+            fill_hub_cache(cache, repo, Path(tmp))
+    return cache

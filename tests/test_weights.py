@@ -164,6 +164,53 @@ def test_a_transformers_id_missing_from_the_cache_is_one_line(tmp_path, monkeypa
         assert message.startswith(f"{owner}: ")
 
 
+def test_transformers_ids_on_the_meta_device_read_config_and_tokenizer_not_weights(tmp_path, monkeypatch):
+    """The hub's t5-base layout without its weights (config.json and T5's tokenizer files, a
+    SentencePiece model trained here): the meta device builds the t5 encoder and the text_decoder
+    head at t5-base's size; a real build stops with the one line naming the id."""
+    from helpers import T5_BASE, sentencepiece_model, t5_repository
+
+    from vqa_components.heads.text_decoder import TextDecoderHead
+    from vqa_components.text.t5 import T5TextEncoder
+
+    cache = use_hub_cache(monkeypatch, tmp_path / "hub")
+    t5_repository(cache, "t5-base", sentencepiece_model(tmp_path), weights=False)
+    with torch.device("meta"):
+        enc = T5TextEncoder(pretrained_path="t5-base")
+        head = TextDecoderHead(in_dim=768, pretrained_path="t5-base")
+    assert enc.weights_source == head.weights_source == "hf-hub:t5-base"
+    for t5 in (enc.model, head.t5):
+        assert t5.shared.weight.is_meta and tuple(t5.shared.weight.shape) == (T5_BASE["vocab_size"], 768)
+        assert t5.config.d_ff == 3072 and t5.config.feed_forward_proj == "relu"
+    assert len(enc.model.encoder.block) == 12 and len(head.t5.decoder.block) == 12
+    assert head.t5.lm_head.weight is head.t5.shared.weight  # t5-base ties them
+    assert enc.tokenizer("a dog").input_ids[-1] == 1 and (head.pad_id, head.eos_id) == (0, 1)
+    with pytest.raises(ConfigError) as info:
+        T5TextEncoder(pretrained_path="t5-base")
+    assert_one_line_missing(info.value, "t5-base", cache, "hf download t5-base")
+
+
+def test_a_t5_repository_with_only_a_sentencepiece_model_gives_t5s_tokenizer(tmp_path, monkeypatch):
+    """``google/t5-v1_1-base`` ships ``spiece.model`` and no ``tokenizer.json``: its tokenizer is read from
+    the SentencePiece model in the cache (without protobuf); its config.json gives v1.1's architecture."""
+    import sentencepiece as spm
+    from helpers import sentencepiece_model
+
+    from vqa_components.heads.text_decoder import TextDecoderHead
+
+    spiece = sentencepiece_model(tmp_path)
+    v1_1 = {"d_model": 768, "d_kv": 64, "d_ff": 2048, "num_layers": 12, "num_heads": 12, "vocab_size": 32128,
+            "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False, "model_type": "t5"}
+    cache = use_hub_cache(monkeypatch, tmp_path / "hub")
+    fill_hub_cache(cache, "google/t5-v1_1-base", {"spiece.model": spiece, "config.json": json.dumps(v1_1)})
+    with torch.device("meta"):
+        head = TextDecoderHead(in_dim=768, pretrained_path="google/t5-v1_1-base")
+    assert head.t5.config.feed_forward_proj == "gated-gelu" and head.t5.config.d_ff == 2048
+    text = "what color is the ball?"
+    sp = spm.SentencePieceProcessor(model_file=str(spiece))
+    assert head.tokenizer(text).input_ids == sp.encode(text) + [1]
+
+
 # ---------------------------------------------------------------- timm
 
 

@@ -20,6 +20,7 @@ checkpoints) are printed as one line and exit with status 2.
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import os
 import sys
@@ -179,9 +180,12 @@ NO_INIT = ["--model.init_from=null", "--model.init_parts=null"]
 
 
 def cmd_profile(args: list[str]) -> int:
+    import torch
+
     from vqa_components.profiler import profile_model
 
-    cli = run_cli([*args, *NO_INIT], run=False)
+    with torch.device("meta"):  # no memory, no initialisation, no pretrained weights read: shapes suffice
+        cli = run_cli([*args, *NO_INIT, "--model.allow_random_frozen=true"], run=False)
     model, dm = cli.model, cli.datamodule
     batch = dm.example_batch(batch_size=1)
     release(cli)
@@ -249,6 +253,103 @@ def cmd_explain(args: list[str]) -> int:
     return 0
 
 
+def cmd_export(args: list[str]) -> int:
+    """``vqa export --config RECIPE [--ckpt_path best] --out DIR``: the run's model as a model folder."""
+    from vqa_components.model_folder import export
+    from vqa_components.profiler import profile_model
+    from vqa_components.weights import read_checkpoint
+
+    args = list(args)
+    out = _pop_option(args, "--out", None)
+    if not out:
+        raise CLIError("vqa export needs --out DIR (the model folder to write)")
+    ckpt = _pop_option(args, "--ckpt_path", "best") or "best"
+    recipe = next((args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config", "-c")), None)
+    cli = run_cli([*args, *NO_INIT], run=False)
+    model, dm, root = cli.model, cli.datamodule, Path(cli.trainer.default_root_dir)
+    config = yaml.safe_load(cli.parser.dump(cli.config, skip_check=True))
+    release(cli)
+    path = find_checkpoint(root, ckpt) if ckpt in ("best", "last") else ckpt
+    if not Path(path).is_file():
+        raise CLIError(f"--ckpt_path {path}: no such checkpoint file")
+    state = read_checkpoint(path)
+    model.on_load_checkpoint(state)
+    model.load_state_dict(state["state_dict"])
+    model.eval()
+    metrics_file = root / "test_metrics.json"
+    metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else None
+    profile = profile_model(model, dm.example_batch(batch_size=1))
+    folder = export(model, config, out, recipe=recipe, test_metrics=metrics, profile=profile)
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    print(f"model folder written to {folder} ({size / 1e6:.1f} MB; weights of {path})")
+    print(f"ask it:  vqa ask --model {folder} --video CLIP --question \"...\"")
+    return 0
+
+
+def cmd_ask(args: list[str]) -> int:
+    """``vqa ask --model DIR --video CLIP --question Q [--options A B ...]`` or ``--input pairs.jsonl``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="vqa ask", description="Answer questions about videos with a model folder.")
+    parser.add_argument("--model", required=True, help="a model folder (vqa export) or a Hugging Face hub id")
+    parser.add_argument("--video", help="a video file (MP4, AVI, WebM, GIF, ...) or a folder of frames")
+    parser.add_argument("--question", help="the question")
+    parser.add_argument("--options", nargs="+", help="the options of a multiple-choice question")
+    parser.add_argument("--input", help="JSON Lines of {video, question[, options]} to answer")
+    parser.add_argument("--output", help="with --input: write the answers here as JSON Lines (default: print)")
+    parser.add_argument("--top_k", type=int, default=5, help="answers listed with their probabilities")
+    parser.add_argument("--explain", metavar="PNG", help="also save the vqa explain figure for --video")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="CPU threads for the model (default: 1 below 1 GMAC a sample)")
+    opts = parser.parse_args(args)
+    if (opts.input is None) == (opts.video is None):
+        raise CLIError("vqa ask: give --video and --question, or --input pairs.jsonl")
+    if opts.video is not None and not opts.question:
+        raise CLIError("vqa ask: --video needs --question")
+    from vqa_components.inference import Answerer, format_answer, read_pairs
+
+    answerer = Answerer(opts.model, device=opts.device, threads=opts.threads)
+    if opts.input is not None:
+        results = answerer.ask_many(read_pairs(opts.input), top_k=opts.top_k)
+        text = "".join(json.dumps(r) + "\n" for r in results)
+        if opts.output:
+            Path(opts.output).write_text(text, encoding="utf-8")
+            print(f"{len(results)} answers written to {opts.output}")
+        else:
+            print(text, end="")
+        return 0
+    frames = answerer.read_video(opts.video)
+    print(format_answer(answerer.ask(frames, opts.question, opts.options, top_k=opts.top_k)))
+    if opts.explain:
+        from vqa_components.viz import explain
+
+        explain(answerer.pipeline, answerer.batch([frames], [opts.question], [opts.options] if opts.options else None),
+                opts.explain)
+        print(f"figure written to {opts.explain}")
+    return 0
+
+
+def cmd_demo(args: list[str]) -> int:
+    """``vqa demo --model DIR [--host 127.0.0.1] [--port 7860] [--examples PATH ...]``: the demo page."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="vqa demo", description="Serve a web page that answers questions "
+                                     "about videos with a model folder (the demo extra: Gradio).")
+    parser.add_argument("--model", required=True, help="a model folder (vqa export) or a Hugging Face hub id")
+    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: all of them)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--examples", nargs="+", metavar="PATH",
+                        help="clips to pick: video files, folders of them, pairs.jsonl (vqa ask --input)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="CPU threads for the model (default: 1 below 1 GMAC a sample)")
+    opts = parser.parse_args(args)
+    from vqa_components.demo import serve
+
+    serve(opts.model, host=opts.host, port=opts.port, examples=opts.examples, device=opts.device,
+          threads=opts.threads)
+    return 0
+
+
 def cmd_vocab(args: list[str]) -> int:
     """``vqa vocab --config RECIPE --out PATH [--keep_fraction 0.3]``: the ``bert`` text encoder's
     ``vocab.txt``, built from the questions and captions of the recipe's training split."""
@@ -306,7 +407,7 @@ def _training_texts(config: str) -> tuple[str, list[str]]:
     return split, [text for pair in pairs for text in pair if text]
 
 
-USAGE = """usage: vqa {fit,validate,test,predict,list,profile,explain,vocab} ...
+USAGE = """usage: vqa {fit,validate,test,predict,list,profile,explain,vocab,export,ask,demo} ...
 
   fit|validate|test|predict   LightningCLI subcommands (vqa fit --help)
   fit ... --overwrite         replace the checkpoints an earlier fit left in trainer.default_root_dir
@@ -319,6 +420,15 @@ USAGE = """usage: vqa {fit,validate,test,predict,list,profile,explain,vocab} ...
   vocab --config RECIPE --out PATH [--keep_fraction 0.3]
                               vocab.txt of the most frequent words of the training split's
                               questions and captions (the bert text encoder's vocab_file)
+  export --config RECIPE [--ckpt_path best] --out DIR
+                              the run's model as a self-contained model folder (config.yaml,
+                              model.safetensors, vocabularies, README.md model card)
+  ask --model DIR --video CLIP --question Q [--options A B ...] [--explain PNG]
+  ask --model DIR --input pairs.jsonl [--output answers.jsonl]
+                              answers (and the top 5 with probabilities) for your own videos
+  demo --model DIR [--host 127.0.0.1] [--port 7860] [--examples PATH ...]
+                              a local web page: upload a clip, ask, see the answer, the top 5
+                              and the chosen frames or maps (the demo extra: Gradio)
 """
 
 
@@ -342,6 +452,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        if argv and argv[0] == "ask":  # imports only the parts of the model it answers with (no Lightning)
+            return cmd_ask(argv[1:])
+        if argv and argv[0] == "demo":  # the same, and Gradio
+            return cmd_demo(argv[1:])
         import_builtin_parts()
         load_plugins()
         if not argv or argv[0] in ("-h", "--help"):
@@ -356,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_explain(argv[1:])
         if argv[0] == "vocab":
             return cmd_vocab(argv[1:])
+        if argv[0] == "export":
+            return cmd_export(argv[1:])
         release(run_cli(argv))
         return 0
     except (RegistryError, CLIError, ConfigError) as exc:

@@ -384,6 +384,11 @@ def check_head_task(task: object, owner: str) -> None:
     raise ConfigError(f"{owner}: unknown head task {task!r}{hint}; set task to one of {', '.join(HEAD_TASKS)}")
 
 
+def pair_texts(question: str, options: Sequence[str]) -> list[str]:
+    """What the model encodes for each option of a multiple-choice question (``task`` ``"multiple_choice"``)."""
+    return [f"{question} {o}" for o in options]
+
+
 class Head(Part):
     """Fused features -> answers: ``forward(fused, text, targets=None) -> HeadOutput``.
 

@@ -161,6 +161,34 @@ class TestMetricsWriter(Callback):
         print(f"test metrics written to {path}")
 
 
+class PredictionsWriter(Callback):
+    """Writes what ``vqa predict`` answered to ``<default_root_dir>/predictions.jsonl``: one line per
+    sample, ``{"video_id", "question", "prediction"}`` (the model's ``predict_step`` rows), in the
+    loader's order, every rank's rows gathered on rank 0."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+        self.rows = []
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.rows.extend(outputs or [])
+
+    def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
+        rows = self.rows
+        if trainer.world_size > 1 and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [r for part in gathered for r in part]
+        if not trainer.is_global_zero:
+            return
+        path = Path(trainer.default_root_dir) / "predictions.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        print(f"{len(rows)} predictions written to {path}")
+
+
 #: ``test/`` figures besides accuracies printed in the table (the count error, retrieval ranks)
 _OTHER_FIGURES = ("test/count_mse", "test/t2v_", "test/v2t_")
 
@@ -248,5 +276,5 @@ class VQACLI(LightningCLI):
         if config.get("enable_checkpointing") is False:  # the recipe's checkpoint callback would contradict it
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         trainer = self._instantiate_trainer(config, callbacks)
-        trainer.callbacks.append(TestMetricsWriter())
+        trainer.callbacks.extend([TestMetricsWriter(), PredictionsWriter()])
         return trainer

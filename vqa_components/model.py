@@ -1,20 +1,24 @@
-"""The LightningModule that assembles a VideoQA model from parts, in the order the data flows::
+"""The LightningModule that trains a VideoQA model assembled from parts::
 
     batch ─> encode_video (backbone) ───┐
           └> encode_text (text_encoder) ┴> fuse (sampler, fusion) ─> head ─> ModelOutput ─> objectives
 
+The forward, up to ``ModelOutput``, is :class:`~vqa_components.pipeline.VideoQAPipeline`'s (it runs
+without Lightning, for answering); this class adds the objectives, the steps and the optimiser.
 Each part is a constructor argument, so a LightningCLI recipe names it (by registry name or
 ``class_path``) and any mix of compatible parts trains (``docs/concepts.md``).
 
 What is not the data flow lives elsewhere: weights (``init_from``, ``freeze``, the random-frozen
-check, key migration) in :mod:`vqa_components.weights`; counting skipped samples and screening long
-questions in the callback :class:`~vqa_components.data.admission.SkippedSamples`; metrics in the
-callback :class:`~vqa_components.metrics.evaluation.AnswerEvaluation`. The model adds both callbacks
-to its trainer (``configure_callbacks``).
+check, key migration) in :mod:`vqa_components.weights`; model folders (``from_pretrained``) in
+:mod:`vqa_components.model_folder`; counting skipped samples and screening long questions in the
+callback :class:`~vqa_components.data.admission.SkippedSamples`; metrics in the callback
+:class:`~vqa_components.metrics.evaluation.AnswerEvaluation`. The model adds both callbacks to its
+trainer (``configure_callbacks``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,33 +28,26 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from vqa_components import weights
-from vqa_components.data.admission import SkippedSamples, batch_size, pair_texts
+from vqa_components.data.admission import SkippedSamples, batch_size
 from vqa_components.data.feature_cache import FeatureCache
 from vqa_components.interfaces import (
     Backbone,
     ConfigError,
     Fusion,
-    FusionOutput,
     Head,
     ModelOutput,
     Objective,
     Sampler,
-    SamplerOutput,
     TextEncoder,
-    TextFeatures,
-    VideoFeatures,
 )
-from vqa_components.layers.pixels import pixels_to_float
 from vqa_components.metrics.evaluation import AnswerEvaluation
 from vqa_components.objectives.collection import ObjectiveDict
 from vqa_components.optim import clip_gradients, optimizer_for_precision
-
-#: the parts the model's own forward runs (an objective with ``runs_model_forward`` needs them)
-FORWARD_PARTS = ("backbone", "text_encoder", "fusion", "head")
+from vqa_components.pipeline import FORWARD_PARTS, VideoQAPipeline
 
 
-class VideoQAModel(pl.LightningModule):
-    """A VideoQA model assembled from parts.
+class VideoQAModel(VideoQAPipeline, pl.LightningModule):
+    """A VideoQA model assembled from parts, trained by Lightning (the forward: :class:`VideoQAPipeline`).
 
     Args:
         backbone, text_encoder, fusion, head: video -> frame features; question (or caption) -> token
@@ -94,11 +91,9 @@ class VideoQAModel(pl.LightningModule):
         allow_random_frozen: bool = False,
         on_long_question: str = "skip",
     ) -> None:
-        super().__init__()
+        super().__init__(backbone, text_encoder, fusion, head, sampler, text_field)
         self.admission = SkippedSamples(on_long_question)  # checks the policy
         self.save_hyperparameters(ignore=[*FORWARD_PARTS, "sampler", "objectives"])
-        self.backbone, self.text_encoder, self.sampler = backbone, text_encoder, sampler
-        self.fusion, self.head = fusion, head
         self.objectives = ObjectiveDict.of(objectives)
         if not len(self.objectives):
             raise ValueError("VideoQAModel needs at least one objective (e.g. answer_cross_entropy)")
@@ -112,7 +107,7 @@ class VideoQAModel(pl.LightningModule):
                 f"forward, which needs {', '.join(FORWARD_PARTS)}: give them in the recipe "
                 f"(model.{missing[0]})"
             )
-        self.optimizer_factory, self.scheduler_factory, self.text_field = optimizer, scheduler, text_field
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.allow_random_frozen = allow_random_frozen
         for obj in self.objectives:  # before freezing and loading: what it builds is frozen and loaded too
             obj.attach(self)
@@ -136,75 +131,16 @@ class VideoQAModel(pl.LightningModule):
             weights.module_at(self, path, "freeze").eval()
         return self
 
+    @classmethod
+    def from_pretrained(cls, name: str | os.PathLike) -> VideoQAModel:
+        """The model of a model folder (``vqa export``) or a Hugging Face hub id holding one, weights and
+        answer vocabulary included; YAML and safetensors only (:func:`vqa_components.model_folder.load_model`)."""
+        from vqa_components.model_folder import load_model
+
+        return load_model(name, cls)
+
     def configure_callbacks(self) -> list[pl.Callback]:
         return [self.admission, AnswerEvaluation()]
-
-    # -------------------------------------------------------------- forward
-    def encode_text(self, texts: Sequence[str]) -> TextFeatures:
-        return self.text_encoder.encode(list(texts))
-
-    def encode_video(
-        self, video: Tensor | tuple[Tensor, ...], batch: dict[str, Any] | None = None, use_cache: bool = True
-    ) -> VideoFeatures:
-        """Backbone features of ``video`` (``uint8`` pixels scaled to ``[0, 1]``), or of the batch's clips
-        from the feature cache (``batch["video_key"]``) unless ``use_cache=False`` (changed pixels: MVM)."""
-        video = pixels_to_float(video)
-        keys = batch.get("video_key") if batch is not None else None
-        if self.feature_cache is not None and use_cache and (keys is not None or isinstance(video, list)):
-            return self.feature_cache.encode(video, keys, device=self.device)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and "backbone" not in self.frozen_parts):
-            return self.backbone(video)
-
-    def fuse(
-        self, video: VideoFeatures, text: TextFeatures, run_fusion: bool = True
-    ) -> tuple[SamplerOutput | None, FusionOutput]:
-        """Sampler and fusion; the output carries the video features it was given (``extras``
-        ``["video_features"]``). ``run_fusion=False`` (a head reading unimodal features): no fusion."""
-        sampled = self.sampler(video, text) if self.sampler is not None else None
-        given = sampled.video if sampled is not None else video
-        unfused = None if run_fusion else FusionOutput(pooled=given.cls.mean(1), tokens=given.flat_tokens())
-        fused = unfused or self.fusion(given, text)
-        fused.extras.setdefault("video_features", given)
-        return sampled, fused
-
-    def forward_features(
-        self, video: VideoFeatures, text: TextFeatures, targets: Sequence[str] | None = None
-    ) -> ModelOutput:
-        """Sampler, fusion and head on encoded inputs; ``targets`` go to a head that trains on text. A
-        head with ``uses_fusion = False`` reads the video features unfused (objectives call :meth:`fuse`)."""
-        run_fusion = self.head is None or getattr(self.head, "uses_fusion", True)
-        sampled, fused = self.fuse(video, text, run_fusion=run_fusion)
-        # a head written before heads took targets keeps working: they are passed only when there are some
-        head = self.head(fused, text) if targets is None else self.head(fused, text, targets=list(targets))
-        return ModelOutput(video=video, text=text, fused=fused, head=head, sampled=sampled)
-
-    def forward(self, batch: dict[str, Any]) -> ModelOutput:
-        if not self.runs_forward:
-            raise ConfigError(
-                f"this model has no forward of its own: its objectives ({', '.join(self.objectives.keys())}) "
-                f"compute everything themselves; it trains and validates, but cannot answer questions"
-            )
-        video = self.encode_video(batch["video"], batch)
-        if self.head.task == "multiple_choice" and "options" in batch:
-            return self.forward_multiple_choice(video, batch)
-        return self.forward_features(video, self.encode_text(batch[self.text_field]), self.targets(batch))
-
-    def targets(self, batch: dict[str, Any]) -> list[str] | None:
-        """The answer strings a generating head trains on (teacher forcing), if the batch has them."""
-        if self.head is None or self.head.task != "generate" or "answer" not in batch:
-            return None
-        return list(batch["answer"])
-
-    def forward_multiple_choice(self, video: VideoFeatures, batch: dict[str, Any]) -> ModelOutput:
-        """Score each (question, option) pair; logits come back as ``(b, options)``."""
-        options: list[list[str]] = batch["options"]
-        n = len(options[0])
-        if any(len(o) != n for o in options):
-            raise ValueError("multiple choice: every question in a batch needs the same number of options")
-        texts = [t for q, opts in zip(batch["question"], options) for t in pair_texts(q, opts)]
-        out = self.forward_features(video.repeat_interleave(n), self.encode_text(texts))
-        out.head.logits = out.head.logits.reshape(len(options), n)
-        return out
 
     def loss(self, batch: dict[str, Any], out: ModelOutput | None, stage: str) -> Tensor:
         """The objectives' weighted sum; each objective's terms are logged as ``<stage>/<name>[_<term>]``."""

@@ -175,13 +175,15 @@ _builtins_imported = False
 
 
 def import_builtin_parts() -> None:
-    """Import every built-in part package so that its decorators run (once)."""
+    """Import every built-in part (the modules each kind's package names in ``PARTS``) so that its
+    decorators run (once)."""
     global _builtins_imported
     if _builtins_imported:
         return
     _builtins_imported = True
     for pkg in _BUILTIN_PACKAGES:
-        importlib.import_module(f"vqa_components.{pkg}")
+        for module in importlib.import_module(f"vqa_components.{pkg}").PARTS:
+            importlib.import_module(f"vqa_components.{pkg}.{module}")
 
 
 _plugins_loaded = False

@@ -6,7 +6,11 @@ Two kinds of tokenizer are used:
   ``open_clip``, selected by ``tokenizer_path: clip_bpe`` (:data:`CLIP_BPE`);
 * **a ``transformers`` tokenizer** from a local folder, a WordPiece ``vocab.txt``, or a Hugging
   Face model id read through the hub cache as ``AutoTokenizer.from_pretrained(id)`` does
-  (:func:`load_tokenizer`; nothing is downloaded unless an id is named).
+  (:func:`load_tokenizer`; nothing is downloaded unless an id is named);
+* **T5's own SentencePiece vocabulary** (``t5-base``'s 32,000 pieces and 100 sentinels): the hub
+  id, a folder that ``save_pretrained`` wrote, or a bare ``spiece.model`` (a file, or a folder
+  holding one and no ``tokenizer.json``), read by :func:`t5_sentencepiece_tokenizer` without the
+  ``protobuf`` package that ``transformers`` 5 needs for that file.
 
 :func:`encode_batch` and :func:`count_tokens` tokenize a batch and count a text's tokens the same
 way for both, so that an encoder, the head and the long-question screen
@@ -15,7 +19,10 @@ way for both, so that an encoder, the head and the long-question screen
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import inspect
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +41,27 @@ def clip_bpe_counts(bpe: Any, texts: Sequence[str]) -> list[int]:
     return [len(bpe.encode(t)) + 2 for t in texts]
 
 
+def open_clip_tokenizer_module() -> Any:
+    """open_clip's ``tokenizer`` module. Read from its file when open_clip is not imported yet: the
+    package's ``__init__`` imports its models, timm and torchvision (4 s of a 5 s ``vqa ask``), and the
+    tokenizer module imports none of them (only ``ftfy``, ``regex``, ``numpy`` and ``torch``)."""
+    if "open_clip" in sys.modules or _OPEN_CLIP_TOKENIZER in sys.modules:
+        return sys.modules.get(_OPEN_CLIP_TOKENIZER) or importlib.import_module("open_clip.tokenizer")
+    spec = importlib.util.find_spec("open_clip")  # finds the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        return importlib.import_module("open_clip.tokenizer")  # not installed: that import names it
+    path = Path(next(iter(spec.submodule_search_locations))) / "tokenizer.py"
+    module_spec = importlib.util.spec_from_file_location(_OPEN_CLIP_TOKENIZER, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[_OPEN_CLIP_TOKENIZER] = module
+    module_spec.loader.exec_module(module)
+    return module
+
+
+#: the name open_clip's tokenizer module is kept under when read alone
+_OPEN_CLIP_TOKENIZER = "vqa_components._open_clip_tokenizer"
+
+
 class ClipBPETokenizer:
     """Wraps ``open_clip``'s ``SimpleTokenizer`` (49,408-token BPE vocabulary).
 
@@ -47,9 +75,7 @@ class ClipBPETokenizer:
     """
 
     def __init__(self, context_length: int = 77) -> None:
-        from open_clip.tokenizer import SimpleTokenizer
-
-        self._tok = SimpleTokenizer(context_length=context_length)
+        self._tok = open_clip_tokenizer_module().SimpleTokenizer(context_length=context_length)
         self.context_length = context_length
         self.sot_token_id = self._tok.sot_token_id
         self.eot_token_id = self._tok.eot_token_id
@@ -75,15 +101,129 @@ class ClipBPETokenizer:
         return self._tok.decode(keep).strip()
 
 
+#: T5's SentencePiece model file, as its hub repositories and ``save_pretrained`` name it
+SPIECE = "spiece.model"
+#: the first three pieces of T5's SentencePiece model: ids 0, 1, 2 (padding, end, unknown)
+T5_SPECIAL_PIECES = ("<pad>", "</s>", "<unk>")
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+
+
+def _proto_fields(buf: bytes) -> list[tuple[int, int | bytes]]:
+    """``(field number, value)`` of a serialised protobuf message (varints as ints, the rest as bytes)."""
+    fields: list[tuple[int, int | bytes]] = []
+    i = 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        wire = key & 7
+        if wire == 0:
+            value, i = _varint(buf, i)
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, i = buf[i : i + size], i + size
+        elif wire == 2:
+            size, i = _varint(buf, i)
+            value, i = buf[i : i + size], i + size
+        else:
+            raise ValueError(f"protobuf wire type {wire} is not used by SentencePiece models")
+        fields.append((key >> 3, value))
+    return fields
+
+
+def read_sentencepiece_model(path: str | Path) -> tuple[list[tuple[str, float]], bytes | None, int]:
+    """``(pieces with their scores, precompiled normaliser charsmap, model type)`` of a SentencePiece
+    ``.model`` file, read from its protobuf ``ModelProto`` (``pieces`` = 1: ``piece`` 1, ``score`` 2;
+    ``trainer_spec`` = 2: ``model_type`` 3, 1 = unigram; ``normalizer_spec`` = 3:
+    ``precompiled_charsmap`` 2) without the ``protobuf`` package."""
+    import struct
+
+    pieces: list[tuple[str, float]] = []
+    charsmap: bytes | None = None
+    model_type = 1  # the proto's default: unigram
+    for number, value in _proto_fields(Path(path).read_bytes()):
+        if number == 1 and isinstance(value, bytes):
+            inner = dict(_proto_fields(value))
+            score = inner.get(2, b"\0\0\0\0")
+            pieces.append((bytes(inner.get(1, b"")).decode("utf-8"), struct.unpack("<f", score)[0]))
+        elif number == 2 and isinstance(value, bytes):
+            model_type = int(dict(_proto_fields(value)).get(3, 1))
+        elif number == 3 and isinstance(value, bytes):
+            charsmap = dict(_proto_fields(value)).get(2) or None
+    return pieces, charsmap, model_type
+
+
+def t5_sentencepiece_tokenizer(path: str | Path, owner: str = "t5", extra_ids: int = 100) -> Any:
+    """T5's tokenizer from its SentencePiece model ``spiece.model`` (the file, or a folder holding it).
+
+    What ``transformers`` builds from that file when ``protobuf`` is installed, built without it
+    (:func:`read_sentencepiece_model`): the model's pieces and scores in their order (``<pad>`` 0,
+    ``</s>`` 1, ``<unk>`` 2), its normaliser, then ``extra_ids`` sentinels ``<extra_id_99>`` ...
+    ``<extra_id_0>``, and ``</s>`` closing every text. A model of another layout (not unigram, other
+    special pieces) is refused in one line. ``transformers`` 4's ``T5Tokenizer`` reads the file itself
+    (with ``sentencepiece``).
+    """
+    import json
+
+    from transformers import T5Tokenizer
+
+    p = Path(path).expanduser()
+    file = p / SPIECE if p.is_dir() else p
+    config = file.parent / "tokenizer_config.json"
+    if config.is_file():
+        extra_ids = int(json.loads(config.read_text(encoding="utf-8")).get("extra_ids", extra_ids))
+    if "vocab" not in inspect.signature(T5Tokenizer.__init__).parameters:  # transformers 4
+        return T5Tokenizer(vocab_file=str(file), extra_ids=extra_ids)
+    try:
+        pieces, charsmap, model_type = read_sentencepiece_model(file)
+    except (ValueError, IndexError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{owner}: {file} is not a SentencePiece model ({exc})") from None
+    if model_type != 1 or tuple(piece for piece, _ in pieces[:3]) != T5_SPECIAL_PIECES:
+        kind = "unigram" if model_type == 1 else f"model type {model_type}"
+        this = ", ".join([kind] + [piece for piece, _ in pieces[:3]])
+        raise ValueError(
+            f"{owner}: {file} is not laid out as T5's SentencePiece model (a unigram model whose first "
+            f"pieces are {', '.join(T5_SPECIAL_PIECES)}; this one: {this})"
+        )
+    sentinels = [(f"<extra_id_{i}>", 0.0) for i in range(extra_ids - 1, -1, -1)]
+    return T5Tokenizer(vocab=pieces + sentinels, _spm_precompiled_charsmap=charsmap, extra_ids=extra_ids)
+
+
+def _cached_spiece_only(repo_id: str) -> Path | None:
+    """``spiece.model`` of the hub repository ``repo_id`` when the cache holds it but no ``tokenizer.json``
+    (``google/t5-v1_1-base`` ships none), else ``None``: then ``AutoTokenizer`` reads the repository."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, "tokenizer.json"), str):
+        return None
+    spiece = try_to_load_from_cache(repo_id, SPIECE)
+    return Path(spiece) if isinstance(spiece, str) else None
+
+
 def load_tokenizer(path: str | Path, owner: str = "hf_transformer") -> Any:
-    """A tokenizer from a local folder (``AutoTokenizer``), a WordPiece ``vocab.txt`` file, or a
-    Hugging Face model id (``AutoTokenizer.from_pretrained(id)`` through the hub cache; its errors
-    as one line, :func:`~vqa_components.weights.from_hub`)."""
+    """A tokenizer from a local folder (``AutoTokenizer``), a WordPiece ``vocab.txt`` file, T5's
+    ``spiece.model`` (:func:`t5_sentencepiece_tokenizer`: the file, or a folder holding it and no
+    ``tokenizer.json``), or a Hugging Face model id (``AutoTokenizer.from_pretrained(id)`` through the
+    hub cache; its errors as one line, :func:`~vqa_components.weights.from_hub`)."""
     from transformers import AutoTokenizer, BertTokenizerFast
 
     p = local_or_hub(path, "tokenizer_path", owner)
     if isinstance(p, str):
+        spiece = _cached_spiece_only(p)
+        if spiece is not None:
+            return t5_sentencepiece_tokenizer(spiece, owner)
         return from_hub(lambda: AutoTokenizer.from_pretrained(p), owner, "tokenizer_path", p)
+    spiece_only = p.is_dir() and (p / SPIECE).is_file() and not (p / "tokenizer.json").is_file()
+    if p.suffix == ".model" or spiece_only:
+        return t5_sentencepiece_tokenizer(p, owner)
     if p.is_file():
         # transformers >= 5 takes ``vocab`` (a dict or file) and silently ignores ``vocab_file``;
         # 4.x takes ``vocab_file``. Pass what this version understands.

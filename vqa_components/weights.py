@@ -45,12 +45,14 @@ module, so that there is one reader and one error for a file that does not fit:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import json
 import logging
 import os
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -234,15 +236,51 @@ def pretrained_model(from_pretrained: Callable[..., T], pretrained_path: str | P
     (:func:`local_or_hub`) read by ``from_pretrained(id)`` through the hub cache (:func:`from_hub`;
     ``weights_source`` ``hf-hub:ID``). ``where`` is the folder or the id (the tokenizer's default)."""
     where = local_or_hub(pretrained_path, "pretrained_path", owner)
+    if _WEIGHTS_LOADED_LATER.get():  # the architecture only: its config.json, random weights
+        return _from_config(from_pretrained, where, owner), f"config of {where}", where
     if isinstance(where, str):  # a hub id, through the hub cache as transformers resolves it
         return from_hub(lambda: from_pretrained(where), owner, "pretrained_path", where), hub_source(where), where
     check_model_folder(where, owner)
     return from_pretrained(str(where), local_files_only=True), str(where), where
 
 
+def _from_config(from_pretrained: Callable[..., T], where: Path | str, owner: str) -> T:
+    """The model ``from_pretrained`` would load, built from the folder's or hub id's ``config.json``."""
+    from transformers import AutoConfig
+
+    if isinstance(where, str):
+        config = from_hub(lambda: AutoConfig.from_pretrained(where), owner, "pretrained_path", where)
+    else:
+        config = AutoConfig.from_pretrained(str(where), local_files_only=True)
+    cls = from_pretrained.__self__  # the model class (or AutoModel) whose from_pretrained was given
+    return cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(config)
+
+
 def hub_source(repo_id: str, filename: str | None = None) -> str:
     """What a part records as ``weights_source`` for weights read by name: ``hf-hub:REPO[/FILE]``."""
     return f"hf-hub:{repo_id}" + (f"/{filename}" if filename else "")
+
+
+_WEIGHTS_LOADED_LATER: contextvars.ContextVar[bool] = contextvars.ContextVar("weights_loaded_later", default=False)
+
+
+@contextlib.contextmanager
+def weights_loaded_later() -> Iterator[None]:
+    """Build parts whose every weight the caller loads afterwards (a model folder's
+    ``model.safetensors``): pretrained names (open_clip tags, timm ``pretrained``) are not looked up,
+    and a transformers ``pretrained_path`` folder needs only its ``config.json`` (the model is built
+    from it with random weights)."""
+    token = _WEIGHTS_LOADED_LATER.set(True)
+    try:
+        yield
+    finally:
+        _WEIGHTS_LOADED_LATER.reset(token)
+
+
+def reads_pretrained_weights() -> bool:
+    """Whether a part being built reads the weights its pretrained name points at: not on the meta
+    device (:func:`building_on_meta`), not inside :func:`weights_loaded_later`."""
+    return not building_on_meta() and not _WEIGHTS_LOADED_LATER.get()
 
 
 def building_on_meta() -> bool:
@@ -354,7 +392,7 @@ def open_clip_pretrained(
                           f"(pretrained, hf-hub:); give its weights as checkpoint")
     if checkpoint is not None and pretrained:
         log.info("%s: checkpoint %s replaces the weights of %s %s", owner, checkpoint, model_name, pretrained)
-    download = checkpoint is None and not building_on_meta()
+    download = checkpoint is None and reads_pretrained_weights()
 
     if model_name.startswith("hf-hub:"):
         repo = model_name[len("hf-hub:") :]

@@ -177,6 +177,8 @@ def test_errors(tmp_path, vocab_file, monkeypatch):
         TextDecoderHead(in_dim=8, pretrained_path="google/t5-small")
     with pytest.raises(FileNotFoundError, match="not a local path"):
         TextDecoderHead(in_dim=8, pretrained_path=str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="text_decoder: give pretrained_path .* or config .*, not both"):
+        TextDecoderHead(in_dim=8, pretrained_path="t5-base", config=T5)  # no silent choice of one
     with pytest.raises(ValueError, match="max_answer_tokens"):
         head(vocab_file, max_answer_tokens=1)
 

@@ -1,11 +1,14 @@
-"""The paper recipes at full size, offline (no pretrained weights reachable here).
+"""The paper recipes at full size, offline: their pretrained weights come from a temporary Hugging
+Face cache that the tests fill themselves (:func:`helpers.paper_hub_cache`).
 
 Every paper recipe is built on the meta device and runs a forward and backward on fake tensors
 (:func:`helpers.fake_training_step`): every part and width as written, shapes checked, no values.
-The fast tier does one recipe per paper family, the slow tier all of them, plus one real training
-step per family at the recipe's own frame count and size (the frozen CLIP tower keeps its random
-weights, ``allow_random_frozen``; a later stage trains from scratch, ``init_parts: null``).
-``vqa profile`` figures are pinned where a paper states them.
+On the meta device no weights are looked up; the co-tokenization recipes' ``t5-base`` gives its
+``config.json`` and tokenizer, which the cache holds (a SentencePiece model trained here). The fast
+tier does one recipe per paper family, the slow tier all of them, plus one real training step per
+family at the recipe's own frame count and size, its named weights read from a cache holding random
+weights of the right architectures (a later stage trains without its earlier one, ``init_parts:
+null``). ``vqa profile`` figures are pinned where a paper states them.
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ from helpers import (
     ROOT,
     build_on_meta,
     fake_training_step,
+    paper_family,
+    paper_hub_cache,
     recipe_config,
     run_vqa,
+    use_hub_cache,
     vocab_args,
 )
 
@@ -37,6 +43,18 @@ FAMILIES = {
 #: first stages whose objective trains its own encoder (E-ViLM's tokenizer): the model has no forward to
 #: wire; their objective trains in tests/recipes/test_fits.py (recipes/evilm/tiny/tokenizer.yaml)
 NO_FORWARD = [r for r in PAPER if "backbone" not in recipe_config(r)["model"]]
+
+
+@pytest.fixture(scope="module")
+def meta_hub(tmp_path_factory):
+    """What the paper recipes read when built on the meta device: ``t5-base``'s config and tokenizer
+    (open_clip and timm read nothing there)."""
+    return paper_hub_cache(tmp_path_factory.mktemp("hub"), "cotok", weights=False)
+
+
+@pytest.fixture(autouse=True)
+def offline_hub(meta_hub, monkeypatch):
+    use_hub_cache(monkeypatch, meta_hub)
 
 
 def test_only_the_tokenizer_recipes_have_no_forward():
@@ -88,15 +106,15 @@ def paper_size_data(recipe: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", list(FAMILIES.values()))
-def test_one_real_training_step_per_family_at_paper_size(recipe, tmp_path, request):
+def test_one_real_training_step_per_family_at_paper_size(recipe, tmp_path, request, monkeypatch):
     model = recipe_config(recipe)["model"]
     if "name: x3d" in (ROOT / recipe).read_text():  # X3D's depthwise 3-D convolutions crawl on 2 contended threads
         request.getfixturevalue("one_thread")
+    use_hub_cache(monkeypatch, paper_hub_cache(tmp_path / "hub", paper_family(recipe)))  # its named weights
     args = ["fit", "--config", ROOT / recipe, f"--trainer.default_root_dir={tmp_path}", "--data.dataset=synthetic_vqa",
             paper_size_data(recipe), "--data.batch_size=2", "--data.num_workers=0", "--trainer.precision=32-true",
             "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", "--trainer.fast_dev_run=1",
-            "--model.allow_random_frozen=true", "--trainer.callbacks+=helpers.EveryParameterLearns",
-            *vocab_args(recipe, tmp_path)]
+            "--trainer.callbacks+=helpers.EveryParameterLearns", *vocab_args(recipe, tmp_path)]
     if model.get("head", {}).get("name") == "answer_classifier":
         args.append("--model.head.init_args.num_answers=16")  # the embedded benchmark's answers
     if model.get("init_parts"):
@@ -159,19 +177,24 @@ def test_meta_profile_counts_what_vqa_profile_counts():
 
 
 @pytest.mark.slow
-def test_paper_recipe_without_its_weights_stops_before_training(tmp_path, capsys):
-    """What a user who runs a fine-tuning recipe as shipped sees: first the missing pretraining
-    checkpoint, then (training from scratch) the frozen CLIP tower's missing weights; one line each."""
+def test_paper_recipe_without_its_weights_stops_before_training(tmp_path, capsys, monkeypatch):
+    """What a user who runs a fine-tuning recipe as shipped sees, one line each: first the frozen CLIP
+    tower's weights missing from the Hugging Face cache, then (the cache filled) the missing
+    pretraining checkpoint."""
     recipe = "recipes/videodistill/finetune_msvd_qa.yaml"
     args = ["fit", "--config", ROOT / recipe, f"--trainer.default_root_dir={tmp_path}", "--data.dataset=synthetic_vqa",
             "--data.dataset_args={num_train: 4, num_val: 2, num_test: 2, clip_frames: 4, num_frames: 4, frame_size: 32}",
             "--model.backbone.init_args.image_size=32", "--model.head.init_args.num_answers=16"]
+    empty = use_hub_cache(monkeypatch, tmp_path / "empty_hub")
     capsys.readouterr()
     assert run_vqa(*args)[0] == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("vqa: error: init_parts ['text_encoder', 'sampler', 'fusion'] is set but init_from")
-    assert run_vqa(*args, "--model.init_parts=null")[0] == 2
+    repo = "timm/vit_base_patch16_clip_224.openai"
+    assert err[-1].startswith(f"vqa: error: open_clip backbone: pretrained 'ViT-B-16 openai' (hub id {repo}) "
+                              f"is not in the Hugging Face cache {empty}")
+    use_hub_cache(monkeypatch, paper_hub_cache(tmp_path / "hub", "videodistill"))
+    assert run_vqa(*args)[0] == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("vqa: error: frozen part(s) backbone still have their random initialisation")
-    assert "--model.backbone.checkpoint /path/to/open_clip_pytorch_model.bin" in err[-1]
+    parts = ["text_encoder", "sampler", "fusion"]
+    assert err[-1].startswith(f"vqa: error: init_parts {parts} is set but init_from")
     assert not list(tmp_path.rglob("*.ckpt"))

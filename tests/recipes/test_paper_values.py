@@ -90,7 +90,8 @@ def test_evilm_recipe_lists_are_complete():
 def test_evilm_model_is_edgenext_small_tiny_bert_and_a_4_block_decoder_of_384(path):
     model = load(path)["model"]
     # "our visual encoder (EdgeNext_small) only consumes 1.26G FLOPs for one 256x256 frame" (section 4.1)
-    assert model["backbone"]["name"] == "timm" and model["backbone"]["model_name"] == "edgenext_small"
+    backbone = model["backbone"]
+    assert backbone["name"] == "timm" and backbone["model_name"].partition(".")[0] == "edgenext_small"
     # "we adopt a tiny BERT variation with decreased hidden size (128) and fewer attention heads per layer (4)"
     text = model["text_encoder"]
     assert text["name"] == "bert"
@@ -221,6 +222,9 @@ def test_videodistill_clip_towers_frames_and_optimizer(path):
     # "In the text branch, we utilize the text encoder from CLIP with a maximum sequence length of 77."
     text = model["text_encoder"]
     assert (text["name"], text["model_name"], text["context_length"]) == ("open_clip", "ViT-B-16", 77)
+    # "A text is first tokenized and then fed into the pretrained text encoder of CLIP"; [54] is Radford et
+    # al. 2021, OpenAI's CLIP: both towers start from its weights (open_clip's tag openai)
+    assert model["backbone"]["pretrained"] == text["pretrained"] == "openai"
     # "We resize all video clips (as well as downstream videos) to 256p while preserving the aspect
     # ratio" ... "We randomly sample 100 frames as input during pretraining and evenly sample 100
     # frames for downstream tasks." ... "random crop a 224x224 region" (appendix B)

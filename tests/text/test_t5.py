@@ -157,6 +157,8 @@ def test_bad_paths_give_one_clear_error(tmp_path, vocab_file, monkeypatch):
         T5TextEncoder(config=TINY_T5)
     with pytest.raises(ValueError, match="t5 needs pretrained_path"):
         T5TextEncoder()
+    with pytest.raises(ValueError, match="t5: give pretrained_path .* or config .*, not both"):
+        T5TextEncoder(pretrained_path="t5-base", config=TINY_T5)  # no silent choice of one
 
 
 def test_clip_bpe_vocabulary_of_open_clip(tmp_path):
@@ -180,3 +182,136 @@ def test_clip_bpe_vocabulary_of_open_clip(tmp_path):
     assert again.weights_source == str(folder) and torch.equal(again.encode(texts).tokens, out.tokens)
     with pytest.raises(ValueError, match="vocab_size=100 is smaller"):
         T5TextEncoder(config={**TINY_T5, "vocab_size": 100}, tokenizer_path="clip_bpe")
+
+
+# ------------------------------------------------ T5's own SentencePiece vocabulary (the cotok recipes')
+#: a tiny T5 of the hub's layout: T5's special ids (padding 0, end 1; the decoder starts from padding)
+TINY_T5_REPO = {**TINY_T5, "num_layers": 1, "num_decoder_layers": 1, "pad_token_id": 0, "eos_token_id": 1,
+                "decoder_start_token_id": 0}  # fmt: skip
+ANSWERS = ["red", "two cats", "left", "the blue square"]
+
+
+@pytest.fixture(scope="module")
+def spiece(tmp_path_factory) -> Path:
+    from helpers import sentencepiece_model
+
+    return sentencepiece_model(tmp_path_factory.mktemp("spm"))
+
+
+@pytest.fixture(scope="module")
+def t5_hub(tmp_path_factory, spiece) -> Path:
+    """A hub cache holding, as ``t5-base``, a tiny random T5 with the tokenizer files made from ``spiece``."""
+    from helpers import t5_repository
+
+    cache = tmp_path_factory.mktemp("hub")
+    t5_repository(cache, "t5-base", spiece, {**TINY_T5_REPO, "vocab_size": 320 + 100})
+    return cache
+
+
+def sentencepiece_ids(spiece: Path, texts: list[str]) -> list[list[int]]:
+    """What the SentencePiece model itself makes of ``texts``, closed with T5's end id (1)."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(spiece))
+    return [sp.encode(t) + [1] for t in texts]
+
+
+def test_t5s_sentencepiece_model_is_read_as_t5_reads_it(spiece, tmp_path):
+    """A bare ``spiece.model`` (the file, or a folder holding only it) gives T5's tokenizer: the model's
+    own ids, then the 100 sentinels, ``</s>`` closing each text; ``save_pretrained`` keeps it."""
+    import sentencepiece as spm
+
+    from vqa_components.tokenizers import load_tokenizer, read_sentencepiece_model
+
+    sp = spm.SentencePieceProcessor(model_file=str(spiece))
+    pieces, charsmap, model_type = read_sentencepiece_model(spiece)
+    ids = range(sp.get_piece_size())
+    assert model_type == 1 and [p for p, _ in pieces] == [sp.id_to_piece(i) for i in ids]
+    assert [s for _, s in pieces] == pytest.approx([sp.get_score(i) for i in ids])
+    assert charsmap  # the model's NFKC normaliser, applied as SentencePiece applies it
+    texts = [*TEXTS, "ＷＨＡＴ  is\tthe ﬁne man?", "zzqx unknown ✓"]
+    folder = tmp_path / "spiece_only"
+    folder.mkdir()
+    (folder / "spiece.model").write_bytes(spiece.read_bytes())
+    for path in (spiece, folder):
+        enc = T5TextEncoder(config=TINY_T5, tokenizer_path=str(path), max_length=64)
+        ids, mask = enc.tokenize(texts).values()
+        assert [row[m].tolist() for row, m in zip(ids, mask)] == sentencepiece_ids(spiece, texts)
+        n = sp.get_piece_size()
+        assert enc.vocab_size == n + 100 and (enc.pad_token_id, enc.tokenizer.eos_token_id) == (0, 1)
+        # T5's order: the sentinels after the pieces, <extra_id_0> last
+        assert enc.mask_token_id == n + 99 == enc.tokenizer.convert_tokens_to_ids("<extra_id_0>")
+        assert enc.tokenizer.convert_tokens_to_ids("<extra_id_99>") == n
+    enc.tokenizer.save_pretrained(tmp_path / "saved")
+    again = load_tokenizer(tmp_path / "saved", "t5")
+    assert again(texts)["input_ids"] == sentencepiece_ids(spiece, texts)
+
+
+def test_a_sentencepiece_model_not_laid_out_as_t5s_is_refused(tmp_path):
+    import io
+
+    import sentencepiece as spm
+
+    from vqa_components.tokenizers import load_tokenizer
+
+    model = io.BytesIO()
+    # SentencePiece's default layout: <unk> 0, <s> 1, </s> 2
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(TEXTS * 50), model_writer=model, vocab_size=30,
+                                   minloglevel=2, hard_vocab_limit=False)
+    (tmp_path / "other.model").write_bytes(model.getvalue())
+    with pytest.raises(ValueError, match=r"t5: .*other.model is not laid out as T5's SentencePiece model"):
+        load_tokenizer(tmp_path / "other.model", "t5")
+    (tmp_path / "broken.model").write_bytes(b"\xff\xff\xff")
+    with pytest.raises(ValueError, match="broken.model is not a SentencePiece model"):
+        load_tokenizer(tmp_path / "broken.model", "t5")
+
+
+def test_t5_base_from_the_hub_cache_runs_with_t5s_own_vocabulary_end_to_end(t5_hub, spiece, monkeypatch):
+    """The co-tokenization recipes' text parts, ``pretrained_path: t5-base`` for the encoder and the
+    text_decoder head, read from a hub cache holding a tiny T5 with a SentencePiece vocabulary trained
+    here: the questions and the decoder's labels are the SentencePiece model's ids, a training step of
+    a model gives a finite loss and gradients in both, and the head learns to generate the answers'
+    text (the end token stops generation, decoding drops the special tokens)."""
+    import torch.nn.functional as F
+    from helpers import D, tiny_batch, tiny_model, use_hub_cache
+
+    from vqa_components import create
+    from vqa_components.heads.text_decoder import IGNORE, TextDecoderHead
+    from vqa_components.interfaces import FusionOutput
+
+    use_hub_cache(monkeypatch, t5_hub)
+    torch.manual_seed(0)
+    enc = T5TextEncoder(pretrained_path="t5-base")
+    head = TextDecoderHead(in_dim=D, pretrained_path="t5-base")
+    assert enc.weights_source == head.weights_source == "hf-hub:t5-base"
+    assert type(enc.tokenizer).__name__ == type(head.tokenizer).__name__ == "T5Tokenizer"
+    ids, mask = enc.tokenize(TEXTS).values()
+    assert [row[m].tolist() for row, m in zip(ids, mask)] == sentencepiece_ids(spiece, TEXTS)
+    assert (ids[~mask] == 0).all() and (head.pad_id, head.eos_id, head.start_id) == (0, 1, 0)
+    labels = head.target_ids(ANSWERS)
+    expected = sentencepiece_ids(spiece, ANSWERS)
+    assert [row[row != IGNORE].tolist() for row in labels] == expected
+    assert (labels[0, len(expected[0]) :] == IGNORE).all()  # padding of the shorter targets
+
+    fusion = create("fusion", "cross_attention", video_dim=D, text_dim=enc.out_dim, dim=D, num_layers=1,
+                    num_heads=2)
+    objective = create("objective", "answer_cross_entropy")
+    model = tiny_model(text_encoder=enc, fusion=fusion, head=head, objectives=[objective])
+    batch = {**tiny_batch(), "answer": ANSWERS[:3]}
+    loss = model.loss(batch, model(batch), "train")
+    assert torch.isfinite(loss)
+    loss.backward()
+    for part in (enc, head):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+
+    tokens = torch.randn(4, 3, D)
+    fused = FusionOutput(pooled=tokens.mean(1), tokens=tokens)
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-2)
+    for _ in range(60):
+        out = head(fused, None, targets=ANSWERS)
+        loss = F.cross_entropy(out.logits.flatten(0, 1), out.target_ids.flatten(), ignore_index=IGNORE)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    head.eval()
+    assert head.generate(fused) == ANSWERS

@@ -72,8 +72,8 @@ from vqa_components.interfaces import Backbone, VideoFeatures
 from vqa_components.registry import BACKBONES
 from vqa_components.weights import (
     TIMM_WEIGHT_FILES,
-    building_on_meta,
     load_weights,
+    reads_pretrained_weights,
     timm_pretrained_cfg,
     timm_pretrained_file,
 )
@@ -256,7 +256,7 @@ class TimmBackbone(Backbone):
     def load_pretrained(self) -> None:
         """Load timm's pretrained weights of ``model_name`` from the hub cache
         (:func:`~vqa_components.weights.timm_pretrained_file`; on the meta device only the source is recorded)."""
-        source, path = timm_pretrained_file(self.model_name, download=not building_on_meta())
+        source, path = timm_pretrained_file(self.model_name, download=reads_pretrained_weights())
         if path is not None:
             load_timm_weights(self.model, path, self.model_name, self.pruned_keys)
         self.weights_source = source

@@ -1,11 +1,42 @@
-"""Datasets (each registered in ``DATASETS``), video decoding, annotations and the DataModule."""
+"""Datasets (each registered in ``DATASETS``), video decoding, annotations and the DataModule.
 
-from vqa_components.data import benchmarks  # registers the benchmark adapters
-from vqa_components.data.annotations import AnnotationError, QARecord, load_qa_annotations
-from vqa_components.data.datamodule import SkippedSample, VideoQADataModule, collate_videoqa
-from vqa_components.data.dataset import VideoQADataset
-from vqa_components.data.synthetic import CHANCE_LEVEL, FAMILIES, SYNTHETIC_ANSWERS, SyntheticVQADataset
-from vqa_components.data.video_io import VideoDecodeError, read_video_frames, read_video_streams, write_video
+Names are imported when first used, so that reading a video (``vqa ask``) does not import the
+DataModule and Lightning. The registry imports the modules named in ``PARTS`` (the datasets).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+PARTS = ("dataset", "synthetic", "benchmarks")
+
+_LAZY = {
+    "CHANCE_LEVEL": "synthetic",
+    "FAMILIES": "synthetic",
+    "SYNTHETIC_ANSWERS": "synthetic",
+    "SyntheticVQADataset": "synthetic",
+    "AnnotationError": "annotations",
+    "QARecord": "annotations",
+    "load_qa_annotations": "annotations",
+    "SkippedSample": "datamodule",
+    "VideoQADataModule": "datamodule",
+    "collate_videoqa": "datamodule",
+    "VideoQADataset": "dataset",
+    "VideoDecodeError": "video_io",
+    "read_video_frames": "video_io",
+    "read_video_streams": "video_io",
+    "write_video": "video_io",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"vqa_components.data.{_LAZY[name]}"), name)
+    if name == "benchmarks":
+        return importlib.import_module("vqa_components.data.benchmarks")
+    raise AttributeError(f"module 'vqa_components.data' has no attribute {name!r}")
+
 
 __all__ = [
     "CHANCE_LEVEL",

