@@ -234,10 +234,13 @@ def pretrained_model(from_pretrained: Callable[..., T], pretrained_path: str | P
     """``(model, weights_source, where)`` of a transformers ``pretrained_path``: a local model folder
     (:func:`check_model_folder`, then ``from_pretrained(folder, local_files_only=True)``), or a hub id
     (:func:`local_or_hub`) read by ``from_pretrained(id)`` through the hub cache (:func:`from_hub`;
-    ``weights_source`` ``hf-hub:ID``). ``where`` is the folder or the id (the tokenizer's default)."""
+    ``weights_source`` ``hf-hub:ID``). ``where`` is the folder or the id (the tokenizer's default).
+    On the meta device and inside :func:`weights_loaded_later` only its ``config.json`` is read and the
+    model built from it (random weights; ``weights_source`` says where the weights would come from)."""
     where = local_or_hub(pretrained_path, "pretrained_path", owner)
-    if _WEIGHTS_LOADED_LATER.get():  # the architecture only: its config.json, random weights
-        return _from_config(from_pretrained, where, owner), f"config of {where}", where
+    if not reads_pretrained_weights():  # the architecture only, from its config.json (meta device, model folders)
+        source = hub_source(where) if isinstance(where, str) else str(where)  # where the weights would come from
+        return _from_config(from_pretrained, where, owner), source, where
     if isinstance(where, str):  # a hub id, through the hub cache as transformers resolves it
         return from_hub(lambda: from_pretrained(where), owner, "pretrained_path", where), hub_source(where), where
     check_model_folder(where, owner)

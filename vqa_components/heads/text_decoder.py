@@ -51,7 +51,7 @@ from vqa_components.metrics.exact_match import annotator_matches, exact_match
 from vqa_components.metrics.soft_accuracy import annotator_agreement
 from vqa_components.registry import HEADS
 from vqa_components.tokenizers import ClipBPETokenizer, load_tokenizer_or_clip_bpe, tokenizer_size
-from vqa_components.weights import building_on_meta, pretrained_model
+from vqa_components.weights import pretrained_model
 
 #: label of positions the loss ignores (PyTorch's and transformers' convention)
 IGNORE = -100
@@ -103,15 +103,9 @@ class TextDecoderHead(Head):
             raise ValueError("text_decoder: give pretrained_path (its own architecture) or config (a "
                              "random init), not both; on the command line set the other to null")
         if pretrained_path is not None:
-            if building_on_meta():  # the architecture of its config.json only: the weights are not looked up
-                cfg, self.weights_source, where = pretrained_model(
-                    T5Config.from_pretrained, pretrained_path, "text_decoder"
-                )
-                self.t5 = T5ForConditionalGeneration(cfg)  # as from_pretrained builds it, before it loads
-            else:
-                self.t5, self.weights_source, where = pretrained_model(
-                    T5ForConditionalGeneration.from_pretrained, pretrained_path, "text_decoder"
-                )
+            self.t5, self.weights_source, where = pretrained_model(  # on the meta device: its config only
+                T5ForConditionalGeneration.from_pretrained, pretrained_path, "text_decoder"
+            )
             self.tokenizer = load_tokenizer_or_clip_bpe(tokenizer_path or where, "text_decoder")
             size = tokenizer_size(self.tokenizer)
             if size > self.t5.config.vocab_size:

@@ -278,7 +278,7 @@ class BertTextEncoder(TokenizedTextEncoder):
         frozen: bool = False,
     ) -> None:
         super().__init__()
-        from transformers import AutoConfig, AutoModel, BertConfig, BertModel
+        from transformers import AutoModel, BertConfig, BertModel
 
         if pooling not in ("cls", "mean"):
             raise ValueError(f"bert: pooling must be 'cls' or 'mean', got {pooling!r}")
@@ -293,8 +293,7 @@ class BertTextEncoder(TokenizedTextEncoder):
                 None,
                 None,
                 AutoModel.from_pretrained,
-                # used on the meta device only: the architecture of pretrained_path's config
-                lambda cfg: AutoModel.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg)),
+                lambda cfg: None,  # never called: pretrained_path is given
             )
         else:
             if vocab_file is None:

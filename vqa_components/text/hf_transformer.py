@@ -44,7 +44,7 @@ from vqa_components.interfaces import TextFeatures
 from vqa_components.registry import TEXT_ENCODERS
 from vqa_components.text._tokenized import TokenizedTextEncoder
 from vqa_components.tokenizers import load_tokenizer, tokenizer_size
-from vqa_components.weights import building_on_meta, pretrained_model
+from vqa_components.weights import pretrained_model
 
 
 def load_local_model(
@@ -60,10 +60,8 @@ def load_local_model(
 
     ``pretrained_path`` a local model folder or a hub id: the model and its ``weights_source`` from
     :func:`~vqa_components.weights.pretrained_model`, the tokenizer from ``tokenizer_path`` or that
-    folder or id. On the meta device (``vqa profile``, wiring checks) only the model's
-    ``config.json`` is read (through the hub cache for an id) and ``from_config`` builds its
-    architecture: the weights are not looked up, ``weights_source`` says where they would come from.
-    Otherwise ``config``: the
+    folder or id (on the meta device only its ``config.json`` is read: the weights are not looked up,
+    ``weights_source`` says where they would come from). Otherwise ``config``: the
     tokenizer from ``tokenizer_path`` (required), ``vocab_size`` (at least the tokenizer's size)
     and ``pad_token_id`` default to the tokenizer's, and ``from_config(cfg)`` builds a random
     init (``weights_source`` ``None``). ``read_tokenizer(path, owner)`` reads the tokenizer (``t5``
@@ -74,13 +72,7 @@ def load_local_model(
                          f"init), not both; on the command line set the other to null")
     if pretrained_path is not None:
         # the model first, so that a missing hub id is named as pretrained_path
-        if building_on_meta():
-            from transformers import AutoConfig
-
-            cfg, source, where = pretrained_model(AutoConfig.from_pretrained, pretrained_path, owner)
-            model = from_config(cfg.to_dict())
-        else:
-            model, source, where = pretrained_model(from_pretrained, pretrained_path, owner)
+        model, source, where = pretrained_model(from_pretrained, pretrained_path, owner)
         return model, read_tokenizer(tokenizer_path or where, owner), source
     if config is None:
         raise ValueError(f"{owner} needs pretrained_path (a local model folder) or config")
