@@ -9,8 +9,7 @@ Two kinds of tokenizer are used:
   (:func:`load_tokenizer`; nothing is downloaded unless an id is named);
 * **T5's own SentencePiece vocabulary** (``t5-base``'s 32,000 pieces and 100 sentinels): the hub
   id, a folder that ``save_pretrained`` wrote, or a bare ``spiece.model`` (a file, or a folder
-  holding one and no ``tokenizer.json``), read by :func:`t5_sentencepiece_tokenizer` without the
-  ``protobuf`` package that ``transformers`` 5 needs for that file.
+  holding one and no ``tokenizer.json``), converted by transformers (:func:`t5_sentencepiece_tokenizer`).
 
 :func:`encode_batch` and :func:`count_tokens` tokenize a batch and count a text's tokens the same
 way for both, so that an encoder, the head and the long-question screen
@@ -107,94 +106,36 @@ SPIECE = "spiece.model"
 T5_SPECIAL_PIECES = ("<pad>", "</s>", "<unk>")
 
 
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buf[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, i
-        shift += 7
+def t5_sentencepiece_tokenizer(path: str | Path, owner: str = "t5") -> Any:
+    """T5's tokenizer from its SentencePiece model ``spiece.model`` (the file, or a folder holding it),
+    as ``transformers`` builds it (``T5Tokenizer.from_pretrained``, which converts the model with
+    ``sentencepiece`` and ``protobuf``): the model's pieces in their order (``<pad>`` 0, ``</s>`` 1,
+    ``<unk>`` 2), its normaliser, then 100 sentinels ``<extra_id_99>`` ... ``<extra_id_0>`` (or the
+    folder's ``tokenizer_config.json``'s ``extra_ids``), and ``</s>`` closing every text. A model of
+    another layout (other special pieces) is refused in one line."""
+    import shutil
+    import tempfile
 
-
-def _proto_fields(buf: bytes) -> list[tuple[int, int | bytes]]:
-    """``(field number, value)`` of a serialised protobuf message (varints as ints, the rest as bytes)."""
-    fields: list[tuple[int, int | bytes]] = []
-    i = 0
-    while i < len(buf):
-        key, i = _varint(buf, i)
-        wire = key & 7
-        if wire == 0:
-            value, i = _varint(buf, i)
-        elif wire in (1, 5):
-            size = 8 if wire == 1 else 4
-            value, i = buf[i : i + size], i + size
-        elif wire == 2:
-            size, i = _varint(buf, i)
-            value, i = buf[i : i + size], i + size
-        else:
-            raise ValueError(f"protobuf wire type {wire} is not used by SentencePiece models")
-        fields.append((key >> 3, value))
-    return fields
-
-
-def read_sentencepiece_model(path: str | Path) -> tuple[list[tuple[str, float]], bytes | None, int]:
-    """``(pieces with their scores, precompiled normaliser charsmap, model type)`` of a SentencePiece
-    ``.model`` file, read from its protobuf ``ModelProto`` (``pieces`` = 1: ``piece`` 1, ``score`` 2;
-    ``trainer_spec`` = 2: ``model_type`` 3, 1 = unigram; ``normalizer_spec`` = 3:
-    ``precompiled_charsmap`` 2) without the ``protobuf`` package."""
-    import struct
-
-    pieces: list[tuple[str, float]] = []
-    charsmap: bytes | None = None
-    model_type = 1  # the proto's default: unigram
-    for number, value in _proto_fields(Path(path).read_bytes()):
-        if number == 1 and isinstance(value, bytes):
-            inner = dict(_proto_fields(value))
-            score = inner.get(2, b"\0\0\0\0")
-            pieces.append((bytes(inner.get(1, b"")).decode("utf-8"), struct.unpack("<f", score)[0]))
-        elif number == 2 and isinstance(value, bytes):
-            model_type = int(dict(_proto_fields(value)).get(3, 1))
-        elif number == 3 and isinstance(value, bytes):
-            charsmap = dict(_proto_fields(value)).get(2) or None
-    return pieces, charsmap, model_type
-
-
-def t5_sentencepiece_tokenizer(path: str | Path, owner: str = "t5", extra_ids: int = 100) -> Any:
-    """T5's tokenizer from its SentencePiece model ``spiece.model`` (the file, or a folder holding it).
-
-    What ``transformers`` builds from that file when ``protobuf`` is installed, built without it
-    (:func:`read_sentencepiece_model`): the model's pieces and scores in their order (``<pad>`` 0,
-    ``</s>`` 1, ``<unk>`` 2), its normaliser, then ``extra_ids`` sentinels ``<extra_id_99>`` ...
-    ``<extra_id_0>``, and ``</s>`` closing every text. A model of another layout (not unigram, other
-    special pieces) is refused in one line. ``transformers`` 4's ``T5Tokenizer`` reads the file itself
-    (with ``sentencepiece``).
-    """
-    import json
-
+    import sentencepiece
     from transformers import T5Tokenizer
 
     p = Path(path).expanduser()
     file = p / SPIECE if p.is_dir() else p
-    config = file.parent / "tokenizer_config.json"
-    if config.is_file():
-        extra_ids = int(json.loads(config.read_text(encoding="utf-8")).get("extra_ids", extra_ids))
-    if "vocab" not in inspect.signature(T5Tokenizer.__init__).parameters:  # transformers 4
-        return T5Tokenizer(vocab_file=str(file), extra_ids=extra_ids)
     try:
-        pieces, charsmap, model_type = read_sentencepiece_model(file)
-    except (ValueError, IndexError, UnicodeDecodeError) as exc:
+        sp = sentencepiece.SentencePieceProcessor(model_file=str(file))
+    except (OSError, RuntimeError) as exc:
         raise ValueError(f"{owner}: {file} is not a SentencePiece model ({exc})") from None
-    if model_type != 1 or tuple(piece for piece, _ in pieces[:3]) != T5_SPECIAL_PIECES:
-        kind = "unigram" if model_type == 1 else f"model type {model_type}"
-        this = ", ".join([kind] + [piece for piece, _ in pieces[:3]])
+    first = tuple(sp.id_to_piece(i) for i in range(min(3, sp.get_piece_size())))
+    if first != T5_SPECIAL_PIECES:
         raise ValueError(
-            f"{owner}: {file} is not laid out as T5's SentencePiece model (a unigram model whose first "
-            f"pieces are {', '.join(T5_SPECIAL_PIECES)}; this one: {this})"
+            f"{owner}: {file} is not laid out as T5's SentencePiece model (its first pieces must be "
+            f"{', '.join(T5_SPECIAL_PIECES)}; this one's: {', '.join(first)})"
         )
-    sentinels = [(f"<extra_id_{i}>", 0.0) for i in range(extra_ids - 1, -1, -1)]
-    return T5Tokenizer(vocab=pieces + sentinels, _spm_precompiled_charsmap=charsmap, extra_ids=extra_ids)
+    if file.name == SPIECE:
+        return T5Tokenizer.from_pretrained(str(file.parent), local_files_only=True)
+    with tempfile.TemporaryDirectory() as tmp:  # from_pretrained reads the file by T5's name
+        shutil.copyfile(file, Path(tmp) / SPIECE)
+        return T5Tokenizer.from_pretrained(tmp, local_files_only=True)
 
 
 def _cached_spiece_only(repo_id: str) -> Path | None:

@@ -221,14 +221,9 @@ def test_t5s_sentencepiece_model_is_read_as_t5_reads_it(spiece, tmp_path):
     own ids, then the 100 sentinels, ``</s>`` closing each text; ``save_pretrained`` keeps it."""
     import sentencepiece as spm
 
-    from vqa_components.tokenizers import load_tokenizer, read_sentencepiece_model
+    from vqa_components.tokenizers import load_tokenizer
 
     sp = spm.SentencePieceProcessor(model_file=str(spiece))
-    pieces, charsmap, model_type = read_sentencepiece_model(spiece)
-    ids = range(sp.get_piece_size())
-    assert model_type == 1 and [p for p, _ in pieces] == [sp.id_to_piece(i) for i in ids]
-    assert [s for _, s in pieces] == pytest.approx([sp.get_score(i) for i in ids])
-    assert charsmap  # the model's NFKC normaliser, applied as SentencePiece applies it
     texts = [*TEXTS, "ＷＨＡＴ  is\tthe ﬁne man?", "zzqx unknown ✓"]
     folder = tmp_path / "spiece_only"
     folder.mkdir()
