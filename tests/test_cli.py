@@ -57,6 +57,39 @@ def test_unknown_fusion_in_a_recipe_file(tmp_path, capsys):
     assert "no_such_fusion" in err and "concat_self_attention" in err
 
 
+@pytest.mark.parametrize("arg", ["--model.fusion.init_args.num_layer", "--model.fusion.num_layer"])
+def test_a_misspelt_argument_of_a_part_is_one_line_naming_the_closest_ones(arg, capsys):
+    code, _ = run_vqa("fit", "--config", QUICKSTART, arg, "3")
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [(
+        "vqa: error: --model.fusion: unknown argument 'num_layer' of fusion cross_attention. Did you mean "
+        "'num_layers'? Valid arguments of cross_attention: video_dim, text_dim, dim, num_layers, num_heads, dropout")]
+    # the part checked is the one a command-line name swapped in; an argument it takes parses
+    code, printed = run_vqa("fit", "--config", QUICKSTART, "--model.fusion", "concat_self_attention",
+                            "--model.fusion.num_streams", "1", "--print_config")
+    assert code == 0, capsys.readouterr().err[-3000:]
+    assert yaml.safe_load(printed)["model"]["fusion"]["init_args"]["num_streams"] == 1
+
+
+def test_objectives_on_the_command_line_take_registry_names(capsys):
+    code, printed = run_vqa("fit", "--config", QUICKSTART, "--model.objectives",
+                            "[answer_cross_entropy, {name: vtm, in_dim: 128}]", "--print_config")
+    assert code == 0, capsys.readouterr().err[-3000:]
+    objectives = yaml.safe_load(printed)["model"]["objectives"]
+    assert [o["class_path"].rsplit(".", 1)[1] for o in objectives] == ["AnswerCrossEntropy", "VideoTextMatching"]
+    assert objectives[1]["init_args"]["in_dim"] == 128
+    code, printed = run_vqa("fit", "--config", QUICKSTART, "--model.objectives+={name: vtm, in_dim: 64}",
+                            "--print_config")  # appended to the recipe's
+    assert code == 0, capsys.readouterr().err[-3000:]
+    objectives = yaml.safe_load(printed)["model"]["objectives"]
+    assert [o["class_path"].rsplit(".", 1)[1] for o in objectives] == ["AnswerCrossEntropy", "VideoTextMatching"]
+    assert objectives[1]["init_args"]["in_dim"] == 64
+    code, _ = run_vqa("fit", "--config", QUICKSTART, "--model.objectives", "[{name: vtmm}]")
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vqa: error: unknown objective 'vtmm'. Did you mean 'vtm'")
+
+
 def test_list_with_kind_and_wildcard(capsys):
     code, out = run_vqa("list", "fusion", "cross*")
     assert code == 0

@@ -31,7 +31,7 @@ import yaml
 
 from vqa_components.cli_common import CLIError, find_checkpoint, is_launching_process
 from vqa_components.interfaces import ConfigError
-from vqa_components.recipe import normalize_cli_args, normalize_config
+from vqa_components.recipe import check_part_arguments, normalize_cli_args, normalize_config
 from vqa_components.registry import (
     REGISTRIES,
     RegistryError,
@@ -60,7 +60,7 @@ def _load_recipe(path: str) -> str:
 
 
 def preprocess_args(args: list[str]) -> list[str]:
-    """Normalise ``--config`` files and ``--model.<part> NAME`` arguments."""
+    """Normalise ``--config`` files and ``--model.<part> NAME`` arguments; check the arguments of parts."""
     out: list[str] = []
     i = 0
     while i < len(args):
@@ -74,7 +74,9 @@ def preprocess_args(args: list[str]) -> list[str]:
         else:
             out.append(arg)
         i += 1
-    return normalize_cli_args(out)
+    out = normalize_cli_args(out)
+    check_part_arguments(out)
+    return out
 
 
 def optional_part_error(exc: BaseException) -> str | None:
@@ -434,10 +436,10 @@ USAGE = """usage: vqa {fit,validate,test,predict,list,profile,explain,vocab,expo
 
 def _show_model_log() -> None:
     """Show the model's INFO lines in the terminal (which parts ``init_from`` loaded; what an epoch left
-    out), once, on rank 0."""
+    out; an open_clip part left with random weights), once, on rank 0."""
     if logging.getLogger().handlers or not is_launching_process():
         return  # the user configured logging, or a DDP rank other than 0
-    for name in ("vqa_components.weights", "vqa_components.data.admission"):
+    for name in ("vqa_components.weights", "vqa_components.data.admission", "vqa_components.layers.open_clip"):
         logger = logging.getLogger(name)
         if logger.handlers:
             continue  # configured already (an earlier run in this process, or the user)

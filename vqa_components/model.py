@@ -46,6 +46,21 @@ from vqa_components.optim import clip_gradients, optimizer_for_precision
 from vqa_components.pipeline import FORWARD_PARTS, VideoQAPipeline
 
 
+def data_kind(dm: Any) -> str | None:
+    """What the datamodule's data is (``multiple_choice``, ``captions``, ``open_ended``, ``count``), read
+    without decoding a video: its ``kind``, else its dataset's (the benchmark adapters'), else
+    ``multiple_choice`` where the dataset's records have options; ``None`` where none of them says."""
+    kind = getattr(dm, "kind", None)
+    dataset = getattr(dm, "_reference", None) if not isinstance(kind, str) else None
+    kind = getattr(dataset, "kind", kind)
+    if isinstance(kind, str) or dataset is None:
+        return kind if isinstance(kind, str) else None
+    records = getattr(dataset, "records", None) or []
+    if not records:
+        return None
+    return "multiple_choice" if any(getattr(r, "options", None) for r in records) else "open_ended"
+
+
 class VideoQAModel(VideoQAPipeline, pl.LightningModule):
     """A VideoQA model assembled from parts, trained by Lightning (the forward: :class:`VideoQAPipeline`).
 
@@ -134,7 +149,8 @@ class VideoQAModel(VideoQAPipeline, pl.LightningModule):
     @classmethod
     def from_pretrained(cls, name: str | os.PathLike) -> VideoQAModel:
         """The model of a model folder (``vqa export``) or a Hugging Face hub id holding one, weights and
-        answer vocabulary included; YAML and safetensors only (:func:`vqa_components.model_folder.load_model`)."""
+        answer vocabulary included; YAML and safetensors only
+        (:func:`vqa_components.model_folder.load_model`)."""
         from vqa_components.model_folder import load_model
 
         return load_model(name, cls)
@@ -197,6 +213,25 @@ class VideoQAModel(VideoQAPipeline, pl.LightningModule):
                              f"set model.head.init_args.num_answers: {len(vocab)} in the recipe")
         self.families = list(getattr(dm, "families", []) or [])
         self.breakdowns = {str(k): list(v) for k, v in (getattr(dm, "breakdowns", None) or {}).items()}
+        self.check_data_fits(dm)
+
+    def check_data_fits(self, dm: Any) -> None:
+        """Stop at start-up, in one line, where the head or an objective cannot use the data
+        (:func:`data_kind`): a classifier on multiple-choice questions would learn the right option's
+        position and never see the options; objectives check what they read (their ``check_data``)."""
+        kind, dataset = data_kind(dm), getattr(dm, "dataset_name", "the dataset")
+        if kind == "multiple_choice" and getattr(self.head, "task", None) == "classify":
+            head = getattr(self.head, "registry_name", type(self.head).__name__)
+            raise ConfigError(
+                f"head {head} scores a fixed answer vocabulary, but dataset {dataset} is multiple choice "
+                f"(its answer_idx is the right option's position): the head would never see the options; "
+                f"use a multiple-choice head that scores each option, e.g. "
+                f"model.head: {{name: vtm_choice, in_dim: ...}}"
+            )
+        for obj in self.objectives:
+            check = getattr(obj, "check_data", None)
+            if check is not None and kind is not None:
+                check(kind, dataset, self.head)
 
     def on_fit_start(self) -> None:  # a resumed run (ckpt_path) takes its weights from the checkpoint
         if not self.trainer.strategy.restore_checkpoint_after_setup and self.trainer.ckpt_path is None:

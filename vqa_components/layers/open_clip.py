@@ -11,15 +11,37 @@ name or dict and keep one of its towers. Building it is neither one kind of part
 reading (the model is random-init; :mod:`vqa_components.weights` reads files into the tower
 afterwards), so it lives here, with the blocks every kind of part may use; so does the end both
 parts' constructors share (:func:`load_and_freeze`).
+
+open_clip warns ``No pretrained weights loaded for model ...`` on the root logger for every model it
+builds, also those whose weights are read afterwards: that line is filtered
+(:class:`NoRandomInitWarning`), and a part that keeps its random weights says so once, on this
+module's logger (which ``vqa`` shows).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class NoRandomInitWarning(logging.Filter):
+    """Drops open_clip's ``No pretrained weights loaded for model ...`` (we build random, then load)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded for model")
+
+
+def _quiet_open_clip() -> None:
+    """Install :class:`NoRandomInitWarning` on the loggers open_clip writes to (once)."""
+    for logger in (logging.getLogger(), logging.getLogger("open_clip")):
+        if not any(isinstance(f, NoRandomInitWarning) for f in logger.filters):
+            logger.addFilter(NoRandomInitWarning())
 
 
 def build_open_clip_model(
@@ -54,6 +76,7 @@ def _build(
 ) -> nn.Module:
     import open_clip
 
+    _quiet_open_clip()
     if model_config is None:
         if model_name not in open_clip.list_models():
             raise ValueError(
@@ -94,7 +117,8 @@ def load_and_freeze(
     """The end of an open_clip part's constructor: ``part.checkpoint = checkpoint``, the file loaded
     by the part's ``load_checkpoint`` when given, else the pretrained name's file in the hub cache
     (``hub_file``; ``weights_source`` is then ``hub_source``, also when the file was not looked up:
-    the meta device), then, with ``frozen``, no gradients and eval mode."""
+    the meta device); neither: the random init, said once on this module's logger. Then, with ``frozen``,
+    no gradients and eval mode."""
     part.checkpoint = checkpoint
     if checkpoint is not None:
         part.load_checkpoint(checkpoint)
@@ -102,6 +126,10 @@ def load_and_freeze(
         if hub_file is not None:
             part.load_checkpoint(hub_file)
         part.weights_source = hub_source
+    else:
+        what = "backbone" if hasattr(part, "visual") else "text encoder"  # the image tower kept, or the text's
+        log.info("open_clip %s: %s starts from random weights (no pretrained, no checkpoint)", what,
+                 getattr(part, "model_name", "the model"))
     if frozen:
         part.requires_grad_(False)
         part.eval()

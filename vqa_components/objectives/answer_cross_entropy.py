@@ -7,11 +7,21 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqa_components.interfaces import HeadOutput, ModelOutput, Objective
+from vqa_components.interfaces import ConfigError, HeadOutput, ModelOutput, Objective
 from vqa_components.registry import OBJECTIVES
 
 #: target id that ``token_cross_entropy`` ignores (padding of generated targets)
 IGNORE = -100
+
+
+def no_answers_error(dataset: str) -> ConfigError:
+    """The one line for data without answers (a caption corpus) under ``answer_cross_entropy``."""
+    return ConfigError(
+        f"objective answer_cross_entropy needs each sample's answer_idx (the answer's class, or the right "
+        f"option's position), which question-answering datasets give (synthetic_vqa, videoqa_json, msrvtt_qa, "
+        f"msvd_qa, tgif_qa, nextqa, msrvtt_mc, ...); {dataset} has no answers (a caption corpus such as webvid "
+        f"or video_text_jsonl): train on captions with objectives such as vtm, mlm or contrastive"
+    )
 
 
 def token_cross_entropy(head: HeadOutput, label_smoothing: float = 0.0) -> Tensor:
@@ -43,9 +53,25 @@ class AnswerCrossEntropy(Objective):
         self.weight = weight
         self.label_smoothing = label_smoothing
 
+    def check_data(self, kind: str, dataset: str, head: Any) -> None:
+        """Stop at start-up where the data has no answers, or has no options for a multiple-choice head."""
+        if kind == "captions":
+            raise no_answers_error(f"dataset {dataset}")
+        task = getattr(head, "task", None)
+        if task == "multiple_choice" and kind in ("open_ended", "count"):
+            name = getattr(head, "registry_name", type(head).__name__)
+            raise ConfigError(
+                f"head {name} scores the options of multiple-choice questions, but dataset {dataset} has none "
+                f"(its answer_idx indexes an answer vocabulary): objective answer_cross_entropy would compare "
+                f"one score per question with it; use model.head: {{name: answer_classifier, in_dim: ..., "
+                f"num_answers: ...}}"
+            )
+
     def forward(self, model: nn.Module, batch: dict[str, Any], out: ModelOutput) -> dict[str, Tensor]:
         if out.head.target_ids is not None:
             return {"loss": token_cross_entropy(out.head, self.label_smoothing)}
+        if "answer_idx" not in batch:
+            raise no_answers_error("this batch")
         target = batch["answer_idx"]
         if (target < 0).all():
             return {"loss": out.logits.sum() * 0.0}
