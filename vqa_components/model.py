@@ -47,18 +47,10 @@ from vqa_components.pipeline import FORWARD_PARTS, VideoQAPipeline
 
 
 def data_kind(dm: Any) -> str | None:
-    """What the datamodule's data is (``multiple_choice``, ``captions``, ``open_ended``, ``count``), read
-    without decoding a video: its ``kind``, else its dataset's (the benchmark adapters'), else
-    ``multiple_choice`` where the dataset's records have options; ``None`` where none of them says."""
+    """What the datamodule's data is (``multiple_choice``, ``captions``, ``open_ended``, ...; its
+    ``kind``, read without decoding a video), ``None`` where it does not say."""
     kind = getattr(dm, "kind", None)
-    dataset = getattr(dm, "_reference", None) if not isinstance(kind, str) else None
-    kind = getattr(dataset, "kind", kind)
-    if isinstance(kind, str) or dataset is None:
-        return kind if isinstance(kind, str) else None
-    records = getattr(dataset, "records", None) or []
-    if not records:
-        return None
-    return "multiple_choice" if any(getattr(r, "options", None) for r in records) else "open_ended"
+    return kind if isinstance(kind, str) else None
 
 
 class VideoQAModel(VideoQAPipeline, pl.LightningModule):

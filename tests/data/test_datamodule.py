@@ -98,7 +98,7 @@ def test_strict_mode_names_the_first_missing_or_empty_clip_at_start_up(tmp_path)
     (vids / "v3.mp4").write_bytes(b"")
     with pytest.raises(VideoDecodeError, match=r"v3.mp4: file is empty \(0 bytes\) \(record 3 of .*train.json"):
         VideoQADataset(str(ann), str(vids), on_bad_video="raise", num_frames=2)
-    ds = VideoQADataset(str(ann), str(vids), on_bad_video="skip", num_frames=2)
+    ds = VideoQADataset(str(ann), str(vids), on_bad_video="skip", num_frames=2, max_missing_fraction=1.0)
     assert [(s.index, s.cause) for s in (ds[3], ds[4])] == [(3, "empty_video"), (4, "missing_video")]
 
 

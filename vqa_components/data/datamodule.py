@@ -159,6 +159,20 @@ class VideoQADataModule(pl.LightningDataModule):
         return None
 
     @property
+    def kind(self) -> str | None:
+        """What the data is, read without decoding a video: the dataset's ``kind`` where it says (the
+        benchmark adapters: ``multiple_choice``, ``captions``, ...), else ``multiple_choice`` where its
+        records have options and ``open_ended`` where they have none; ``None`` before a split is built."""
+        ref = self._reference
+        kind = getattr(ref, "kind", None)
+        if isinstance(kind, str) or ref is None:
+            return kind if isinstance(kind, str) else None
+        records = getattr(ref, "records", None) or []
+        if not records:
+            return None
+        return "multiple_choice" if any(getattr(r, "options", None) for r in records) else "open_ended"
+
+    @property
     def answer_vocab(self) -> list[str]:
         """Answer vocabulary of the training data (what a classifier head predicts)."""
         ref = self._reference

@@ -42,7 +42,15 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vqa_components.data.annotations import QARecord, load_qa_annotations
-from vqa_components.data.bad_input import SkippedSample, file_problem, video_cause
+from vqa_components.data.bad_input import (
+    DEFAULT_MAX_MISSING_FRACTION,
+    MissingVideosError,
+    SkippedSample,
+    check_fraction,
+    file_problem,
+    missing_paths,
+    video_cause,
+)
 from vqa_components.data.clip_transforms import FRAME_SAMPLINGS, ClipTransform, random_indices
 from vqa_components.data.feature_cache import (
     CachedClip,
@@ -196,6 +204,47 @@ def _for_split(value: str | os.PathLike | dict[str, str], split: str, what: str)
     return Path(text.format(split=split) if "{split}" in text else text)
 
 
+#: What ``video_dir`` may be: one folder, folders searched in order, or either of these per split
+#: (plain types, so that a recipe and the command line can give each).
+VideoDirs = str | list[str] | dict[str, str | list[str]]
+
+
+def folders_for_split(
+    value: Any, split: str, base: Path | None = None, what: str = "video_dir"
+) -> tuple[Path, ...]:
+    """The video folders of ``split``, in search order: ``value`` is one folder, a list of folders, or a
+    ``{split: folder or list}`` dict; ``{split}`` in a folder is filled in, and a relative folder is
+    taken relative to ``base`` when given (a benchmark's release folder)."""
+    if isinstance(value, dict):
+        if split not in value:
+            raise ValueError(
+                f"{what} has no folder for split {split!r} (it has {sorted(value)}); give one per split, "
+                f"e.g. {{train: TrainValVideo, val: TrainValVideo, test: TestVideo}}, or a list of folders "
+                f"searched in order"
+            )
+        value = value[split]
+    items = [value] if isinstance(value, (str, os.PathLike)) else list(value)
+    if not items:
+        raise ValueError(f"{what} must name at least one folder")
+    folders = []
+    for item in items:
+        text = os.fspath(item).format(split=split) if "{split}" in os.fspath(item) else os.fspath(item)
+        folder = Path(text).expanduser()
+        folders.append(base / folder if base is not None else folder)
+    return tuple(folders)
+
+
+def find_clip(folders: Sequence[Path], name: str) -> Path:
+    """``folder / name`` in the first of ``folders`` that holds it (no disk access with one folder); a
+    clip found in none is given in the first folder (and reported missing there)."""
+    if len(folders) > 1:
+        for folder in folders:
+            path = folder / name
+            if os.path.lexists(path):
+                return path
+    return folders[0] / name
+
+
 @DATASETS.register("videoqa_json")
 class VideoQADataset(Dataset):
     """Video QA from an MSRVTT-QA-style annotation file and a folder of videos.
@@ -205,7 +254,9 @@ class VideoQADataset(Dataset):
             (e.g. ``"anns/{split}.json"``) or be a ``{split: path}`` dict so the same
             arguments serve every split.
         video_dir: folder of videos (may contain ``{split}``); the video of a
-            record is ``video_dir / (video_id + video_ext)``.
+            record is ``video_dir / (video_id + video_ext)``. A list of folders is searched in
+            order (the first that holds a clip wins: releases that ship train-val and test clips
+            in two archives), and a ``{split: folder or list}`` dict gives each split its own.
         split: which split this is (fills ``{split}``; reported for bad videos).
         answer_vocab: list of answers, or a ``.json``/``.txt`` file of them; ``None``
             builds it from the training annotations (``{split}`` -> ``train``) by
@@ -242,6 +293,12 @@ class VideoQADataset(Dataset):
             random: cached features would freeze one draw for every epoch.
         feature_cache_fingerprint: the backbone's fingerprint; default: the one
             the model published in this process for ``feature_cache``.
+        max_missing_fraction: with ``on_bad_video="skip"``, the largest fraction of the split's
+            distinct clips that may be missing at start-up (a file-existence check, no decoding);
+            more stops the run with :class:`~vqa_components.data.bad_input.MissingVideosError`
+            naming the split, the folders looked in, the count and the first missing ids: a path
+            set wrong, not a few bad files. ``1.0`` turns the check off. Present but undecodable
+            clips are skipped and counted when read, whatever their number.
     """
 
     answer_vocab: list[str]
@@ -250,7 +307,7 @@ class VideoQADataset(Dataset):
     def __init__(
         self,
         annotation_file: str | dict[str, str],
-        video_dir: str,
+        video_dir: VideoDirs,
         split: str = "train",
         answer_vocab: list[str] | str | None = None,
         max_answers: int | None = None,
@@ -265,13 +322,18 @@ class VideoQADataset(Dataset):
         on_bad_video: str = "skip",
         feature_cache: str | None = None,
         feature_cache_fingerprint: str | None = None,
+        max_missing_fraction: float = DEFAULT_MAX_MISSING_FRACTION,
     ) -> None:
         super().__init__()
         self._init_decoding(
             split, training, num_frames, frame_size, streams, resize_short, crop_size, frame_sampling, on_bad_video
         )
+        self.max_missing_fraction = check_fraction(max_missing_fraction, "max_missing_fraction")
         self.annotation_file = _for_split(annotation_file, split, "annotation_file")
-        self.video_dir = _for_split(video_dir, split, "video_dir")
+        #: the folders this split's clips are looked for in, in order; ``video_dir`` is the first
+        self.video_dirs = folders_for_split(video_dir, split)
+        self.video_dir = self.video_dirs[0]
+        self._found_clips: dict[str, Path] = {}
         self.video_ext = video_ext if not video_ext or video_ext.startswith(".") else "." + video_ext
         self.records: list[QARecord] = load_qa_annotations(self.annotation_file)
         if not self.records:
@@ -317,10 +379,13 @@ class VideoQADataset(Dataset):
 
     def _finish_init(self, feature_cache: str | None, feature_cache_fingerprint: str | None) -> None:
         """The constructor's last step, once the records are known (shared with the benchmark adapters):
-        serve ``feature_cache``, then, in strict mode, check every clip file (:meth:`check_video_files`)."""
+        serve ``feature_cache``, then, in strict mode, check every clip file (:meth:`check_video_files`),
+        else check that not too many are missing (:meth:`check_missing_videos`)."""
         self.enable_feature_cache(feature_cache, feature_cache_fingerprint)
         if self.on_bad_video == "raise":
             self.check_video_files()
+        else:
+            self.check_missing_videos()
 
     # ----------------------------------------------------------- feature cache
     def enable_feature_cache(self, root: str | os.PathLike | None, fingerprint: str | None = None) -> None:
@@ -407,13 +472,46 @@ class VideoQADataset(Dataset):
                     f"{self.records[index].video_id!r}; on_bad_video: skip leaves such records out and reports them)",
                 )
 
+    def video_folders_searched(self) -> tuple[Path, ...]:
+        """The folders this split's clips are looked for in (named when too many are missing)."""
+        return self.video_dirs
+
+    def check_missing_videos(self) -> None:
+        """Stop at start-up when more than ``max_missing_fraction`` of the split's distinct clips do
+        not exist (:func:`~vqa_components.data.bad_input.missing_paths`: one listing per folder),
+        with one line naming the split, the folders, the count and the first missing ids."""
+        if self.max_missing_fraction >= 1 or not len(self):
+            return
+        first: dict[Path, int] = {}
+        for index in range(len(self)):
+            first.setdefault(self.video_path(index), index)
+        paths = list(first)
+        missing = missing_paths(paths)
+        if len(missing) <= self.max_missing_fraction * len(paths):
+            return
+        raise MissingVideosError(
+            self.annotation_file,
+            getattr(type(self), "registry_name", type(self).__name__),
+            self.split,
+            self.video_folders_searched(),
+            [self.records[first[paths[i]]].video_id for i in missing],
+            len(paths),
+            self.max_missing_fraction,
+        )
+
     # ---------------------------------------------------------------- access
     def __len__(self) -> int:
         return len(self.records)
 
     def video_path(self, index: int) -> Path:
-        """The video file of record ``index``."""
-        return self.video_dir / f"{self.records[index].video_id}{self.video_ext}"
+        """The video file of record ``index`` (in the first of :attr:`video_dirs` that holds it)."""
+        name = f"{self.records[index].video_id}{self.video_ext}"
+        if len(self.video_dirs) == 1:
+            return self.video_dir / name
+        path = self._found_clips.get(name)
+        if path is None:
+            path = self._found_clips[name] = find_clip(self.video_dirs, name)
+        return path
 
     def answer_index(self, answer: str) -> int:
         """Index of ``answer`` in ``answer_vocab``, or ``-1``."""

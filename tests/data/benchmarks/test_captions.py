@@ -130,3 +130,31 @@ def test_retrieval_ranks_through_the_cli(tmp_path, mini, monkeypatch):
                                     "recipes/evilm/ablations/tokenizer_bce.yaml"])
 def test_the_evilm_pretraining_recipes_read_the_miniature_webvid_like_their_example_batch(webvid, mini, recipe):
     mini.check_recipe_batch(recipe, {"root": str(webvid)})
+
+
+def test_webvid_reads_a_csv_given_directly(webvid):
+    """The files as downloaded from the webvid repository: results_2M_<split>.csv with no metadata/
+    folder, found in root, or the CSV given as root or as csv."""
+    for name in ("train", "val"):
+        (webvid / "metadata" / f"results_2M_{name}.csv").rename(webvid / f"results_2M_{name}.csv")
+    assert WebVidDataset(str(webvid), "val").annotation_file == webvid / "results_2M_val.csv"
+    direct = WebVidDataset(str(webvid / "results_2M_val.csv"), "val", num_frames=2)
+    assert len(direct) == 2 and direct.video_path(1) == webvid / "videos" / "006501_006550" / "14781349.mp4"
+    assert isinstance(direct[1], dict)
+    other = webvid / "elsewhere.csv"
+    (webvid / "results_2M_train.csv").rename(other)
+    assert len(WebVidDataset(str(webvid), "train", csv=str(other))) == 4
+
+
+def test_testing_webvid_says_to_test_on_val_in_one_line(webvid):
+    """What `vqa test` prints (an AnnotationError: `vqa: error: <this line>`, exit status 1, as for a
+    missing release, test_msrvtt_qa.py); built as the test loader's dataset is."""
+    from vqa_components.data.datamodule import VideoQADataModule
+
+    dm = VideoQADataModule("webvid", {"root": str(webvid)}, train_split=None, num_workers=0)
+    with pytest.raises(AnnotationError) as err:
+        dm.setup("test")
+    assert str(err.value) == (
+        f"{webvid}: webvid: WebVid has no test split (it has train, val): "
+        "to evaluate, run `vqa test` with --data.test_split val"
+    )

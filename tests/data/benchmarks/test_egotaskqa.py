@@ -1,5 +1,6 @@
 """egotaskqa: qa/{direct,indirect}/{train,val,test}_qas.json and JPEG frame folders
-(frames/<video>/fpv<N>/img_00001.jpg); intervals select frames, the frame-folder reader, errors, a CLI fit."""
+(videos/<video>/fpv<N>/img_00001.jpg, the release loader's path); intervals select frames, the
+frame-folder reader, errors, a CLI fit."""
 
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ def release(tmp_path, mini):
     for kind in ("direct", "indirect"):
         for name, recs in (("train", TRAIN), ("val", VAL), ("test", TEST)):
             mini.write_json(root / "qa" / kind / f"{name}_qas.json", recs)
-    mini.jpeg_frames(root / "frames" / "S1_Cook_Egg" / "fpv1", level=0, frames=16)
-    mini.jpeg_frames(root / "frames" / "S2_Wash_Cup" / "fpv2", level=100, frames=16)
+    mini.jpeg_frames(root / "videos" / "S1_Cook_Egg" / "fpv1", level=0, frames=16)
+    mini.jpeg_frames(root / "videos" / "S2_Wash_Cup" / "fpv2", level=100, frames=16)
     return root
 
 
@@ -52,7 +53,7 @@ def test_intervals_select_frames_of_the_folder(release):
     assert levels == [9.0, 11.0, 13.0, 15.0]  # segment centres of frames 8..15 (0-based)
     assert (
         sample["video_id"] == "S1_Cook_Egg|fpv1|8|16"
-        and ds.video_path(1) == release / "frames/S1_Cook_Egg/fpv1"
+        and ds.video_path(1) == release / "videos/S1_Cook_Egg/fpv1"
     )
     assert sample["ans_type"] == "binary" and ds[0]["ans_type"] == "open"
     assert sample["categories"] == ["world", "descriptive"] and sample["structural"] == "query"
@@ -78,7 +79,7 @@ def test_frame_folder_reader(tmp_path, mini):
 
 def test_a_missing_folder_is_a_skipped_sample(release):
     ds = EgoTaskQADataset(str(release), "train", num_frames=2)
-    (release / "frames" / "S2_Wash_Cup" / "fpv2").rename(release / "frames" / "S2_Wash_Cup" / "gone")
+    (release / "videos" / "S2_Wash_Cup" / "fpv2").rename(release / "videos" / "S2_Wash_Cup" / "gone")
     skipped = ds[2]
     assert skipped.video_id == "S2_Wash_Cup|fpv2|4|12" and "frame folder not found" in skipped.reason
 
@@ -90,8 +91,8 @@ def test_errors(release):
         AnnotationError, match=r"test_qas.json: record 0 .*field 'interval': must be '<video>\|<view>"
     ):
         EgoTaskQADataset(str(release), "test")
-    (release / "frames").rename(release / "jpgs")
-    with pytest.raises(ReleaseLayoutError, match=r"frames: egotaskqa: expected the EgoTaskQA frame folder"):
+    (release / "videos").rename(release / "jpgs")
+    with pytest.raises(ReleaseLayoutError, match=r"videos: egotaskqa: expected the EgoTaskQA frame folder"):
         EgoTaskQADataset(str(release), "train")
     with pytest.raises(ValueError, match="split_type must be one of"):
         EgoTaskQADataset(str(release), "train", split_type="both")
@@ -106,3 +107,14 @@ def test_fit_through_the_cli(release, tmp_path, mini):
 
 def test_the_videodistill_recipe_reads_the_miniature_release_like_its_example_batch(release, mini):
     mini.check_recipe_batch("recipes/videodistill/finetune_egotaskqa.yaml", {"root": str(release)})
+
+
+def test_the_release_frame_layout_is_the_default_and_the_former_one_is_an_argument(release):
+    """The release's LEMMA loader reads <base>/videos/<video>/fpv<N>/img_*.jpg: the default here; the
+    adapter's former frames/ folder is frames_dir: frames."""
+    ds = EgoTaskQADataset(str(release), "test", num_frames=2)
+    assert ds.video_path(0) == release / "videos" / "S1_Cook_Egg" / "fpv1"
+    assert ds[0]["video"].shape == (2, 3, 32, 32)
+    (release / "videos").rename(release / "frames")
+    old = EgoTaskQADataset(str(release), "test", frames_dir="frames", num_frames=2)
+    assert old.video_path(0) == release / "frames" / "S1_Cook_Egg" / "fpv1" and isinstance(old[0], dict)

@@ -84,6 +84,7 @@ def test_answer_is_the_most_frequent_known_one(release, mini):
 def test_whole_videos_are_read_from_start_to_end(release, mini):
     # a 4 s whole video at 8 fps whose frame i has level 4 i: [3, 9) is cut to [3, 4), frames 24..31
     mini.mp4(release / "full" / "zzLmK0rTn3c.mp4", level=0, frames=32)
+    mini.mp4(release / "full" / "Bj2aQ4z1QvE.mp4", level=0, frames=8)
     ds = IVQADataset(str(release), "test", video_dir="full", video_name="{video_id}.mp4", num_frames=2)
     rec = ds.records[0]
     assert (rec.start, rec.end) == (3.0, 9.0) and ds.video_path(0).name == "zzLmK0rTn3c.mp4"
@@ -129,3 +130,24 @@ def test_soft_accuracy_through_the_cli(release, tmp_path, mini, monkeypatch):
 
 def test_the_co_tokenization_recipe_reads_the_miniature_release_like_its_example_batch(release, mini):
     mini.check_recipe_batch("recipes/cotok/finetune_ivqa.yaml", {"root": str(release)})
+
+
+def test_the_release_without_time_columns_loads(tmp_path, mini):
+    """just-ask's and FrozenBiLM's loaders read only video_id, question, answer1..5: no start/end.
+    A clip is <video_id>.mp4, or else the file whose name begins with the video_id (merge_features.py)."""
+    root = tmp_path / "iVQA"
+    header = ["video_id", "question", *HEADER[4:]]
+    row = ["Bj2aQ4z1QvE", "what is cut?", "onion", "onion", "leek", "x", "y"]
+    mini.write_csv(root / "train.csv", header, [row])
+    mini.write_csv(root / "test.csv", header, [
+        ["Bj2aQ4z1QvE", "what is cut?", "onion", "onion", "leek", "x", "y"],
+        ["zzLmK0rTn3c", "what is poured?", "soup", "soup", "soup", "oil", "water"],
+    ])  # fmt: skip
+    mini.mp4(root / "video" / "Bj2aQ4z1QvE.mp4", level=20, frames=2)
+    mini.mp4(root / "video" / "zzLmK0rTn3c_3_9.mp4", level=120, frames=2)
+    ds = IVQADataset(str(root), "test", num_frames=2)
+    assert [ds.video_path(i).name for i in range(2)] == ["Bj2aQ4z1QvE.mp4", "zzLmK0rTn3c_3_9.mp4"]
+    assert (ds.records[0].start, ds.records[0].end) == (None, None) and ds.answer_vocab == ["onion"]
+    assert ds[1]["video"].shape == (2, 3, 32, 32) and ds[1]["answers"][0] == "soup"
+    with pytest.raises(AnnotationError, match=r"test.csv: record 0 .*field 'start': needed by video_name"):
+        IVQADataset(str(root), "test", video_name="{video_id}_{start}_{end}.mp4")

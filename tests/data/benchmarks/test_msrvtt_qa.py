@@ -198,3 +198,21 @@ def test_the_co_tokenization_recipe_reads_the_miniature_release_like_its_example
 @pytest.mark.parametrize("recipe", ["recipes/evilm/finetune_msrvtt_qa.yaml", "recipes/evilm/ablations/no_pretraining.yaml"])
 def test_the_evilm_recipes_read_the_miniature_release_like_their_example_batch(original, mini, recipe):
     mini.check_recipe_batch(recipe, {"root": str(original)})
+
+
+def test_clipbert_txt_db_form_is_read_with_the_videos_elsewhere(jsonl, tmp_path):
+    """ClipBERT's txt_db/msrvtt_qa: the JSONL files and train_ans2label.json at the top of the folder,
+    no videos (video_dir names MSR-VTT's folders, here the ALPRO miniature's)."""
+    txt_db = tmp_path / "txt_db" / "msrvtt_qa"
+    txt_db.parent.mkdir()
+    (jsonl / "txt").rename(txt_db)
+    videos = str(jsonl / "videos")
+    test = MSRVTTQADataset(str(txt_db), "test", video_dir=videos, num_frames=2)
+    assert test.annotation_file == txt_db / "test.jsonl" and test.answer_vocab == ["man", "dog", "kitchen"]
+    assert test.video_path(0) == jsonl / "videos" / "video4.mp4" and isinstance(test[0], dict)
+    with pytest.raises(ReleaseLayoutError, match=r"ClipBERT's txt_db holds no videos: set video_dir"):
+        MSRVTTQADataset(str(txt_db), "test")
+    # path overrides: another name for the JSONL folder
+    (txt_db).rename(jsonl / "annotations")
+    moved = MSRVTTQADataset(str(jsonl), "val", txt_dir="annotations", num_frames=2)
+    assert moved.annotation_file == jsonl / "annotations" / "val.jsonl" and len(moved) == 2

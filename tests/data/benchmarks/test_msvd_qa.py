@@ -103,3 +103,30 @@ def test_fit_through_the_cli(release, tmp_path, mini):
                                     "recipes/evilm/finetune_msvd_qa.yaml"])
 def test_the_paper_recipes_read_the_miniature_release_like_their_example_batch(release, mini, recipe):
     mini.check_recipe_batch(recipe, {"root": str(release)})
+
+
+def test_alpro_jsonl_form_is_read(tmp_path, mini):
+    """ALPRO's MSVD-QA: txt/{split}.jsonl with clip names as video_id, txt/train_ans2label.json, and the
+    YouTubeClips unpacked into videos/ (read as <video_id>.avi, ALPRO's video_fmt for msvd)."""
+    root = tmp_path / "alpro_msvd_qa"
+
+    def rows(recs, first=0):
+        return [
+            {"question": r["question"], "answer": r["answer"], "video_id": CLIPS[r["video_id"] - 1],
+             "answer_type": r["question"].split()[0], "question_id": first + i}
+            for i, r in enumerate(recs)
+        ]  # fmt: skip
+
+    mini.write_jsonl(root / "txt" / "train.jsonl", rows(TRAIN))
+    mini.write_jsonl(root / "txt" / "test.jsonl", rows(TEST, 100))
+    mini.write_json(root / "txt" / "train_ans2label.json", {"man": 0, "potato": 1, "guitar": 2})
+    for n in (0, 3):
+        mini.avi(root / "videos" / f"{CLIPS[n]}.avi", level=40 * n, frames=2)
+    test = MSVDQADataset(str(root), "test", num_frames=2)
+    assert test.annotation_file == root / "txt" / "test.jsonl"
+    assert test.answer_vocab == ["man", "potato", "guitar"]
+    assert test.video_path(0) == root / "videos" / "00jrXRMlZOY_0_10.avi"
+    sample = test[1]
+    assert sample["answer_idx"] == 2 and sample["family"] == "how"
+    assert sample["video"].shape == (2, 3, 32, 32)
+    assert "train_ans2label.json (3 answers)" in test.protocol["answer_vocab"]

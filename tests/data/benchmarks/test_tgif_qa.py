@@ -128,14 +128,12 @@ def test_action_and_transition_are_five_way_multiple_choice(release):
 
 def test_count_emits_the_number(release):
     train = TGIFQADataset(str(release), "train", task="count", num_frames=2)
-    assert train.answer_vocab == ["2", "3", "10"]  # numeric order
+    assert train.answer_vocab == [str(c) for c in range(1, 11)]  # 1-10, numeric order
     assert [train[i]["count"] for i in range(3)] == [3, 10, 2]
-    assert train[1]["answer_idx"] == 2 and train.families == ["count"]
+    assert train[1]["answer_idx"] == 9 and train.families == ["count"]
     test = TGIFQADataset(str(release), "test", task="count", num_frames=2)
-    assert [test[i]["count"] for i in range(2)] == [4, 2] and [test[i]["answer_idx"] for i in range(2)] == [
-        -1,
-        0,
-    ]
+    assert [test[i]["count"] for i in range(2)] == [4, 2]
+    assert [test[i]["answer_idx"] for i in range(2)] == [3, 1]
     assert test.protocol["metric"] == "mean squared error of the count (count_mse), and accuracy"
 
 
@@ -193,19 +191,20 @@ def _answer(monkeypatch, head_cls, indices):
 
 
 def test_count_mean_squared_error_through_the_cli(release, tmp_path, mini, monkeypatch):
-    """Test counts 4 and 2; the classifier answers vocabulary entries 2 ("10") and 0 ("2"):
-    squared errors (10 - 4)^2 = 36 and 0 -> count_mse 18; accuracy 1/2 (4 is not a training count)."""
+    """Test counts 4 and 2; the classifier answers vocabulary entries 9 ("10") and 1 ("2"):
+    squared errors (10 - 4)^2 = 36 and 0 -> count_mse 18; accuracy 1/2."""
     from vqa_components.heads.answer_classifier import AnswerClassifier
 
-    _answer(monkeypatch, AnswerClassifier, [2, 0])
+    _answer(monkeypatch, AnswerClassifier, [9, 1])
     cfg = mini.recipe("tgif_qa", {"root": str(release), "task": "count"}, "open_ended", tmp_path / "run",
-                      num_answers=3, train_split=None, val_split=None)  # fmt: skip
+                      num_answers=10, train_split=None, val_split=None)  # fmt: skip
     code, out = mini.run_cli("test", cfg, tmp_path)
     assert code == 0
     metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
     assert metrics["test/count_mse"] == pytest.approx(18.0) and metrics["test/num_samples"] == 2
     assert metrics["test/acc"] == pytest.approx(0.5) and metrics["test/acc_count"] == pytest.approx(0.5)
-    assert metrics["protocol"]["answer_vocab_size"] == 3 and "count_mse" in out
+    assert metrics["protocol"]["answer_vocab_size"] == 10 and "count_mse" in out
+    assert metrics["test/loss"] > 0
 
 
 def test_multiple_choice_accuracy_through_the_cli(release, tmp_path, mini, monkeypatch):
@@ -224,3 +223,31 @@ def test_multiple_choice_accuracy_through_the_cli(release, tmp_path, mini, monke
 @pytest.mark.parametrize("task", ["frameqa", "action", "transition"])
 def test_the_evilm_recipes_read_the_miniature_release_like_their_example_batch(release, mini, task):
     mini.check_recipe_batch(f"recipes/evilm/finetune_tgif_{task}.yaml", {"root": str(release), "task": task})
+
+
+def test_count_test_counts_outside_the_training_counts_still_have_a_class_and_a_loss(release, mini):
+    """Every test count (4 and 7) is a count no training question has: with a vocabulary of the training
+    counts alone every answer_idx was -1, which the cross-entropy ignores, and test/loss read 0.0."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import DataLoader
+
+    from vqa_components.data.datamodule import collate_videoqa
+    from vqa_components.objectives.answer_cross_entropy import AnswerCrossEntropy
+
+    mini.write_csv(release / "dataset" / "Test_count_question.csv", COUNT, [
+        [GIFS[3], "How many times does the woman clap ?", 4, "COUNT4", 13],
+        [GIFS[4], "How many times does the man jump ?", 7, "COUNT5", 14],
+    ], delimiter="\t")  # fmt: skip
+    test = TGIFQADataset(str(release), "test", task="count", num_frames=2)
+    batch = next(iter(DataLoader(test, batch_size=2, collate_fn=collate_videoqa)))
+    assert batch["answer_idx"].tolist() == [3, 6]  # "4", "7" in 1..10
+    logits = torch.zeros(2, len(test.answer_vocab))
+    out = SimpleNamespace(head=SimpleNamespace(target_ids=None), logits=logits)
+    loss = AnswerCrossEntropy().forward(None, batch, out)["loss"]
+    assert loss.item() == pytest.approx(float(torch.log(torch.tensor(10.0))))  # uniform logits over 10 counts
+    protocol = test.protocol
+    assert protocol["max_answers_default"].startswith("None (every count from 1 to 10")
+    assert "FrameQA" not in protocol["max_answers_default"] and protocol["answer_vocab_size"] == 10
+    frameqa = TGIFQADataset(str(release), "test", task="frameqa")
+    assert frameqa.protocol["max_answers_default"].startswith("1000 (")

@@ -9,6 +9,7 @@ from vqa_components.data.benchmarks._base import (
     BenchmarkDataset,
     BenchmarkRecord,
     ReleaseLayoutError,
+    UnknownSplitError,
     first_word_family,
 )
 from vqa_components.data.benchmarks.agqa import AGQADataset
@@ -34,6 +35,7 @@ __all__ = [
     "NExTQADataset",
     "ReleaseLayoutError",
     "TGIFQADataset",
+    "UnknownSplitError",
     "VideoTextJSONLDataset",
     "WebVidDataset",
     "first_word_family",

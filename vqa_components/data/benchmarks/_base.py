@@ -47,11 +47,19 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vqa_components.data.annotations import AnnotationError
-from vqa_components.data.bad_input import SkippedSample, file_problem
+from vqa_components.data.bad_input import (
+    DEFAULT_MAX_MISSING_FRACTION,
+    SkippedSample,
+    check_fraction,
+    file_problem,
+)
 from vqa_components.data.dataset import (
     NOT_IN_VOCAB,
     ExampleSpec,
+    VideoDirs,
     VideoQADataset,
+    find_clip,
+    folders_for_split,
     load_answer_vocab,
 )
 from vqa_components.data.frame_folder import read_frame_folder
@@ -70,6 +78,10 @@ KINDS = ("open_ended", "multiple_choice", "count", "captions")
 
 class ReleaseLayoutError(AnnotationError, FileNotFoundError):
     """A file or folder of the release is not where the adapter expects it (message: the path)."""
+
+
+class UnknownSplitError(AnnotationError):
+    """A split the release does not have (a ``ValueError``; ``vqa`` prints it as one line)."""
 
 
 def first_word_family(question: str, families: Sequence[str] = WH_FAMILIES, other: str = "other") -> str:
@@ -322,9 +334,16 @@ class BenchmarkDataset(VideoQADataset):
             end-of-epoch report lists, and counts it in :attr:`protocol`. Errors of the file itself
             (invalid JSON, a missing column) always stop.
         num_frames, frame_size, streams, resize_short, crop_size, frame_sampling, training,
-        on_bad_video, feature_cache, feature_cache_fingerprint: as in
+        on_bad_video, feature_cache, feature_cache_fingerprint, max_missing_fraction: as in
             :class:`~vqa_components.data.dataset.VideoQADataset`.
+
+    Every adapter's video folder argument (``video_dir``, EgoTaskQA's ``frames_dir``) is relative to
+    ``root`` (or absolute) and may be a list of folders searched in order (MSR-VTT's train-val and
+    test archives unpack to two) or a ``{split: folder or list}`` dict (:meth:`video_folders`).
     """
+
+    #: Where to evaluate when the release has no ``test`` split (named in the unknown-split error).
+    test_split_hint: ClassVar[str | None] = None
 
     #: The release's name in messages and docs (``"MSRVTT-QA"``).
     release: ClassVar[str] = ""
@@ -370,6 +389,7 @@ class BenchmarkDataset(VideoQADataset):
         on_bad_video: str = "skip",
         feature_cache: str | None = None,
         feature_cache_fingerprint: str | None = None,
+        max_missing_fraction: float = DEFAULT_MAX_MISSING_FRACTION,
     ) -> None:
         Dataset.__init__(self)
         self._init_decoding(
@@ -384,7 +404,14 @@ class BenchmarkDataset(VideoQADataset):
             on_bad_video,
         )
         if split not in self.splits:
-            raise ValueError(f"{self.name}: unknown split {split!r}; {self.release} has {list(self.splits)}")
+            hint = ""
+            if split == "test" and self.test_split_hint:
+                hint = f": to evaluate, run `vqa test` with --data.test_split {self.test_split_hint}"
+            has = ", ".join(self.splits)
+            raise UnknownSplitError(
+                Path(root), f"{self.name}: {self.release} has no {split} split (it has {has}){hint}"
+            )
+        self.max_missing_fraction = check_fraction(max_missing_fraction, "max_missing_fraction")
         if on_bad_record not in BAD_RECORD_POLICIES:
             raise ValueError(f"on_bad_record must be one of {BAD_RECORD_POLICIES}, got {on_bad_record!r}")
         if (
@@ -404,7 +431,8 @@ class BenchmarkDataset(VideoQADataset):
         self.video_dir = self.root
         self.video_ext = ""
         self._records_cache: dict[str, list[BenchmarkRecord]] = {}
-        self._clip_paths: dict[str, Path] = {}
+        self._clip_paths: dict[tuple[Path, ...], dict[str, Path]] = {}
+        self._folders_by_split: dict[str, tuple[Path, ...]] = {}
         records = self.split_records(split)
         self.annotation_file = self.annotation_path(split)
 
@@ -438,6 +466,10 @@ class BenchmarkDataset(VideoQADataset):
             self.families = sorted(found | {r.family for r in records})
         self.breakdowns = self.find_breakdowns(records)
         self.skipped_records = self._skipped_by_split.get(split, [])
+        #: the folders this split's clips were looked for in (:meth:`video_folders`), in order
+        self.video_dirs = self._folders_by_split.get(split, ())
+        if self.video_dirs:
+            self.video_dir = self.video_dirs[0]
         self._records_cache, self._clip_paths = {}, {}  # parsed once; only self.records is kept
         self._finish_init(feature_cache, feature_cache_fingerprint)
 
@@ -531,12 +563,31 @@ class BenchmarkDataset(VideoQADataset):
                 out.append(rec)
         return out
 
-    def clip_path(self, folder: Path, name: str) -> Path:
-        """``folder / name``, one shared ``Path`` per clip (many questions share a clip)."""
-        path = self._clip_paths.get(name)
+    def video_folders(self, value: VideoDirs, what: str) -> tuple[Path, ...]:
+        """The video folders of the split being parsed, each checked to exist: ``value`` is the
+        adapter's folder argument, one folder, a list searched in order, or a ``{split: ...}`` dict;
+        relative to :attr:`root` (:func:`~vqa_components.data.dataset.folders_for_split`)."""
+        try:
+            folders = folders_for_split(value, self._parsing, base=self.root)
+        except ValueError as exc:
+            raise ValueError(f"{self.name}: {exc}") from None
+        for folder in folders:
+            self.require_dir(folder, what)
+        self._folders_by_split[self._parsing] = folders
+        return folders
+
+    def clip_path(self, folder: Path | Sequence[Path], name: str) -> Path:
+        """``folder / name`` (with several folders: in the first that holds it), one shared ``Path``
+        per clip (many questions share a clip)."""
+        folders = (folder,) if isinstance(folder, Path) else tuple(folder)
+        paths = self._clip_paths.setdefault(folders, {})
+        path = paths.get(name)
         if path is None:
-            path = self._clip_paths[name] = folder / name
+            path = paths[name] = find_clip(folders, name)
         return path
+
+    def video_folders_searched(self) -> tuple[Path, ...]:
+        return self.video_dirs or (self.root,)
 
     def require_file(self, path: Path, what: str) -> Path:
         return require_file(path, self.name, what)

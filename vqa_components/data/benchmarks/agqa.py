@@ -42,6 +42,7 @@ from vqa_components.data.benchmarks._base import (
     BenchmarkRecord,
     Fields,
     ReleaseLayoutError,
+    VideoDirs,
     holdout,
     read_json,
 )
@@ -66,7 +67,7 @@ class AGQADataset(BenchmarkDataset):
         split: str = "train",
         *,
         annotation_dir: str | None = None,
-        video_dir: str = "Charades_v1_480",
+        video_dir: VideoDirs = "Charades_v1_480",
         val_fraction: float = 0.0,
         **kwargs: Any,
     ) -> None:
@@ -97,7 +98,7 @@ class AGQADataset(BenchmarkDataset):
                 f"{self.name}: expected the {self.release} balanced {split} file here "
                 f"(or {self.root / path.name})",
             )
-        videos = self.require_dir(self.root / self.clip_dir, f"the Charades video folder for {self.release}")
+        videos = self.video_folders(self.clip_dir, f"the Charades video folder for {self.release}")
         data = read_json(path)
         if not isinstance(data, dict):
             raise AnnotationError(
@@ -113,7 +114,7 @@ class AGQADataset(BenchmarkDataset):
             records = [r for r in records if holdout(r.video_id, self.val_fraction) == held]
         return records
 
-    def _parse(self, f: Fields, videos: Path) -> BenchmarkRecord:
+    def _parse(self, f: Fields, videos: tuple[Path, ...]) -> BenchmarkRecord:
         video_id = f.ident("video_id")
         semantic = f.text("semantic")
         if semantic not in SEMANTIC:

@@ -7,8 +7,12 @@ its ``download.py`` and Frozen-in-Time's ``WebVid`` loader use)::
     <root>/videos/<page_dir>/<videoid>.mp4 ...
 
 CSV (comma-separated, header) columns ``videoid, contentUrl, duration, page_dir, name``; ``name``
-is the caption. ``csv`` (a path relative to ``root``, may contain ``{split}`` and ``{cut}``) and
-``video_dir`` override the names.
+is the caption. Where the CSVs are: ``metadata/results_<cut>_<split>.csv`` (Frozen-in-Time's
+``WebVid`` loader), else ``results_<cut>_<split>.csv`` directly in ``root`` (the files as
+downloaded); ``csv`` names the file instead (relative to ``root`` or absolute; may contain
+``{split}`` and ``{cut}``), and ``root`` may be a CSV file itself (then its folder is the root).
+``video_dir`` overrides the video folder. WebVid has no test split: evaluate on ``val``
+(``vqa test --data.test_split val``, which the error for ``test`` says).
 
 ``video_text_jsonl``: one ``{"video": "relative/path.mp4", "text": "a caption"}`` per line in
 ``<root>/<split>.jsonl`` (``annotation_file``), the video relative to ``<root>/videos``
@@ -29,6 +33,7 @@ from vqa_components.data.benchmarks._base import (
     BenchmarkDataset,
     BenchmarkRecord,
     Fields,
+    VideoDirs,
     read_csv,
     read_jsonl,
 )
@@ -52,6 +57,9 @@ class WebVidDataset(_Captions):
     release = "WebVid"
     id_keys = ("videoid",)
     splits = ("train", "val")
+    test_split_hint = "val"
+    #: where the CSV of a split is looked for, in order, when ``csv`` is not given
+    csv_names = ("metadata/results_{cut}_{split}.csv", "results_{cut}_{split}.csv")
 
     def __init__(
         self,
@@ -59,26 +67,36 @@ class WebVidDataset(_Captions):
         split: str = "train",
         *,
         cut: str = "2M",
-        csv: str = "metadata/results_{cut}_{split}.csv",
-        video_dir: str = "videos",
+        csv: str | None = None,
+        video_dir: VideoDirs = "videos",
         **kwargs: Any,
     ) -> None:
+        given = Path(root).expanduser()
+        if given.suffix.lower() == ".csv" and given.is_file():  # the CSV itself
+            root, csv = str(given.parent), str(given.resolve())
         self.cut, self.csv_name, self.clip_dir = cut, csv, video_dir
         super().__init__(root, split, **kwargs)
 
     def annotation_path(self, split: str) -> Path:
-        return self.root / self.csv_name.format(cut=self.cut, split=split)
+        names = (self.csv_name,) if self.csv_name else self.csv_names
+        paths = [self.root / n.format(cut=self.cut, split=split) for n in names]
+        return next((p for p in paths if p.is_file()), paths[0])
 
     def load_split(self, split: str) -> list[BenchmarkRecord]:
-        path = self.require_file(self.annotation_path(split), f"the WebVid-{self.cut} {split} CSV")
-        videos = self.require_dir(self.root / self.clip_dir, "the WebVid video folder")
+        where = (
+            ""
+            if self.csv_name
+            else f" (or results_{self.cut}_{split}.csv in the root folder, or csv: <file>)"
+        )
+        path = self.require_file(self.annotation_path(split), f"the WebVid-{self.cut} {split} CSV{where}")
+        videos = self.video_folders(self.clip_dir, "the WebVid video folder")
         return self.parse_records(path, read_csv(path, WEBVID_COLUMNS), lambda f: self._parse(f, videos))
 
-    def _parse(self, f: Fields, videos: Path) -> BenchmarkRecord:
+    def _parse(self, f: Fields, videos: tuple[Path, ...]) -> BenchmarkRecord:
         video_id, page_dir, caption = f.text("videoid"), f.text("page_dir"), f.text("name")
         return BenchmarkRecord(
             video_id=video_id,
-            video=videos / page_dir / f"{video_id}.mp4",
+            video=self.clip_path(videos, f"{page_dir}/{video_id}.mp4"),
             question=caption,
             answer="",
             family="caption",
@@ -101,7 +119,7 @@ class VideoTextJSONLDataset(_Captions):
         split: str = "train",
         *,
         annotation_file: str = "{split}.jsonl",
-        video_dir: str = "videos",
+        video_dir: VideoDirs = "videos",
         video_key: str = "video",
         text_key: str = "text",
         **kwargs: Any,
@@ -115,10 +133,10 @@ class VideoTextJSONLDataset(_Captions):
 
     def load_split(self, split: str) -> list[BenchmarkRecord]:
         path = self.require_file(self.annotation_path(split), f"the {split} (video, text) file")
-        videos = self.require_dir(self.root / self.clip_dir, "the video folder")
+        videos = self.video_folders(self.clip_dir, "the video folder")
         return self.parse_records(path, read_jsonl(path), lambda f: self._parse(f, videos))
 
-    def _parse(self, f: Fields, videos: Path) -> list[BenchmarkRecord]:
+    def _parse(self, f: Fields, videos: tuple[Path, ...]) -> list[BenchmarkRecord]:
         rel = f.text(self.video_key_name)
         value = f.raw.get(self.text_key)
         texts = f.text_list(self.text_key) if isinstance(value, list) else [f.text(self.text_key)]
@@ -128,7 +146,7 @@ class VideoTextJSONLDataset(_Captions):
         end = f.number("end") if f.has("end") else None
         if start is not None and end is not None and end <= start:
             raise f.fail(f"end ({end}) must be after start ({start})", "end")
-        path = Path(rel) if Path(rel).is_absolute() else videos / rel
+        path = Path(rel) if Path(rel).is_absolute() else self.clip_path(videos, rel)
         rid = f.ident("id") if f.has("id") else None
         video_id = str(Path(rel).with_suffix(""))
         return [

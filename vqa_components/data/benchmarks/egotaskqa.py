@@ -2,19 +2,21 @@
 
 Release (https://sites.google.com/view/egotaskqa, https://github.com/Buzz-Beater/EgoTaskQA
 ``baselines/README.md``: question files under ``data/qa/<split type>/``; the LEMMA videos as
-extracted JPEG frames, one folder per video and view)::
+extracted JPEG frames, one folder per video and view, under ``videos/``: the path the release's
+``baselines/dataset/dataset.py`` (class ``LEMMA``, ``load_frame_paths_from_interval``) reads)::
 
     <root>/qa/direct/train_qas.json  val_qas.json  test_qas.json
     <root>/qa/indirect/train_qas.json  val_qas.json  test_qas.json
-    <root>/frames/<video name>/fpv1/img_00001.jpg ...
+    <root>/videos/<video name>/fpv1/img_00001.jpg ...
 
 Each ``*_qas.json`` is a list of records with (at least) ``question``, ``answer`` and
 ``interval`` = ``"<video name>|<view>|<start>|<end>"``: the clip is frames ``[start, end)`` of
-``frames/<video name>/fpv<last character of view>/`` in frame-number order, i.e. the files
+``videos/<video name>/fpv<last character of view>/`` in frame-number order, i.e. the files
 ``img_<start+1>`` to ``img_<end>`` (what the release's ``LEMMA`` dataset class reads). Optional
 fields used: ``semantic`` (family), ``structural``, ``reference`` (direct / indirect), ``type``
 and ``category`` (lists, the question's scope and kind), ``question_id``. ``annotation_dir`` (the
-folder holding ``direct/`` and ``indirect/``) and ``frames_dir`` override the folders.
+folder holding ``direct/`` and ``indirect/``) and ``frames_dir`` (default ``videos``, the
+release's; ``frames`` is this adapter's former default) override the folders.
 
 ``split_type``: ``direct`` (questions split 3:1:1 at random) or ``indirect`` (trained on direct
 references, tested on indirect ones), the release's two splits.
@@ -34,7 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from vqa_components.data.annotations import AnnotationError
-from vqa_components.data.benchmarks._base import BenchmarkDataset, BenchmarkRecord, Fields, read_json
+from vqa_components.data.benchmarks._base import (
+    BenchmarkDataset,
+    BenchmarkRecord,
+    Fields,
+    VideoDirs,
+    read_json,
+)
 from vqa_components.registry import DATASETS
 
 SPLIT_TYPES = ("direct", "indirect")
@@ -57,7 +65,7 @@ class EgoTaskQADataset(BenchmarkDataset):
         *,
         split_type: str = "direct",
         annotation_dir: str = "qa",
-        frames_dir: str = "frames",
+        frames_dir: VideoDirs = "videos",
         **kwargs: Any,
     ) -> None:
         if split_type not in SPLIT_TYPES:
@@ -77,13 +85,13 @@ class EgoTaskQADataset(BenchmarkDataset):
         path = self.require_file(
             self.annotation_path(split), f"the {self.release} {self.split_type} {split} file"
         )
-        frames = self.require_dir(self.root / self.frames_dir, f"the {self.release} frame folder")
+        frames = self.video_folders(self.frames_dir, f"the {self.release} frame folder")
         data = read_json(path)
         if not isinstance(data, list):
             raise AnnotationError(path, f"the top level must be a list of records, got {type(data).__name__}")
         return self.parse_records(path, ((None, r) for r in data), lambda f: self._parse(f, frames))
 
-    def _parse(self, f: Fields, frames: Path) -> BenchmarkRecord:
+    def _parse(self, f: Fields, frames: tuple[Path, ...]) -> BenchmarkRecord:
         interval = f.text("interval")
         parts = interval.split("|")
         if len(parts) != 4 or not all(p.strip() for p in parts):

@@ -21,7 +21,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vqa_components.data.benchmarks._base import BenchmarkDataset, BenchmarkRecord, Fields, read_jsonl
+from vqa_components.data.benchmarks._base import (
+    BenchmarkDataset,
+    BenchmarkRecord,
+    Fields,
+    VideoDirs,
+    read_jsonl,
+)
 from vqa_components.registry import DATASETS
 
 
@@ -41,7 +47,7 @@ class MSRVTTMCDataset(BenchmarkDataset):
         split: str = "test",
         *,
         annotation_file: str = "msrvtt_mc_test.jsonl",
-        video_dir: str = "videos/all",
+        video_dir: VideoDirs = "videos/all",
         **kwargs: Any,
     ) -> None:
         self.annotation_name, self.clip_dir = annotation_file, video_dir
@@ -57,10 +63,10 @@ class MSRVTTMCDataset(BenchmarkDataset):
 
     def load_split(self, split: str) -> list[BenchmarkRecord]:
         path = self.require_file(self.annotation_path(split), f"the {self.release} file")
-        videos = self.require_dir(self.root / self.clip_dir, "the MSR-VTT video folder")
+        videos = self.video_folders(self.clip_dir, "the MSR-VTT video folder")
         return self.parse_records(path, read_jsonl(path), lambda f: self._parse(f, videos))
 
-    def _parse(self, f: Fields, videos: Path) -> BenchmarkRecord:
+    def _parse(self, f: Fields, videos: tuple[Path, ...]) -> BenchmarkRecord:
         clip = f.ident("clip_name" if "clip_name" in f.raw else "video_id")
         options = tuple(f.text_list("options", length=5))
         label = f.integer("answer", lo=0, hi=4)

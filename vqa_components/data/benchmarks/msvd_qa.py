@@ -7,7 +7,19 @@ https://data.mendeley.com/datasets/h5j7cpwnvn; videos: the MSVD ``YouTubeClips``
     <root>/youtube_mapping.txt
     <root>/YouTubeClips/-4wsuPCjDBc_5_15.avi ...
 
-Each JSON file is a list of ``{"answer": str, "id": int, "question": str, "video_id": int}``.
+ALPRO's JSONL form (``layout: jsonl``, or ``auto`` when ``<root>/txt/`` exists; ALPRO's
+``config_release/msvd_qa.json`` and README: ``data/msvd_qa/txt/*.jsonl``, the YouTubeClips unpacked
+into ``data/msvd_qa/videos``, ``video_fmt = '.avi'`` in ``src/tasks/run_video_qa.py``)::
+
+    <root>/txt/train.jsonl  val.jsonl  test.jsonl  train_ans2label.json (2,423 answers)
+    <root>/videos/-4wsuPCjDBc_5_15.avi ...
+
+one ``{"question", "answer", "video_id": <clip name>, "answer_type", "question_id"}`` per line; the
+clip is ``videos/<video_id>.avi``. As for MSRVTT-QA, ``train_ans2label.json`` is the vocabulary
+unless ``max_answers`` or ``answer_vocab`` is set, and ``txt_dir`` / ``video_dir`` override the folders.
+
+Each JSON file of the original release is a list of ``{"answer": str, "id": int, "question": str,
+"video_id": int}``.
 ``youtube_mapping.txt`` has one ``<clip name> vid<N>`` line per clip (space-separated, 1970 lines);
 the clip of ``video_id: N`` is ``YouTubeClips/<clip name>.avi`` where ``vid<N>`` maps to it (the
 mapping just-ask's README and the authors' ``preprocess_msvdqa.py`` use; the authors renamed
@@ -25,7 +37,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from vqa_components.data.annotations import AnnotationError
-from vqa_components.data.benchmarks._base import BenchmarkRecord, Fields
+from vqa_components.data.benchmarks._base import BenchmarkRecord, Fields, VideoDirs
 from vqa_components.data.benchmarks.msrvtt_qa import _OpenEndedQA
 from vqa_components.registry import DATASETS
 
@@ -34,27 +46,29 @@ _VID = re.compile(r"^vid(\d+)$")
 
 @DATASETS.register("msvd_qa")
 class MSVDQADataset(_OpenEndedQA):
-    """MSVD-QA from its release folder (train_qa.json..., youtube_mapping.txt, YouTubeClips/*.avi)."""
+    """MSVD-QA from its release (train_qa.json, youtube_mapping.txt, YouTubeClips/*.avi) or ALPRO's JSONL."""
 
     release = "MSVD-QA"
     default_max_answers = 1000
     vocab_source = (
         "the answer set of Xu et al.'s preprocess_msvdqa.py: the 1,000 most frequent training answers"
     )
-    video_dirs: ClassVar[dict[str, str]] = {"original": "YouTubeClips"}
+    layout_video_dirs: ClassVar[dict[str, str]] = {"original": "YouTubeClips", "jsonl": "videos"}
+    jsonl_video_ext = ".avi"
 
     def __init__(
         self,
         root: str,
         split: str = "train",
         *,
-        video_dir: str | None = None,
+        layout: str = "auto",
+        video_dir: VideoDirs | None = None,
         renamed_videos: bool = False,
         **kwargs: Any,
     ) -> None:
         self.renamed_videos = renamed_videos
         self._mapping: dict[int, str] | None = None
-        super().__init__(root, split, layout="original", video_dir=video_dir, **kwargs)
+        super().__init__(root, split, layout=layout, video_dir=video_dir, **kwargs)
 
     def mapping(self) -> dict[int, str]:
         """``{N: clip name}`` from ``youtube_mapping.txt``."""
@@ -79,7 +93,7 @@ class MSVDQADataset(_OpenEndedQA):
             self._mapping = mapping
         return self._mapping
 
-    def _original_video(self, f: Fields, videos: Path) -> tuple[str, Path]:
+    def _original_video(self, f: Fields, videos: tuple[Path, ...]) -> tuple[str, Path]:
         number = f.integer("video_id", lo=0)
         if self.renamed_videos:
             return f"vid{number}", self.clip_path(videos, f"vid{number}.avi")
@@ -89,6 +103,6 @@ class MSVDQADataset(_OpenEndedQA):
         return clip, self.clip_path(videos, f"{clip}.avi")
 
     def load_split(self, split: str) -> list[BenchmarkRecord]:
-        if not self.renamed_videos:
+        if not self.renamed_videos and self._resolve_layout() == "original":
             self.mapping()  # a missing mapping file is a layout error before any record
         return super().load_split(split)

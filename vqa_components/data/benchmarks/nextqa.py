@@ -32,6 +32,7 @@ from vqa_components.data.benchmarks._base import (
     BenchmarkDataset,
     BenchmarkRecord,
     Fields,
+    VideoDirs,
     read_csv,
     read_json,
 )
@@ -58,7 +59,7 @@ class NExTQADataset(BenchmarkDataset):
         split: str = "train",
         *,
         annotation_dir: str = "nextqa",
-        video_dir: str = "NExTVideo",
+        video_dir: VideoDirs = "NExTVideo",
         **kwargs: Any,
     ) -> None:
         self.annotation_dir, self.clip_dir = annotation_dir, video_dir
@@ -88,11 +89,11 @@ class NExTQADataset(BenchmarkDataset):
 
     def load_split(self, split: str) -> list[BenchmarkRecord]:
         path = self.require_file(self.annotation_path(split), f"the {self.release} {split} file")
-        videos = self.require_dir(self.root / self.clip_dir, f"the {self.release} video folder")
+        videos = self.video_folders(self.clip_dir, f"the {self.release} video folder")
         mapping = self.video_map()
         return self.parse_records(path, read_csv(path, COLUMNS), lambda f: self._parse(f, videos, mapping))
 
-    def _parse(self, f: Fields, videos: Path, mapping: dict[str, str]) -> BenchmarkRecord:
+    def _parse(self, f: Fields, videos: tuple[Path, ...], mapping: dict[str, str]) -> BenchmarkRecord:
         video = f.text("video")
         if video not in mapping:
             raise f.fail(f"video {video} is not in map_vid_vidorID.json", "video")

@@ -33,7 +33,12 @@ Answers: ``frameqa`` is open-ended, over the 1,000 most frequent training answer
 from ``type`` (as ALPRO's ``evaluate_qa``). ``action`` and ``transition`` are 5-way multiple
 choice (``options``, ``answer_idx`` = the correct option); their family is the task. ``count``
 emits ``count`` (int) for the mean squared error the papers report, and, for a classifier, the
-count as text over the vocabulary of training counts (sorted numerically); family ``count``.
+count as text over a vocabulary of every count from 1 to 10 (the range TGIF-QA's counts lie in and
+the papers' code clamps predictions to, ``metrics/count_error.py``'s ``COUNT_RANGE``) and any other
+training count, sorted numerically, so that a test count no training question has still has a class
+(and a loss: with the training counts alone, a test split whose counts all lie outside them had
+only ``answer_idx = -1`` targets, which the cross-entropy ignores, and ``test/loss`` read 0.0);
+family ``count``.
 """
 
 from __future__ import annotations
@@ -41,10 +46,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from vqa_components.data.benchmarks._base import BenchmarkDataset, BenchmarkRecord, Fields, holdout, read_csv
+from vqa_components.data.benchmarks._base import (
+    BenchmarkDataset,
+    BenchmarkRecord,
+    Fields,
+    VideoDirs,
+    holdout,
+    read_csv,
+)
 from vqa_components.registry import DATASETS
 
 TASKS = ("frameqa", "action", "transition", "count")
+#: the counts every Count vocabulary holds (metrics/count_error.py's COUNT_RANGE)
+COUNT_RANGE = (1, 10)
 FRAMEQA_TYPES = ("object", "number", "color", "location")
 _COLUMNS = {
     "frameqa": ("gif_name", "question", "answer", "type", "vid_id", "key"),
@@ -76,7 +90,7 @@ class TGIFQADataset(BenchmarkDataset):
         *,
         task: str = "frameqa",
         annotation_dir: str = "dataset",
-        video_dir: str = "gifs",
+        video_dir: VideoDirs = "gifs",
         val_fraction: float = 0.0,
         **kwargs: Any,
     ) -> None:
@@ -90,6 +104,11 @@ class TGIFQADataset(BenchmarkDataset):
         self.annotation_dir, self.gif_dir, self.val_fraction = annotation_dir, video_dir, val_fraction
         if task == "count":
             kwargs.setdefault("max_answers", None)
+            self.default_max_answers = None  # type: ignore[misc]
+            self.vocab_source = (  # type: ignore[misc]
+                f"every count from {COUNT_RANGE[0]} to {COUNT_RANGE[1]} (the range the papers' code clamps "
+                f"predictions to) and any other training count"
+            )
         super().__init__(root, split, **kwargs)
 
     def annotation_path(self, split: str) -> Path:
@@ -98,7 +117,7 @@ class TGIFQADataset(BenchmarkDataset):
 
     def load_split(self, split: str) -> list[BenchmarkRecord]:
         path = self.require_file(self.annotation_path(split), f"the {self.release} {self.task} {split} file")
-        gifs = self.require_dir(self.root / self.gif_dir, f"the {self.release} GIF folder")
+        gifs = self.video_folders(self.gif_dir, f"the {self.release} GIF folder")
         records = self.parse_records(
             path, read_csv(path, _COLUMNS[self.task], delimiter="\t"), lambda f: self._parse(f, gifs)
         )
@@ -107,7 +126,7 @@ class TGIFQADataset(BenchmarkDataset):
             records = [r for r in records if holdout(r.video_id, self.val_fraction) == held]
         return records
 
-    def _parse(self, f: Fields, gifs: Path) -> BenchmarkRecord:
+    def _parse(self, f: Fields, gifs: tuple[Path, ...]) -> BenchmarkRecord:
         gif_name = f.text("gif_name")
         common = {
             "video_id": gif_name,
@@ -130,5 +149,10 @@ class TGIFQADataset(BenchmarkDataset):
     def build_vocab(self) -> tuple[list[str], str]:
         if self.task != "count":
             return super().build_vocab()
-        counts = sorted({int(r.answer) for r in self.split_records("train")})
-        return [str(c) for c in counts], f"the counts found in train, sorted ({len(counts)})"
+        found = {int(r.answer) for r in self.split_records("train")}
+        counts = sorted(found | set(range(COUNT_RANGE[0], COUNT_RANGE[1] + 1)))
+        outside = sorted(found - set(range(COUNT_RANGE[0], COUNT_RANGE[1] + 1)))
+        extra = f" and the training counts {outside}" if outside else ""
+        return [
+            str(c) for c in counts
+        ], f"the counts {COUNT_RANGE[0]}-{COUNT_RANGE[1]}{extra}, sorted ({len(counts)})"
