@@ -257,7 +257,14 @@ PAPER_HUB_NAMES = {
                      "hf download timm/vit_base_patch16_clip_224.openai open_clip_model.safetensors"),
     "cotok": ("t5-base", "hf download t5-base"),
     "evilm": ("timm/edgenext_small.usi_in1k", "hf download timm/edgenext_small.usi_in1k model.safetensors"),
+    # E-ViLM's stage-1 tokenizers (objective svq, no backbone): the tagger's ViT, OpenAI CLIP's ViT-B/32
+    "evilm_tokenizer": ("timm/vit_base_patch32_clip_224.openai",
+                        "hf download timm/vit_base_patch32_clip_224.openai model.safetensors"),
 }
+#: the paper families (the folders under recipes/)
+PAPER_FAMILIES = ("videodistill", "cotok", "evilm")
+#: the timm name E-ViLM's tokenizer recipes give their tagger (timm's CLIP ViT-B/32 with OpenAI's QuickGELU)
+EVILM_TOKENIZER_VIT = "vit_base_patch32_clip_quickgelu_224.openai"
 #: the architecture of the hub's ``t5-base`` (its config.json: T5 v1.0, ReLU feed-forward, tied embeddings)
 T5_BASE = {
     "vocab_size": 32128, "d_model": 768, "d_kv": 64, "d_ff": 3072, "num_layers": 12, "num_heads": 12,
@@ -268,8 +275,17 @@ T5_BASE = {
 def paper_family(recipe: str) -> str | None:
     """``videodistill``, ``cotok`` or ``evilm`` for a recipe of that paper at paper scale, else ``None``."""
     parts = Path(recipe).parts
-    paper = len(parts) > 2 and parts[0] == "recipes" and parts[1] in PAPER_HUB_NAMES and "tiny" not in parts
+    paper = len(parts) > 2 and parts[0] == "recipes" and parts[1] in PAPER_FAMILIES and "tiny" not in parts
     return parts[1] if paper else None
+
+
+def paper_starting_point(recipe: str) -> str | None:
+    """The key of :data:`PAPER_HUB_NAMES` whose name a paper recipe looks up first: its family, or
+    ``evilm_tokenizer`` for E-ViLM's stage-1 tokenizers (their only named weights are the tagger's ViT)."""
+    family = paper_family(recipe)
+    if family == "evilm" and "name: svq" in (ROOT / recipe).read_text():
+        return "evilm_tokenizer"
+    return family
 
 
 def sentencepiece_model(folder: Path, vocab_size: int = 320) -> Path:
@@ -327,12 +343,34 @@ def t5_repository(cache: Path, repo_id: str, spiece: Path, config: dict[str, Any
         return fill_hub_cache(cache, repo_id, files)
 
 
+#: the small timm ViT the tagger's tests name (a class token, patch 16, width 64) and its hub repository
+TAGGER_TEST_VIT = "test_vit.r160_in1k"
+TAGGER_TEST_REPO = "timm/test_vit.r160_in1k"
+
+
+def tagger_vit_repository(cache: Path, seed: int = 7) -> Path:
+    """Put timm's ``test_vit`` with random weights into the hub cache ``cache`` as its hub repository
+    :data:`TAGGER_TEST_REPO` holds it (``model.safetensors``: timm's layout, classifier included, the
+    tag's 160 px position table); returns that file."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    snapshot = fill_hub_cache(cache, TAGGER_TEST_REPO, {})
+    save_file(timm.create_model(TAGGER_TEST_VIT).state_dict(), str(snapshot / "model.safetensors"))
+    return snapshot / "model.safetensors"
+
+
 def paper_hub_cache(cache: Path, family: str, weights: bool = True) -> Path:
-    """Fill the hub cache ``cache`` with what the recipes of ``family`` name (:data:`PAPER_HUB_NAMES`),
-    at the real architecture, with random weights saved here in the hub's layout: OpenAI's CLIP
-    ViT-B/16 as open_clip reads it, ``t5-base`` (:func:`t5_repository`, a SentencePiece model trained
-    here), timm's ImageNet EdgeNeXt-small. ``weights=False`` writes what a build on the meta device
-    reads (``t5-base``'s config and tokenizer; open_clip and timm read nothing there). Returns ``cache``."""
+    """Fill the hub cache ``cache`` with what the recipes of ``family`` name (a key of
+    :data:`PAPER_HUB_NAMES`), at the real architecture, with random weights saved here in the hub's
+    layout: OpenAI's CLIP ViT-B/16 as open_clip reads it, ``t5-base`` (:func:`t5_repository`, a
+    SentencePiece model trained here), timm's ImageNet EdgeNeXt-small, and (``evilm_tokenizer``)
+    OpenAI's CLIP ViT-B/32 as timm reads it (``model.safetensors`` in timm's layout, its 512-wide
+    projection as ``head``; 88M parameters: slow tests only). ``weights=False`` writes what a build
+    on the meta device reads (``t5-base``'s config and tokenizer; open_clip and timm read nothing
+    there). Returns ``cache``."""
     import tempfile
 
     import torch
@@ -353,5 +391,11 @@ def paper_hub_cache(cache: Path, family: str, weights: bool = True) -> Path:
             import timm
 
             save_file(timm.create_model("edgenext_small").state_dict(), str(Path(tmp) / "model.safetensors"))
+            fill_hub_cache(cache, repo, Path(tmp))
+        elif weights and family == "evilm_tokenizer":
+            import timm
+
+            state = timm.create_model(EVILM_TOKENIZER_VIT).state_dict()  # the tag's num_classes: 512
+            save_file({k: v.contiguous() for k, v in state.items()}, str(Path(tmp) / "model.safetensors"))
             fill_hub_cache(cache, repo, Path(tmp))
     return cache

@@ -20,7 +20,8 @@ from vqa_components.registry import OBJECTIVES
 
 D = 16
 #: the encoder + quantizer arguments shared by stage 1 (svq) and stage 2 (mvm): 32 px frames, 4 x 4 codes
-TAGGER = dict(num_codes=64, code_dim=8, img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2)
+TAGGER = {"num_codes": 64, "code_dim": 8, "img_size": 32, "patch_size": 8, "embed_dim": 16, "depth": 1,
+          "num_heads": 2}  # fmt: skip
 
 
 class GridBackbone(Backbone):
@@ -244,3 +245,54 @@ def test_a_fusion_without_video_tokens_is_a_config_error():
     model, obj = _model(fusion=TokenFusion(give_video_tokens=False))
     with pytest.raises(ConfigError, match=r"TokenFusion gives no extras\['video_tokens'\]"):
         obj(model, _batch(), None)
+
+
+def test_stage_2_builds_stage_1_s_named_vit_without_reading_its_weights_and_loads_stage_1_s(
+    tmp_path, monkeypatch
+):
+    """The same ``tagger:`` block, with a timm ViT by name and ``pretrained: true``, in both stages: stage 1
+    reads the ViT's pretrained weights from the hub cache; stage 2 builds the same shape, reads nothing
+    (its cache is empty: no error) and takes stage 1's tagger, trained on, through ``init_from``."""
+    from helpers import TAGGER_TEST_VIT, tagger_vit_repository, use_hub_cache
+
+    block = {"model_name": TAGGER_TEST_VIT, "pretrained": True, "img_size": 32, "num_codes": 64,
+             "code_dim": 8}  # fmt: skip
+    tagger_vit_repository(use_hub_cache(monkeypatch, tmp_path / "hub"))
+    torch.manual_seed(2)
+    stage1 = VideoQAModel(
+        text_encoder=create("text_encoder", "small_transformer", dim=D, num_layers=1, num_heads=2),
+        objectives=[SemanticVQ(decoder_dim=16, decoder_depth=1, decoder_heads=2, tagger=block)],
+        text_field="caption",
+    )
+    tagger1 = stage1.objectives["svq"].tokenizer.tagger
+    with torch.no_grad():  # as if stage 1 had trained the ViT away from its pretrained weights
+        for p in tagger1.encoder.vit.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    torch.save({"state_dict": stage1.state_dict()}, tmp_path / "stage1.ckpt")
+    use_hub_cache(monkeypatch, tmp_path / "empty_hub")
+
+    def stage2_model(**kwargs) -> VideoQAModel:
+        return VideoQAModel(
+            backbone=GridBackbone(patch=16),
+            text_encoder=create("text_encoder", "small_transformer", dim=D, num_layers=1, num_heads=2),
+            fusion=TokenFusion(),
+            head=create("head", "answer_classifier", in_dim=D, num_answers=3),
+            objectives=[MaskedVideoModeling(tagger=block)],
+            text_field="caption",
+            freeze=["objectives.mvm.tagger"],
+            **kwargs,
+        )
+
+    unloaded = stage2_model()
+    assert unloaded.objectives["mvm"].tagger.config.pretrained is False
+    assert weights.random_frozen_parts(unloaded) == ["objectives.mvm.tagger"]  # no hub weights sneak in
+    loaded = stage2_model(
+        init_from=str(tmp_path / "stage1.ckpt"),
+        init_parts=["objectives.mvm.tagger"],
+        init_rename={"objectives.mvm.tagger": "objectives.svq.tokenizer.tagger"},
+    )
+    assert weights.random_frozen_parts(loaded) == []
+    state1, state2 = tagger1.state_dict(), loaded.objectives["mvm"].tagger.state_dict()
+    assert state1.keys() == state2.keys() and all(torch.equal(state1[k], state2[k]) for k in state1)
+    video = torch.rand(2, 3, 3, 32, 32)
+    assert torch.equal(loaded.objectives["mvm"].tagger(video), tagger1.eval()(video))

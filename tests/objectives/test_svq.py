@@ -14,8 +14,9 @@ from vqa_components.interfaces import ConfigError
 from vqa_components.objectives.svq import SemanticVQ, bce_word_loss, focal_word_loss, multi_hot
 from vqa_components.registry import OBJECTIVES
 
-TAGGER = dict(num_codes=64, code_dim=8, img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2)
-TINY = dict(tagger=TAGGER, decoder_dim=16, decoder_depth=1, decoder_heads=2)
+TAGGER = {"num_codes": 64, "code_dim": 8, "img_size": 32, "patch_size": 8, "embed_dim": 16, "depth": 1,
+          "num_heads": 2}  # fmt: skip
+TINY = {"tagger": TAGGER, "decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2}
 CAPTIONS = ["a red ball rolls left", "a lamp flashes twice", "a blue cube", "a dog runs on grass"]
 
 
@@ -189,3 +190,38 @@ def test_the_tagger_block_reaches_the_quantizer_and_unknown_fields_are_named():
     assert obj.tokenizer.tagger.config.restart_every == 5
     with pytest.raises(ValueError, match="unknown field.*codes"):
         SemanticVQ(**{**TINY, "tagger": {**TAGGER, "codes": 3}})
+
+
+def test_a_named_vit_starts_from_its_pretrained_weights_and_a_frozen_encoder_is_not_refused_as_random(
+    tmp_path, monkeypatch
+):
+    """``tagger: {model_name, pretrained: true}``: the encoder's ViT is the hub file's, and the encoder
+    records ``weights_source``, which the frozen-random check reads."""
+    from helpers import TAGGER_TEST_REPO, TAGGER_TEST_VIT, tagger_vit_repository, use_hub_cache
+    from safetensors.torch import load_file
+
+    from vqa_components import weights
+    from vqa_components.model import VideoQAModel
+
+    saved = load_file(str(tagger_vit_repository(use_hub_cache(monkeypatch, tmp_path / "hub"))))
+
+    def model(pretrained: bool) -> VideoQAModel:
+        torch.manual_seed(0)
+        block = {"model_name": TAGGER_TEST_VIT, "pretrained": pretrained, "img_size": 32, "num_codes": 64,
+                 "code_dim": 8}  # fmt: skip
+        return VideoQAModel(
+            text_encoder=create("text_encoder", "small_transformer", dim=16, num_layers=1, num_heads=2),
+            objectives=[SemanticVQ(**{**TINY, "tagger": block})],
+            text_field="caption",
+            freeze=["objectives.svq.tokenizer.tagger.encoder"],
+        )
+
+    encoder = "objectives.svq.tokenizer.tagger.encoder"
+    assert weights.random_frozen_parts(model(False)) == [encoder]
+    pretrained = model(True)
+    assert weights.random_frozen_parts(pretrained) == []
+    source = weights.weights_source(pretrained, encoder + ".vit")  # the encoder's, which holds the ViT
+    assert source == f"hf-hub:{TAGGER_TEST_REPO}/model.safetensors"
+    vit = pretrained.objectives["svq"].tokenizer.tagger.encoder.vit
+    assert torch.equal(vit.blocks[0].attn.qkv.weight, saved["blocks.0.attn.qkv.weight"])
+    assert pretrained.objectives["svq"].tokenizer.tagger.grid == (2, 2)  # 32 px frames, patch 16

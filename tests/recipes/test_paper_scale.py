@@ -17,6 +17,7 @@ import json
 import math
 
 import pytest
+import torch
 from helpers import (
     LEARNING_CHECKS,
     RECIPES,
@@ -25,6 +26,7 @@ from helpers import (
     fake_training_step,
     paper_family,
     paper_hub_cache,
+    paper_starting_point,
     recipe_config,
     run_vqa,
     use_hub_cache,
@@ -119,6 +121,42 @@ def test_one_real_training_step_per_family_at_paper_size(recipe, tmp_path, reque
         args.append("--model.head.init_args.num_answers=16")  # the embedded benchmark's answers
     if model.get("init_parts"):
         args.append("--model.init_parts=null")
+    LEARNING_CHECKS.clear()
+    assert run_vqa(*args)[0] == 0
+    assert len(LEARNING_CHECKS) == 1 and math.isfinite(LEARNING_CHECKS[0]["loss"])
+
+
+@pytest.mark.slow
+def test_the_tokenizer_recipe_starts_from_clip_s_vit_in_the_cache_and_trains_a_step(tmp_path, monkeypatch):
+    """E-ViLM's stage 1 at paper size, its tagger's ViT read from a cache holding random weights of OpenAI
+    CLIP's ViT-B/32 in timm's layout (:func:`helpers.paper_hub_cache`): the encoder built from the recipe
+    holds them (the 7 x 7 position table resampled to 8 x 8, CLIP's projection dropped), and one real
+    training step of the recipe runs."""
+    import timm
+    from safetensors.torch import load_file
+
+    from vqa_components.layers.semantic_tokenizer import VideoTagger
+
+    recipe = "recipes/evilm/tokenizer.yaml"
+    hub = use_hub_cache(monkeypatch, paper_hub_cache(tmp_path / "hub", paper_starting_point(recipe)))
+    block = next(o for o in recipe_config(recipe)["model"]["objectives"] if o["name"] == "svq")["tagger"]
+    repo = timm.get_pretrained_cfg(block["model_name"]).hf_hub_id
+    (saved_file,) = (hub / f"models--{repo.replace('/', '--')}").rglob("model.safetensors")
+    saved = load_file(str(saved_file))
+    encoder = VideoTagger(block).encoder
+    assert encoder.weights_source == f"hf-hub:{repo}/model.safetensors" and encoder.grid == (8, 8)
+    loaded = encoder.vit.state_dict()
+    assert set(saved) - set(loaded) == {"head.weight", "head.bias"}
+    assert all(torch.equal(v, saved[k]) for k, v in loaded.items() if k != "pos_embed")
+    assert (saved["pos_embed"].shape, loaded["pos_embed"].shape) == ((1, 50, 768), (1, 65, 768))
+    torch.testing.assert_close(loaded["pos_embed"][:, 0], saved["pos_embed"][:, 0])  # the class token's row
+    data = {"num_train": 16, "num_val": 16, "num_test": 16, "num_frames": 4, "frame_size": 256,
+            "clip_frames": 32}  # the recipe's 4 frames of 256 px
+    args = ["fit", "--config", ROOT / recipe, f"--trainer.default_root_dir={tmp_path}",
+            "--data.dataset=synthetic_vqa", "--data.dataset_args=" + json.dumps(data), "--data.batch_size=2",
+            "--data.num_workers=0", "--trainer.precision=32-true", "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false", "--trainer.fast_dev_run=1",
+            "--trainer.callbacks+=helpers.EveryParameterLearns", *vocab_args(recipe, tmp_path)]  # fmt: skip
     LEARNING_CHECKS.clear()
     assert run_vqa(*args)[0] == 0
     assert len(LEARNING_CHECKS) == 1 and math.isfinite(LEARNING_CHECKS[0]["loss"])

@@ -117,6 +117,12 @@ def test_evilm_tokenizer_codebook_decoder_and_training(path):
         9420,
         32,
     )
+    # "a ViT [16] architecture pre-trained by [59]" (section 3.3; [59] is Radford et al. 2021, OpenAI's
+    # CLIP): CLIP's ViT-B/32 with OpenAI's weights, built as OpenAI trained it (QuickGELU), its 32 px
+    # patches giving a 256x256 frame the 8x8 grid of EdgeNeXt's last stage that MVM masks
+    vit = "vit_base_patch32_clip_quickgelu_224.openai"
+    assert (svq["tagger"]["model_name"], svq["tagger"]["pretrained"]) == (vit, True)
+    assert (svq["tagger"]["img_size"], svq["tagger"]["patch_size"]) == (256, 32)
     # no dead-code restarts: the paper's quantizer has none (eq. 7 alone trains the codebook)
     assert tagger_setting(svq["tagger"], "restart_every") == 0
     # eq. 7 has no weight on the commitment term

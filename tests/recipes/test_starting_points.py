@@ -15,40 +15,64 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import PAPER_HUB_NAMES, RECIPES, ROOT, paper_family, recipe_config, run_vqa, use_hub_cache
+from helpers import (
+    EVILM_TOKENIZER_VIT,
+    PAPER_HUB_NAMES,
+    RECIPES,
+    ROOT,
+    paper_family,
+    paper_starting_point,
+    recipe_config,
+    run_vqa,
+    use_hub_cache,
+    vocab_args,
+)
 
-#: every paper-scale recipe that builds parts (E-ViLM's stage-1 tokenizers name no weights: their
-#: ViT starts from random weights, docs/using-models.md "The papers' starting points")
-NAMING = [r for r in RECIPES if paper_family(r) and "name: svq" not in (ROOT / r).read_text()]
+#: every paper-scale recipe: each builds parts that name weights (E-ViLM's tokenizers: the tagger's ViT)
+NAMING = [r for r in RECIPES if paper_family(r)]
 ONE_PER_FAMILY = ["recipes/videodistill/finetune_msrvtt_qa.yaml", "recipes/cotok/finetune_msrvtt_qa.yaml",
                   "recipes/evilm/pretrain.yaml"]  # fmt: skip
 
 
 #: what the recipes of each family name, part by part (the table in docs/using-models.md): every stage
 #: of a family starts from the same weights and vocabulary, so that a later stage loads an earlier one
+#: (``objectives.svq.tagger``: the ``tagger`` block of the objective ``svq``)
 STARTING_POINTS = {
     "videodistill": {"backbone": {"pretrained": "openai"}, "text_encoder": {"pretrained": "openai"}},
     "cotok": {"text_encoder": {"pretrained_path": "t5-base"}, "head": {"pretrained_path": "t5-base"}},
     "evilm": {"backbone": {"model_name": "edgenext_small.usi_in1k", "pretrained": True}},
+    "evilm_tokenizer": {"objectives.svq.tagger": {"model_name": EVILM_TOKENIZER_VIT, "pretrained": True}},
 }
 
 
+def part_config(model: dict, part: str) -> dict:
+    """``model[part]``, or for ``objectives.NAME.FIELD`` the field of the objective ``NAME``."""
+    if not part.startswith("objectives."):
+        return model[part]
+    _, name, field = part.split(".")
+    (objective,) = [o for o in model["objectives"] if o["name"] == name]
+    return objective[field]
+
+
 def test_the_recipes_that_name_weights():
-    assert {paper_family(r) for r in NAMING} == set(PAPER_HUB_NAMES) and len(NAMING) == 33
+    assert {paper_starting_point(r) for r in NAMING} == set(PAPER_HUB_NAMES) and len(NAMING) == 35
+    assert [r for r in NAMING if paper_starting_point(r) == "evilm_tokenizer"] == [
+        "recipes/evilm/ablations/tokenizer_bce.yaml", "recipes/evilm/tokenizer.yaml"]  # fmt: skip
     assert set(ONE_PER_FAMILY) <= set(NAMING)
 
 
 @pytest.mark.parametrize("recipe", NAMING)
 def test_every_recipe_of_a_family_names_the_same_starting_points(recipe):
     model = recipe_config(recipe)["model"]
-    for part, named in STARTING_POINTS[paper_family(recipe)].items():
-        assert {k: model[part].get(k) for k in named} == named, part
+    for part, named in STARTING_POINTS[paper_starting_point(recipe)].items():
+        config = part_config(model, part)
+        assert {k: config.get(k) for k in named} == named, part
         # no local file to fill in, and T5's own vocabulary: the id's tokenizer, not another one
-        assert not {"checkpoint", "config", "tokenizer_path"} & set(model[part]), part
+        assert not {"checkpoint", "config", "tokenizer_path"} & set(config), part
 
 
 def assert_the_missing_weights_line(stderr: str, recipe: str, cache: Path) -> None:
-    repo, command = PAPER_HUB_NAMES[paper_family(recipe)]
+    repo, command = PAPER_HUB_NAMES[paper_starting_point(recipe)]
     assert "Traceback" not in stderr, stderr[-3000:]
     line = stderr.strip().splitlines()[-1]
     assert line.startswith("vqa: error: ") and f" {repo}" in line, line
@@ -80,6 +104,7 @@ def test_one_recipe_per_family_without_its_weights_stops_with_one_line_from_the_
 @pytest.mark.parametrize("recipe", NAMING)
 def test_every_paper_recipe_without_its_weights_stops_with_one_line(recipe, tmp_path, monkeypatch, capsys):
     cache = use_hub_cache(monkeypatch, tmp_path / "empty_hub")
+    vocab = vocab_args(recipe, tmp_path)  # the tokenizers build their text encoder (its vocabulary) first
     capsys.readouterr()
-    assert run_vqa("fit", "--config", ROOT / recipe, f"--trainer.default_root_dir={tmp_path}")[0] == 2
+    assert run_vqa("fit", "--config", ROOT / recipe, f"--trainer.default_root_dir={tmp_path}", *vocab)[0] == 2
     assert_the_missing_weights_line(capsys.readouterr().err, recipe, cache)

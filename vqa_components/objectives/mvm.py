@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -58,7 +59,9 @@ class MaskedVideoModeling(Objective):
         weight: scale of this loss in the total.
         tagger: the tagger's shape, the ``tagger`` block given to stage 1's ``svq``
             (:class:`~vqa_components.layers.semantic_tokenizer.TaggerConfig` or a mapping; its
-            training options ``beta`` and ``restart_every`` do nothing here: the tagger is frozen).
+            training options ``beta`` and ``restart_every`` do nothing here: the tagger is frozen;
+            nor does ``pretrained``: the tagger is built with ``model_name``'s architecture but no
+            pretrained weights are read, stage 1's come through ``init_from``).
     """
 
     #: it reads the fusion's token outputs (a head that skips the fusion leaves it trainable for this)
@@ -79,7 +82,8 @@ class MaskedVideoModeling(Objective):
         self.mask_ratio = mask_ratio
         self.min_block_cells = min_block_cells
         self.weight = weight
-        self.tagger = VideoTagger(tagger)
+        # stage 1's weights replace the whole tagger (init_from): its ViT's pretrained ones are not read
+        self.tagger = VideoTagger(dataclasses.replace(TaggerConfig.of(tagger), pretrained=False))
         self.tagger.requires_grad_(False)
         self.tagger.eval()
         self.head: nn.Linear | None = None if in_dim is None else nn.Linear(in_dim, self.tagger.num_codes)

@@ -99,8 +99,12 @@ class SemanticVQ(Objective):
         tagger: the encoder and quantizer
             (:class:`~vqa_components.layers.semantic_tokenizer.TaggerConfig`, or a mapping of its
             fields: ``num_codes``, ``code_dim``, ``img_size``, ``patch_size``, ``embed_dim``,
-            ``depth``, ``num_heads``, ``mlp_ratio``, ``beta``, ``restart_every``; ``None``: the
-            paper's, 9,420 codes of 32); stage 2's ``mvm`` takes the same ``tagger`` block.
+            ``depth``, ``num_heads``, ``mlp_ratio``, ``beta``, ``restart_every``, ``model_name``,
+            ``pretrained``; ``None``: the paper's, 9,420 codes of 32, a random ViT-B/32); stage 2's
+            ``mvm`` takes the same ``tagger`` block. ``model_name`` with ``pretrained: true`` starts
+            the encoder's ViT from a timm ViT's pretrained weights (the paper recipes: OpenAI CLIP's
+            ViT-B/32, ``vit_base_patch32_clip_quickgelu_224.openai``), read through the Hugging Face
+            hub cache; the encoder records ``weights_source``.
         decoder_dim, decoder_depth, decoder_heads: the tokenizer's decoder (paper: 8 blocks).
     """
 
