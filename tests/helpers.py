@@ -399,3 +399,26 @@ def paper_hub_cache(cache: Path, family: str, weights: bool = True) -> Path:
             save_file({k: v.contiguous() for k, v in state.items()}, str(Path(tmp) / "model.safetensors"))
             fill_hub_cache(cache, repo, Path(tmp))
     return cache
+
+
+# ------------------------------------------------- trained-looking models of a recipe, as `vqa export` sees them
+def build_model(recipe: str, *overrides: str):
+    """The recipe's model on the tiny benchmark (``conftest.TINY_DATA``; random weights, seeded, then
+    moved off their initialisation so that a weight a model folder dropped would show), in eval mode,
+    with its datamodule set up for test and the resolved configuration, as ``vqa export`` gets them."""
+    import torch
+    import yaml
+    from conftest import TINY_DATA
+
+    from vqa_components.cli import NO_INIT, release, run_cli
+
+    cli = run_cli(["--config", recipe, *TINY_DATA, *overrides, *NO_INIT], run=False)
+    config = yaml.safe_load(cli.parser.dump(cli.config, skip_check=True))
+    model, dm = cli.model, cli.datamodule
+    release(cli)
+    dm.setup("test")
+    model.answer_vocab = list(dm.answer_vocab)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model.eval(), dm, config

@@ -16,9 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
-import yaml
-from conftest import TINY_DATA
+from helpers import build_model
 
 from vqa_components.data.video_io import write_video
 from vqa_components.demo import (
@@ -39,21 +37,11 @@ CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "
 
 
 def export_model(recipe: str, out: Path, *overrides: str) -> Path:
-    """The recipe's model at test size (random weights, seeded and moved off their initialisation)
-    exported as a model folder, as tests/test_model_folder.py builds them."""
-    from vqa_components.cli import NO_INIT, release, run_cli
+    """The recipe's model at test size (``helpers.build_model``) exported as a model folder."""
     from vqa_components.model_folder import export
 
-    cli = run_cli(["--config", recipe, *TINY_DATA, *overrides, *NO_INIT], run=False)
-    config = yaml.safe_load(cli.parser.dump(cli.config, skip_check=True))
-    model, dm = cli.model, cli.datamodule
-    release(cli)
-    dm.setup("test")
-    model.answer_vocab = list(dm.answer_vocab)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    return export(model.eval(), config, out, recipe=recipe)
+    model, _, config = build_model(recipe, *overrides)
+    return export(model, config, out, recipe=recipe)
 
 
 def ball_clip(path: Path, frames: int = 16, size: int = 64) -> Path:

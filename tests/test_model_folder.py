@@ -10,8 +10,7 @@ import pickle
 import pytest
 import torch
 import yaml
-from conftest import TINY_DATA
-from helpers import fill_hub_cache, sentencepiece_model, t5_repository, use_hub_cache
+from helpers import build_model, fill_hub_cache, sentencepiece_model, t5_repository, use_hub_cache
 
 from vqa_components.errors import ConfigError
 from vqa_components.model import VideoQAModel
@@ -23,21 +22,7 @@ MULTIPLE_CHOICE = ("recipes/quickstart.yaml", "--model.head=vtm_choice", "--mode
 GENERATING = ("recipes/cotok/tiny/question_only.yaml",)
 
 
-def build(recipe: str, *overrides: str):
-    """The recipe's model (random weights, seeded), its datamodule set up for test, and the resolved
-    configuration, as ``vqa export`` gets them."""
-    from vqa_components.cli import NO_INIT, release, run_cli
-
-    cli = run_cli(["--config", recipe, *TINY_DATA, *overrides, *NO_INIT], run=False)
-    config = yaml.safe_load(cli.parser.dump(cli.config, skip_check=True))
-    model, dm = cli.model, cli.datamodule
-    release(cli)
-    dm.setup("test")
-    model.answer_vocab = list(dm.answer_vocab)
-    with torch.no_grad():  # every weight away from its initialisation: a weight the folder drops shows
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    return model.eval(), dm, config
+build = build_model  # the recipe's model, its datamodule and its resolved configuration
 
 
 def eval_batch(dm, options: bool = False) -> dict:

@@ -1,9 +1,5 @@
-"""Training objectives: (model, batch, ModelOutput) -> {"loss": ...}.
-
-The package imports none of its parts, so that importing one part does not import the others and
-their libraries (``vqa ask`` builds only the parts of the model it answers with). The registry
-imports the modules named in ``PARTS`` when a part is looked up by name (``import_builtin_parts``).
-"""
+"""Training objectives: (model, batch, ModelOutput) -> {"loss": ...}. ``PARTS``: the modules of the
+built-in ones, imported by the registry (``registry.import_builtin_parts``), not here."""
 
 PARTS = (
     "answer_cross_entropy",

@@ -1,9 +1,5 @@
-"""Frame samplers: choose k of t frames, possibly using the question.
-
-The package imports none of its parts, so that importing one part does not import the others and
-their libraries (``vqa ask`` builds only the parts of the model it answers with). The registry
-imports the modules named in ``PARTS`` when a part is looked up by name (``import_builtin_parts``).
-"""
+"""Frame samplers: choose k of t frames, possibly using the question. ``PARTS``: the modules of the
+built-in ones, imported by the registry (``registry.import_builtin_parts``), not here."""
 
 PARTS = (
     "gumbel_topk",
