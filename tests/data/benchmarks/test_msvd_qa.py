@@ -105,9 +105,10 @@ def test_the_paper_recipes_read_the_miniature_release_like_their_example_batch(r
     mini.check_recipe_batch(recipe, {"root": str(release)})
 
 
-def test_alpro_jsonl_form_is_read(tmp_path, mini):
+@pytest.fixture
+def alpro(tmp_path, mini):
     """ALPRO's MSVD-QA: txt/{split}.jsonl with clip names as video_id, txt/train_ans2label.json, and the
-    YouTubeClips unpacked into videos/ (read as <video_id>.avi, ALPRO's video_fmt for msvd)."""
+    YouTubeClips unpacked into videos/."""
     root = tmp_path / "alpro_msvd_qa"
 
     def rows(recs, first=0):
@@ -122,6 +123,12 @@ def test_alpro_jsonl_form_is_read(tmp_path, mini):
     mini.write_json(root / "txt" / "train_ans2label.json", {"man": 0, "potato": 1, "guitar": 2})
     for n in (0, 3):
         mini.avi(root / "videos" / f"{CLIPS[n]}.avi", level=40 * n, frames=2)
+    return root
+
+
+def test_alpro_jsonl_form_is_read(alpro):
+    """ALPRO's form, its clips read as <video_id>.avi (ALPRO's video_fmt for msvd)."""
+    root = alpro
     test = MSVDQADataset(str(root), "test", num_frames=2)
     assert test.annotation_file == root / "txt" / "test.jsonl"
     assert test.answer_vocab == ["man", "potato", "guitar"]
