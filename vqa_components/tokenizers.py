@@ -83,6 +83,18 @@ class ClipBPETokenizer:
         self.vocab_size = self.mask_token_id + 1
         self.special_token_ids = (self.pad_token_id, self.sot_token_id, self.eot_token_id, self.mask_token_id)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without open_clip's tokenizer object (whose module may be the copy read by
+        :func:`open_clip_tokenizer_module`, which another process cannot import by name: ``ddp_spawn``
+        pickles the model); ``__setstate__`` builds it again from ``context_length``."""
+        state = self.__dict__.copy()
+        del state["_tok"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._tok = open_clip_tokenizer_module().SimpleTokenizer(context_length=self.context_length)
+
     def __call__(self, texts: list[str]) -> dict[str, Tensor]:
         ids = self._tok(list(texts))  # (b, context_length), eot kept when truncating
         eot = (ids == self.eot_token_id).int().argmax(-1)
