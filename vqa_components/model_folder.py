@@ -289,9 +289,9 @@ def resolve(name: str | os.PathLike) -> Path:
     if weights.is_hub_id(str(name)):
         from huggingface_hub import snapshot_download
 
-        return Path(weights.from_hub(
-            lambda: snapshot_download(str(name)), "model folder", "hub id", str(name), files=(CONFIG_FILE, WEIGHTS_FILE)
-        ))
+        # the whole repository (`hf download ORG/NAME`): the folder is more than its config and weights
+        snapshot = weights.from_hub(lambda: snapshot_download(str(name)), "model folder", "hub id", str(name))
+        return resolve(snapshot)  # a repository that is not a model folder is named as such
     raise ConfigError(f"model folder {str(name)!r}: no such folder, nor a Hugging Face hub id (ORG/NAME)")
 
 
