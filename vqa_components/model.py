@@ -46,13 +46,6 @@ from vqa_components.optim import clip_gradients, optimizer_for_precision
 from vqa_components.pipeline import FORWARD_PARTS, VideoQAPipeline
 
 
-def data_kind(dm: Any) -> str | None:
-    """What the datamodule's data is (``multiple_choice``, ``captions``, ``open_ended``, ...; its
-    ``kind``, read without decoding a video), ``None`` where it does not say."""
-    kind = getattr(dm, "kind", None)
-    return kind if isinstance(kind, str) else None
-
-
 class VideoQAModel(VideoQAPipeline, pl.LightningModule):
     """A VideoQA model assembled from parts, trained by Lightning (the forward: :class:`VideoQAPipeline`).
 
@@ -209,9 +202,11 @@ class VideoQAModel(VideoQAPipeline, pl.LightningModule):
 
     def check_data_fits(self, dm: Any) -> None:
         """Stop at start-up, in one line, where the head or an objective cannot use the data
-        (:func:`data_kind`): a classifier on multiple-choice questions would learn the right option's
-        position and never see the options; objectives check what they read (their ``check_data``)."""
-        kind, dataset = data_kind(dm), getattr(dm, "dataset_name", "the dataset")
+        (the datamodule's ``kind``, read without decoding a video): a classifier on multiple-choice
+        questions would learn the right option's position and never see the options; objectives check
+        what they read (their ``check_data``)."""
+        kind, dataset = getattr(dm, "kind", None), getattr(dm, "dataset_name", "the dataset")
+        kind = kind if isinstance(kind, str) else None
         if kind == "multiple_choice" and getattr(self.head, "task", None) == "classify":
             head = getattr(self.head, "registry_name", type(self.head).__name__)
             raise ConfigError(
