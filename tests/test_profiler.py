@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import D, tiny_model
 from torch._subclasses.fake_tensor import FakeTensor
 
 from vqa_components import create
@@ -20,23 +21,13 @@ from vqa_components.profiler import ProfileReport, profile_model
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "what color is the ball?"  # CLIP BPE: <start> what color is the ball ? <end>
 L = 8  # its token count
-D = 32  # width of every part of the small model
 T = 4  # frames
 N = T * 2 * 2  # video tokens: frames x grid²
 
 
 def small_model(**kwargs) -> VideoQAModel:
-    parts = {
-        "backbone": create(
-            "backbone", "frame_cnn", dim=D, channels=(8, 16, 32), grid=2, stem_patch=4, temporal_kernel=3
-        ),
-        "text_encoder": create("text_encoder", "small_transformer", dim=D, num_layers=1, num_heads=2),
-        "fusion": create("fusion", "cross_attention", video_dim=D, text_dim=D, dim=D, num_layers=1, num_heads=2),
-        "head": create("head", "answer_classifier", in_dim=D, num_answers=16),
-        "objectives": [create("objective", "answer_cross_entropy")],
-    }
-    parts.update(kwargs)
-    return VideoQAModel(**parts)
+    """``helpers.tiny_model`` with the embedded benchmark's 16 answers; ``kwargs`` replace parts or set arguments."""
+    return tiny_model(**{"head": create("head", "answer_classifier", in_dim=D, num_answers=16), **kwargs})
 
 
 def small_batch() -> dict:
