@@ -18,8 +18,9 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 
 ROOT = Path(__file__).resolve().parents[1]
-#: every recipe, as a path relative to the repository
-RECIPES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "recipes").rglob("*.yaml"))
+#: every recipe, as a path relative to the repository (recipes/sweeps/ holds sweep files, not recipes)
+RECIPES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "recipes").rglob("*.yaml")
+                 if p.parent != ROOT / "recipes" / "sweeps")
 
 
 def recipe_config(recipe: str) -> dict[str, Any]:

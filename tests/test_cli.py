@@ -114,6 +114,86 @@ def test_list_of_a_misspelt_kind_suggests_the_kind(capsys):
     assert code == 2 and "Did you mean 'fusion'" in err and "Traceback" not in err
 
 
+def test_config_takes_a_packaged_recipe_s_name(capsys):
+    code, by_name = run_vqa("fit", "--config", "quickstart", "--print_config")
+    assert code == 0, capsys.readouterr().err[-3000:]
+    assert by_name == run_vqa("fit", "-c", QUICKSTART, "--print_config")[1]
+    assert "synthetic_vqa" in by_name
+    code, _ = run_vqa("fit", "--config", "quikstart")
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [(
+        "vqa: error: recipe not found: 'quikstart' is neither a file nor a packaged recipe. Did you mean "
+        "'quickstart'? (vqa recipes lists them)")]
+
+
+def test_vqa_recipes_lists_every_yaml_with_its_paper_and_dataset(capsys):
+    code, out = run_vqa("recipes")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "recipes:" and lines[1].split() == ["name", "paper", "dataset", "description"]
+    columns = [lines[1].index(c) for c in ("paper", "dataset", "description")]
+    rows = {line.split()[0]: line for line in lines[2:] if line.startswith("  ")}
+    recipes = ROOT / "recipes"
+    assert set(rows) == {p.relative_to(recipes).with_suffix("").as_posix() for p in recipes.rglob("*.yaml")}
+    quickstart = rows["quickstart"]
+    assert quickstart[columns[1] : columns[2]].strip() == "synthetic_vqa"
+    assert quickstart[columns[2] :].startswith("Quickstart: a small VideoQA model")
+    assert rows["videodistill/tiny/f_full"][columns[0] : columns[1]].strip() == "VideoDistill (CVPR 2024)"
+    sweeps = sorted(p.relative_to(recipes).with_suffix("").as_posix() for p in recipes.glob("sweeps/**/*.yaml"))
+    listed = [line.split()[0] for line in lines[lines.index("sweeps:") + 1 :]] if "sweeps:" in lines else []
+    assert listed == sweeps  # last, under their own heading
+
+    code, out = run_vqa("recipes", "videodistill/tiny/*")
+    names = [line.split()[0] for line in out.splitlines()[2:]]
+    assert code == 0 and "videodistill/tiny/f_full" in names and all(n.startswith("videodistill/tiny/") for n in names)
+    capsys.readouterr()
+    assert run_vqa("recipes", "zzz*")[0] == 1
+    assert "no recipes match 'zzz*'" in capsys.readouterr().err
+
+
+def test_vqa_recipes_shows_sweep_files_under_their_own_heading(tmp_path, monkeypatch):
+    from vqa_components import packaged_recipes
+
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "seeds.yaml").write_text("# three seeds of mine\nruns: [{recipe: mine, seeds: [0, 1, 2]}]\n")
+    (tmp_path / "mine.yaml").write_text("# my recipe\ndata: {dataset: webvid}\n")
+    monkeypatch.setattr(packaged_recipes, "recipes_root", lambda: tmp_path)
+    assert run_vqa("recipes") == (0, (
+        "recipes:\n"
+        "  name  paper  dataset  description\n"
+        "  mine  -      webvid   my recipe\n"
+        "sweeps:\n"
+        "  sweeps/seeds  three seeds of mine\n"))  # fmt: skip
+
+
+def test_vqa_recipes_imports_no_torch():
+    script = "import sys; from vqa_components.cli import main; code = main(['recipes']); " \
+             "sys.exit(3 if 'torch' in sys.modules else code)"
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_vqa_recipes_copy_writes_a_copy_that_parses_and_keeps_edits(tmp_path, capsys):
+    packaged = ROOT / "recipes" / "videodistill" / "tiny" / "f_full.yaml"
+    copy = tmp_path / "mine" / "f_full.yaml"
+    code, out = run_vqa("recipes", "copy", "videodistill/tiny/f_full", tmp_path / "mine")
+    assert code == 0, capsys.readouterr().err[-3000:]
+    assert out.splitlines() == [f"written: {copy}", f"run it:  vqa fit --config {copy}"]
+    assert copy.read_bytes() == packaged.read_bytes()
+    code, printed = run_vqa("fit", "--config", copy, "--print_config")
+    assert code == 0, capsys.readouterr().err[-3000:]
+    assert printed == run_vqa("fit", "--config", "videodistill/tiny/f_full", "--print_config")[1]
+
+    copy.write_text(copy.read_text() + "# edited\n")
+    edited = copy.read_bytes()
+    capsys.readouterr()
+    assert run_vqa("recipes", "copy", "videodistill/tiny/f_full", tmp_path / "mine")[0] == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"vqa: error: {copy} already exists: --force overwrites"]
+    assert copy.read_bytes() == edited
+    assert run_vqa("recipes", "copy", "videodistill/tiny/f_full", tmp_path / "mine", "--force")[0] == 0
+    assert copy.read_bytes() == packaged.read_bytes()
+
+
 def test_explain_index_that_is_not_a_number_is_one_line(capsys):
     code, _ = run_vqa("explain", "--config", QUICKSTART, "--index", "x")
     assert code == 2

@@ -34,7 +34,8 @@ def metrics(root: Path) -> dict[str, float]:
 @pytest.mark.slow
 def test_ddp_fit_then_ddp_test_equals_single_process_test(tmp_path):
     root = tmp_path / "run"
-    common = ["--config", QUICKSTART, f"--trainer.default_root_dir={root}", *DATA]
+    # the recipe by name: the rank Lightning starts re-runs this command line and finds it again
+    common = ["--config", "quickstart", f"--trainer.default_root_dir={root}", *DATA]
     fit = vqa("fit", *common, "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.max_epochs=2")
     assert fit.returncode == 0, fit.stderr[-3000:]
     assert "GLOBAL_RANK: 1" in fit.stderr + fit.stdout  # the second rank really ran

@@ -1,20 +1,24 @@
-"""The ``vqa`` command: LightningCLI subcommands plus ``list``, ``profile``, ``explain`` and ``vocab``.
+"""The ``vqa`` command: LightningCLI subcommands plus ``list``, ``recipes``, ``profile``, ``explain``, ``vocab``,
+``export``, ``ask`` and ``demo``.
 
 ::
 
-    vqa fit      --config recipes/quickstart.yaml     # train (LightningCLI)
+    vqa fit      --config quickstart                  # train (LightningCLI); a recipe's name or a path
     vqa fit      ... --ckpt_path last | --overwrite   # resume, or replace an earlier run's checkpoints
-    vqa test     --config recipes/quickstart.yaml --ckpt_path best
+    vqa test     --config quickstart --ckpt_path best
     vqa validate | predict ...
     vqa list [KIND] [PATTERN]                         # registered parts
-    vqa profile  --config recipes/quickstart.yaml     # params and FLOPs, no real compute
+    vqa recipes [PATTERN]                             # packaged recipes and sweep files
+    vqa recipes copy NAME DIR [--force]               # an editable copy of a recipe and its includes
+    vqa profile  --config quickstart                  # params and FLOPs, no real compute
     vqa explain  --config RECIPE --ckpt_path best     # PNG: chosen frames and gates, or co-token maps
     vqa vocab    --config RECIPE --out vocab.txt      # WordPiece vocabulary of the training texts (bert)
 
-Parts in recipes and on the command line may be given by registry name (see
-:mod:`vqa_components.recipe`). User errors (unknown or duplicate names, model
-arguments that cannot work, a ``fit`` into a folder that holds an earlier run's
-checkpoints) are printed as one line and exit with status 2.
+``--config`` takes a file or the name of a packaged recipe (``quickstart``, ``videodistill/tiny/f_full``;
+:mod:`vqa_components.packaged_recipes`, which also merges a recipe's ``base``). Parts in recipes and
+on the command line may be given by registry name (see :mod:`vqa_components.recipe`). User errors
+(unknown or duplicate names, an unknown recipe, model arguments that cannot work, a ``fit`` into a
+folder that holds an earlier run's checkpoints) are printed as one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from typing import Any
 import yaml
 
 from vqa_components.cli_common import CLIError, find_checkpoint, is_launching_process
-from vqa_components.interfaces import ConfigError
+from vqa_components.errors import ConfigError
+from vqa_components.packaged_recipes import copy_recipe, find_recipe, list_recipes, load_recipe
 from vqa_components.recipe import check_part_arguments, normalize_cli_args, normalize_config
 from vqa_components.registry import (
     REGISTRIES,
@@ -47,16 +52,11 @@ CONFIG_FLAGS = ("--config", "-c")
 # ------------------------------------------------------------------ helpers
 
 
-def _load_recipe(path: str) -> str:
-    """Read a recipe file, normalise part names, return it as a YAML string."""
-    p = Path(path)
-    if not p.is_file():
-        raise CLIError(f"config file not found: {path}")
-    try:
-        cfg = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise CLIError(f"{path}: invalid YAML: {exc}".replace("\n", " ")) from None
-    return yaml.safe_dump(normalize_config(cfg or {}), sort_keys=False)
+def _load_recipe(name_or_path: str) -> str:
+    """A recipe (a file, or a packaged recipe's name) with its ``base`` merged and part names
+    normalised, as a YAML string."""
+    cfg = load_recipe(find_recipe(name_or_path))
+    return yaml.safe_dump(normalize_config(cfg), sort_keys=False)
 
 
 def preprocess_args(args: list[str]) -> list[str]:
@@ -174,6 +174,54 @@ def _list_hint(pattern: str, kind: str | None) -> str:
         hints.append(f"the part {' or '.join(repr(n) for n in parts)}")
     kinds = f" Kinds: {', '.join(REGISTRIES)}." if kind is None else ""
     return (f". Did you mean {', or '.join(hints)}?" if hints else ".") + kinds
+
+
+# ------------------------------------------------------------------ recipes
+
+RECIPES_USAGE = "usage: vqa recipes [PATTERN] | vqa recipes copy NAME DIR [--force]"
+
+
+def cmd_recipes(args: list[str]) -> int:
+    """``vqa recipes [PATTERN]``: the packaged recipes, then the sweep files; ``vqa recipes copy``."""
+    if args[:1] in (["-h"], ["--help"]):
+        print(RECIPES_USAGE)
+        return 0
+    if args[:1] == ["copy"]:
+        return _copy_recipe(args[1:])
+    if len(args) > 1:
+        raise CLIError(f"recipes: unexpected argument(s) {' '.join(args[1:])} ({RECIPES_USAGE})")
+    pattern = args[0] if args else None
+    infos = list_recipes(pattern)
+    if not infos:
+        print(f"no recipes match {pattern!r} (names: quickstart, videodistill/tiny/*)", file=sys.stderr)
+        return 1
+    recipes = [i for i in infos if i.kind == "recipe"]
+    if recipes:
+        rows = [("name", "paper", "dataset", "description")]
+        rows += [(i.name, i.paper, i.dataset or "-", i.description) for i in recipes]
+        widths = [max(len(r[c]) for r in rows) for c in range(3)]
+        print("recipes:")
+        for row in rows:
+            print("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)) + "  " + row[3])
+    sweeps = [i for i in infos if i.kind == "sweep"]
+    if sweeps:
+        width = max(len(i.name) for i in sweeps)
+        print("sweeps:")
+        for i in sweeps:
+            print(f"  {i.name.ljust(width)}  {i.description}")
+    return 0
+
+
+def _copy_recipe(args: list[str]) -> int:
+    force = "--force" in args
+    args = [a for a in args if a != "--force"]
+    if len(args) != 2 or any(a.startswith("-") for a in args):
+        raise CLIError(f"recipes copy needs NAME and DIR ({RECIPES_USAGE})")
+    written = copy_recipe(args[0], args[1], force=force)
+    for path in written:
+        print(f"written: {path}")
+    print(f"run it:  vqa fit --config {written[0]}")
+    return 0
 
 
 #: Appended when a model is built only to be profiled, or to take a checkpoint's weights: loading an
@@ -409,12 +457,16 @@ def _training_texts(config: str) -> tuple[str, list[str]]:
     return split, [text for pair in pairs for text in pair if text]
 
 
-USAGE = """usage: vqa {fit,validate,test,predict,list,profile,explain,vocab,export,ask,demo} ...
+USAGE = """usage: vqa {fit,validate,test,predict,list,recipes,profile,explain,vocab,export,ask,demo} ...
 
-  fit|validate|test|predict   LightningCLI subcommands (vqa fit --help)
+  fit|validate|test|predict   LightningCLI subcommands (vqa fit --help); --config RECIPE is a file
+                              or a packaged recipe's name (quickstart, videodistill/tiny/f_full)
   fit ... --overwrite         replace the checkpoints an earlier fit left in trainer.default_root_dir
                               (--ckpt_path last resumes that run instead)
   list [KIND] [PATTERN]       registered parts, e.g. `vqa list fusion 'cross*'`
+  recipes [PATTERN]           packaged recipes (name, paper, dataset, description), then sweep files
+  recipes copy NAME DIR [--force]
+                              an editable copy of a recipe and the files it includes (base:)
   profile --config RECIPE     parameters and forward FLOPs of a recipe for one sample
   explain --config RECIPE [--ckpt_path best] [--split test] [--index 0] [--out PNG]
                               figure of the frames a sampler chose and the LA-Gate values, or of
@@ -458,6 +510,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_ask(argv[1:])
         if argv and argv[0] == "demo":  # the same, and Gradio
             return cmd_demo(argv[1:])
+        if argv and argv[0] == "recipes":  # YAML files only: no registry, no torch
+            return cmd_recipes(argv[1:])
+        if argv and argv[0] == "sweep":  # runs vqa processes; needs no part itself
+            from vqa_components.sweep.command import cmd_sweep
+
+            return cmd_sweep(argv[1:])
         import_builtin_parts()
         load_plugins()
         if not argv or argv[0] in ("-h", "--help"):

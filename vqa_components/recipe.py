@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from vqa_components.interfaces import ConfigError
+from vqa_components.errors import ConfigError  # interfaces re-exports it; errors imports no torch
 from vqa_components.registry import Registry, get_registry
 
 #: model argument -> kind of part it holds
