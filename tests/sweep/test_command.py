@@ -100,3 +100,22 @@ def test_killed_sweep_resumes_without_rerunning_finished_runs(tmp_path):
     assert "1 of 4 runs finished already" in res.stdout
     assert (finished / "stage.json").stat().st_mtime == mtime
     assert len(json.loads((out / "sweep.json").read_text())["records"]) == 4
+
+
+def test_the_documented_sweep_file_runs_what_it_says(tmp_path, monkeypatch):
+    """docs/recipes.md's ablation of one's own: 2 runs x 2 overrides x 3 seeds, rows as the page says,
+    and every fit command it would run parses."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "recipes.md").read_text()
+    block = next(b for b in page.split("```yaml\n")[1:] if b.startswith("# my_ablation.yaml")).split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_ablation.yaml").write_text(block)
+    code, printed = run_vqa("sweep", "my_ablation.yaml", "--dry-run")
+    assert code == 0 and "0 of 12 runs finished already" in printed, printed
+    heads = [line.split(" (")[0] for line in printed.splitlines() if line.endswith("):")]
+    assert heads[:4] == ["LA-Gate [k8] seed 0", "LA-Gate [k4] seed 0", "cross-attention [k8] seed 0",
+                         "cross-attention [k4] seed 0"]
+    fits = [line.split()[1:] for line in printed.splitlines() if line.startswith("  vqa fit ")][:4]
+    for fit in fits:
+        code, out = run_vqa(*[a for a in fit if a != "--overwrite"], "--print_config")
+        assert code == 0 and "seed_everything: 0" in out
+    assert "num_frames: 4" in out and "max_frames: 4" in out  # the k4 override reached the parts
