@@ -6,9 +6,18 @@ For each (recipe, precision, processes) it runs ``vqa fit`` for ``--steps`` opti
 reports training samples per second; the ratios (bf16 / fp32, 2 processes / 1) compare figures
 of the same run. ``--profile`` adds the operators that take the time in one fp32 and one bf16
 training step of each recipe (``torch.profiler``, in this process). Test accuracy after the full
-recipe comes from the seed sweeps (``experiments/seed_sweep.py``), whose results files are read
-and quoted with their source. Writes ``benchmarks/results/training_speed.json``, a PNG beside it
-and the table ``docs/results/training_speed_table.md``::
+recipe comes from the seed sweeps, whose results (``experiments/results/<folder>/sweep.json``) are
+read and quoted with their source::
+
+    vqa sweep sweeps/quickstart --out experiments/results/quickstart
+    vqa sweep sweeps/quickstart --only quickstart --name quickstart_bf16 --out experiments/results/quickstart_bf16 \
+        -- --trainer.precision=bf16-mixed
+    vqa sweep sweeps/videodistill_table4 --only f_full --out experiments/results/videodistill_tiny_v3
+    vqa sweep sweeps/videodistill_table4 --only f_full --name videodistill_table4_bf16 \
+        --out experiments/results/videodistill_tiny_v3_bf16 -- --trainer.precision=bf16-mixed
+
+Writes ``benchmarks/results/training_speed.json``, a PNG beside it and the table
+``docs/results/training_speed_table.md``::
 
     python benchmarks/training_speed.py                # about 10 min on 2 idle CPU cores
     python benchmarks/training_speed.py --table-only   # the table again, from the results file
@@ -32,12 +41,12 @@ RECIPES = {
     "quickstart": "recipes/quickstart.yaml",
     "videodistill_tiny_f_full": "recipes/videodistill/tiny/f_full.yaml",
 }
-#: where the accuracy after the full recipe comes from: (sweep results file, recipe stem)
+#: where the accuracy after the full recipe comes from: (a sweep's output folder, the run's name in its sweep file)
 ACCURACY = {
-    ("quickstart", "32-true"): ("experiments/results/quickstart.json", "quickstart"),
-    ("quickstart", "bf16-mixed"): ("experiments/results/quickstart_bf16.json", "quickstart"),
-    ("videodistill_tiny_f_full", "32-true"): ("experiments/results/videodistill_tiny_v3.json", "f_full"),
-    ("videodistill_tiny_f_full", "bf16-mixed"): ("experiments/results/videodistill_tiny_v3_bf16.json", "f_full"),
+    ("quickstart", "32-true"): ("experiments/results/quickstart", "quickstart"),
+    ("quickstart", "bf16-mixed"): ("experiments/results/quickstart_bf16", "quickstart"),
+    ("videodistill_tiny_f_full", "32-true"): ("experiments/results/videodistill_tiny_v3", "f_full"),
+    ("videodistill_tiny_f_full", "bf16-mixed"): ("experiments/results/videodistill_tiny_v3_bf16", "f_full"),
 }
 CONFIGS = [("32-true", 1), ("bf16-mixed", 1), ("32-true", 2)]
 
@@ -109,14 +118,16 @@ def profile_step(recipe: str, top: int = 6) -> dict:
 
 def accuracy(recipe_key: str, precision: str) -> dict | None:
     source = ACCURACY.get((recipe_key, precision))
-    if source is None or not (ROOT / source[0]).is_file():
+    file = ROOT / source[0] / "sweep.json" if source else None
+    if file is None or not file.is_file():
         return None
-    runs = [r for r in json.loads((ROOT / source[0]).read_text())["runs"] if r["recipe"] == source[1] and r["metrics"]]
+    runs = [r for r in json.loads(file.read_text())["records"] if r["run"] == source[1] and r["returncode"] == 0
+            and (r.get("metrics") or {}).get("test/acc") is not None]
     if not runs:
         return None
     accs = [r["metrics"]["test/acc"] for r in runs]
-    return {"test_acc_mean": round(sum(accs) / len(accs), 4), "seeds": [r["seed"] for r in runs], "source": source[0],
-            "generator_version": runs[0].get("generator_version")}
+    return {"test_acc_mean": round(sum(accs) / len(accs), 4), "seeds": [r["seed"] for r in runs],
+            "source": f"{source[0]}/sweep.json", "generator_version": runs[0].get("benchmark_version")}
 
 
 def plot(result: dict, path: Path) -> None:

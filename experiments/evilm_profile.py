@@ -27,7 +27,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from cotok_profile import profile_config  # noqa: E402
+from cotok_profile import profile_config
 
 PAPER = ROOT / "recipes" / "evilm" / "finetune_msrvtt_qa.yaml"
 DOC = ROOT / "docs" / "parts" / "evilm.md"

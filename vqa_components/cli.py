@@ -1,5 +1,5 @@
-"""The ``vqa`` command: LightningCLI subcommands plus ``list``, ``recipes``, ``profile``, ``explain``, ``vocab``,
-``export``, ``ask`` and ``demo``.
+"""The ``vqa`` command: LightningCLI subcommands plus ``list``, ``recipes``, ``sweep``, ``profile``, ``explain``,
+``vocab``, ``export``, ``ask`` and ``demo``.
 
 ::
 
@@ -10,6 +10,7 @@
     vqa list [KIND] [PATTERN]                         # registered parts
     vqa recipes [PATTERN]                             # packaged recipes and sweep files
     vqa recipes copy NAME DIR [--force]               # an editable copy of a recipe and its includes
+    vqa sweep    sweeps/quickstart --parallel 2       # recipes x seeds x overrides: table of mean ± std
     vqa profile  --config quickstart                  # params and FLOPs, no real compute
     vqa explain  --config RECIPE --ckpt_path best     # PNG: chosen frames and gates, or co-token maps
     vqa vocab    --config RECIPE --out vocab.txt      # WordPiece vocabulary of the training texts (bert)
@@ -457,7 +458,7 @@ def _training_texts(config: str) -> tuple[str, list[str]]:
     return split, [text for pair in pairs for text in pair if text]
 
 
-USAGE = """usage: vqa {fit,validate,test,predict,list,recipes,profile,explain,vocab,export,ask,demo} ...
+USAGE = """usage: vqa {fit,validate,test,predict,list,recipes,sweep,profile,explain,vocab,export,ask,demo} ...
 
   fit|validate|test|predict   LightningCLI subcommands (vqa fit --help); --config RECIPE is a file
                               or a packaged recipe's name (quickstart, videodistill/tiny/f_full)
@@ -467,6 +468,10 @@ USAGE = """usage: vqa {fit,validate,test,predict,list,recipes,profile,explain,vo
   recipes [PATTERN]           packaged recipes (name, paper, dataset, description), then sweep files
   recipes copy NAME DIR [--force]
                               an editable copy of a recipe and the files it includes (base:)
+  sweep SWEEP_FILE | RECIPE ... [--seeds 0 1 2] [--parallel N] [--launcher slurm] [-- VQA_ARGS]
+                              fit and test recipes x seeds x overrides, or chains of stages; keeps
+                              finished runs; writes sweep.json, table.md (mean ± std) and plot.png
+                              (vqa sweep --help)
   profile --config RECIPE     parameters and forward FLOPs of a recipe for one sample
   explain --config RECIPE [--ckpt_path best] [--split test] [--index 0] [--out PNG]
                               figure of the frames a sampler chose and the LA-Gate values, or of

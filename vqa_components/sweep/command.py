@@ -120,8 +120,10 @@ def run_local(runs: list[Run], out: Path, parallel: int, threads: int) -> list[d
         with lock:
             records.append(record)
             acc = (record["metrics"] or {}).get("test/acc")
-            status = f"test/acc {acc:.4f}" if acc is not None else f"FAILED (exit {record['returncode']}): see " \
-                     f"{Path(plan['folder'])}/*/stage.log"
+            if record["returncode"]:
+                status = f"FAILED (exit {record['returncode']}): see {Path(plan['folder'])}/*/stage.log"
+            else:
+                status = f"test/acc {acc:.4f}" if acc is not None else "finished (no test)"
             print(f"[{len(records)}/{len(runs)}] {run.row} seed {run.seed}: {status}, {record['wall_s']:.0f} s",
                   flush=True)
 
@@ -144,7 +146,7 @@ def cmd_sweep(argv: list[str]) -> int:
     keep = (lambda r: False) if args.fresh else still_valid(sweep)
     meta = {"sweep": sweep.name, "file": str(sweep.path) if sweep.path else " ".join(args.sources),
             "table": sweep.table}
-    done = {r["key"] for r in results.keep_records(out, keep, meta)}
+    done = {r["key"] for r in results.keep_records(out, keep, meta, write=not args.dry_run)}
     todo = [r for r in runs if r.key() not in done]
     print(f"vqa sweep {sweep.name}: {len(runs) - len(todo)} of {len(runs)} runs finished already "
           f"({out / results.RESULTS}), {len(todo)} to run", flush=True)

@@ -170,6 +170,8 @@ def finish_run(plan: dict[str, Any]) -> dict[str, Any]:
         "stages": stages,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
+        # the runs' torch threads: a run is bit-identical for the same seed, threads and machine, not across
+        "threads": int(os.environ.get("OMP_NUM_THREADS") or plan.get("threads") or 0) or None,
         "benchmark_version": plan.get("benchmark_version"),
     }
     merge_record(Path(plan["out"]), record)

@@ -65,14 +65,16 @@ def merge_record(out: Path, record: dict[str, Any]) -> None:
         _write(out, data)
 
 
-def keep_records(out: Path, keep, meta: dict[str, Any]) -> list[dict[str, Any]]:
+def keep_records(out: Path, keep, meta: dict[str, Any], write: bool = True) -> list[dict[str, Any]]:
     """Drop the records for which ``keep(record)`` is false (a changed recipe, a removed run), set the
-    sweep's ``meta`` (name, file, table options), and return the finished records that remain."""
+    sweep's ``meta`` (name, file, table options), and return the finished records that remain
+    (``write=False``: only return them, ``sweep.json`` untouched)."""
     with locked(out):
         data = load(out)
         data.update(meta)
         data["records"] = [r for r in data["records"] if keep(r)]
-        _write(out, data)
+        if write:
+            _write(out, data)
         return [r for r in data["records"] if finished(r)]
 
 
@@ -132,15 +134,19 @@ def table_page(data: dict[str, Any]) -> str:
     devices = sorted({(r.get("machine") or {}).get("gpu") or "cpu" for r in done})
     versions = sorted({str(r["benchmark_version"]) for r in done if r.get("benchmark_version") is not None})
     extra = sorted({" ".join(r["args"]) for r in done if r.get("args")})
+    dates = sorted(str(r.get("date", ""))[:10] for r in done if r.get("date"))
+    ran = f" (run {dates[0]}" + (f" to {dates[-1]})" if dates[-1] != dates[0] else ")") if dates else ""
     note = (f"<!-- written by vqa sweep {data.get('file') or data.get('sweep', '')} on "
-            f"{datetime.now(timezone.utc).date()} from {len(done)} finished runs; devices: {', '.join(devices) or '-'}"
+            f"{datetime.now(timezone.utc).date()} from {len(done)} finished runs{ran}; "
+            f"devices: {', '.join(devices) or '-'}"
             + (f"; synthetic_vqa generator version {', '.join(versions)}" if versions else "")
             + (f"; arguments: {' | '.join(extra)}" if extra else "") + " -->\n")
     return note + table(records, data.get("table"))
 
 
 def plot(data: dict[str, Any], path: Path) -> bool:
-    """A bar per row in each column with its standard deviation over seeds; False without matplotlib."""
+    """A bar per row in each column with its standard deviation over seeds; False without matplotlib
+    or without a row."""
     try:
         import matplotlib
 
@@ -152,8 +158,10 @@ def plot(data: dict[str, Any], path: Path) -> bool:
     done = [r for r in data["records"] if finished(r)]
     cols = columns(done, options)
     table_rows = rows(done, options)
+    if not table_rows:
+        return False
     scale = options.get("scale", 100.0)
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(cols) * max(1, len(table_rows)) ** 0.5, 3.6))
+    fig, ax = plt.subplots(figsize=(min(12.0, 3.0 + 0.2 * len(cols) * len(table_rows)), 3.2 + 0.18 * len(table_rows)))
     width = 0.8 / max(1, len(table_rows))
     for i, (row, values, _) in enumerate(table_rows):
         means = [scale * statistics.mean(v) if v else float("nan") for v in values]
@@ -163,7 +171,7 @@ def plot(data: dict[str, Any], path: Path) -> bool:
     ax.set_xticks(range(len(cols)), [h for h, _ in cols])
     ax.set_ylabel(options.get("metric", "test/acc") + (" (%)" if scale == 100.0 else ""))
     ax.set_title(f"{data.get('sweep', '')}: mean and std over seeds")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
