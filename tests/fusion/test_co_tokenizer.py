@@ -267,6 +267,70 @@ def test_iterations_refine_each_other_and_their_number_changes_the_output():
     assert not torch.allclose(flat_maps(out, 1), flat_maps(out3, 1), atol=1e-6)
 
 
+def test_joint_selection_averages_video_and_words_so_text_changes_the_tokens_content():
+    """selection: joint: each token is a map-weighted average of the video positions and the current
+    text tokens (one map over both, padded words 0); under selection: video, with the question's
+    influence on the maps removed, the tokens are the same whatever the question."""
+    joint = fusion(num_iterations=1, selection="joint")
+    video, text = streams_video(), question()
+    seen = {}
+    joint.blocks[0][0].register_forward_pre_hook(lambda mod, args: seen.__setitem__("h", args[0].detach().clone()))
+    out = joint(video, text)
+    x = hand_x(joint, video)
+    t = text.tokens @ joint.text_proj.weight.T + joint.text_proj.bias + joint.text_embed
+    video_maps, text_maps = flat_maps(out, 0), out.extras["text_maps"][0]  # (b, K, P), (b, K, l)
+    torch.testing.assert_close(video_maps.sum(-1) + text_maps.sum(-1), torch.ones(B, K))
+    assert (text_maps[1, :, 3:] == 0).all() and (text_maps[:, :, :3] > 0).all()  # sample 1 pads 2 words
+    expected = torch.einsum("bkp,bpd->bkd", video_maps, x) + torch.einsum("bkl,bld->bkd", text_maps, t)
+    torch.testing.assert_close(seen["h"][:, :K], expected)
+
+    # maps that ignore their input (uniform): the tokens are plain means, of video and words when joint
+    video_only = fusion(num_iterations=1)
+    for f in (joint, video_only):
+        with torch.no_grad():
+            f.selectors[0].mlp[3].weight.zero_()
+            f.selectors[0].mlp[3].bias.zero_()
+
+    def first_tokens(f, q):
+        got = {}
+        handle = f.blocks[0][0].register_forward_pre_hook(lambda mod, args: got.update(z=args[0][:, :K]))
+        f(video, q)
+        handle.remove()
+        return got["z"]
+
+    other = question(1)
+    torch.testing.assert_close(first_tokens(video_only, text), first_tokens(video_only, other))
+    assert not torch.allclose(first_tokens(joint, text), first_tokens(joint, other), atol=1e-4)
+    words = other.tokens @ joint.text_proj.weight.T + joint.text_proj.bias + joint.text_embed
+    real = torch.cat([s.frame_mask.repeat_interleave(n, 1) if s.frame_mask is not None else torch.ones(B, t * n, dtype=bool)
+                      for s, (t, n, _) in zip(video.streams, STREAMS)], 1)  # fmt: skip
+    for b in range(B):  # the mean of sample b's real video positions and real words
+        rows = torch.cat([x[b][real[b]], words[b][other.mask[b]]])
+        torch.testing.assert_close(first_tokens(joint, other)[b], rows.mean(0).expand(K, D))
+
+
+def test_carried_tokens_change_round_two_by_exactly_round_one_output():
+    """carry: residual: round 2's tokens are its new selection plus round 1's tokens after their
+    transformer layer; carry: fresh drops them. Round 1 is the same either way."""
+    carried = fusion(num_iterations=2, carry="residual")
+    fresh = fusion(num_iterations=2)
+    fresh.load_state_dict(carried.state_dict())
+    video, text = streams_video(), question()
+    seen = {}
+    for name, f in (("carried", carried), ("fresh", fresh)):
+        f.blocks[0][0].register_forward_hook(lambda mod, args, out, n=name: seen.__setitem__((n, 1), out[:, :K]))
+        f.blocks[1][0].register_forward_pre_hook(lambda mod, args, n=name: seen.__setitem__((n, 2), args[0][:, :K]))
+    a, b = carried(video, text), fresh(video, text)
+    torch.testing.assert_close(seen["carried", 1], seen["fresh", 1])
+    torch.testing.assert_close(flat_maps(a, 1), flat_maps(b, 1))  # the same selection ...
+    torch.testing.assert_close(seen["carried", 2], seen["fresh", 2] + seen["fresh", 1])  # ... plus round 1's
+    assert not torch.allclose(a.tokens, b.tokens, atol=1e-5)
+    with pytest.raises(ConfigError, match="carry must be"):
+        fusion(carry="accumulate")
+    with pytest.raises(ConfigError, match="selection must be"):
+        fusion(selection="text")
+
+
 def test_per_stream_linear_layers_are_independent():
     f = fusion()
     assert len({id(p.weight) for p in f.video_proj}) == 3

@@ -161,6 +161,13 @@ def test_a_local_t5_folder_loads_its_decoder_and_drops_its_encoder(tmp_path, voc
     ref = full(encoder_outputs=(memory,), decoder_input_ids=torch.tensor([[0, 5], [0, 9]])).logits
     got = h(FusionOutput(pooled=memory.mean(1), tokens=memory), None, targets=["red", "two"]).logits
     assert torch.allclose(got, ref, atol=1e-5)
+    # a folder whose vocabulary is smaller than the tokenizer's stops at build time, not at the first forward
+    small = T5ForConditionalGeneration(T5Config(vocab_size=len(VOCAB) - 2, pad_token_id=0, eos_token_id=3,
+                                                decoder_start_token_id=0, **T5))
+    small.save_pretrained(str(tmp_path / "small"))
+    with pytest.raises(ValueError, match=f"the tokenizer has {len(VOCAB)} tokens but .*small's vocab_size is "
+                                         f"{len(VOCAB) - 2}"):
+        TextDecoderHead(in_dim=16, pretrained_path=str(tmp_path / "small"), tokenizer_path=vocab_file)
 
 
 def test_errors(tmp_path, vocab_file, monkeypatch):

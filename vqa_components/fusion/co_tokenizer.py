@@ -20,6 +20,7 @@ Data flow (``S`` streams, stream ``s`` with ``t_s`` frames of ``n_s`` positions,
       ┌───────────────────────────────────┼───────────────────────────┘                       │
       ▼  iteration i = 1..I               ▼                                                   ▼
       c_i ──► logits_i = MLP_i(LN_i(X + c_i)) (b P K) ─► softmax over all P ─► A_i ─► Z_i = A_i^T X (b K d)
+              (selection: joint: over [X; T_i], P + l positions; carry: residual: Z_i += Z'_{i-1})
                                                                                     │
               [Z_i ; T_i] ─► TransformerBlock(s)_i ─► [Z'_i ; T_{i+1}]  ◄───────────┘
               c_{i+1} = c_1 + W_c,i LN(mean_k Z'_i)
@@ -47,9 +48,19 @@ Choices the blog leaves open, and why they are made this way:
   iteration to the next: the blog's tokens "jointly represent both modalities", and a single
   mean vector ``c`` cannot carry word-level detail ("the *second* ingredient") that attention
   to the words can. The cost stays independent of the number of video positions.
-* **Replace, not accumulate.** Iteration ``i+1`` tokenizes the video features afresh (blog:
-  "another set of tokenized features, fed into the next transformer layer"); what earlier
-  rounds found reaches it through ``c_{i+1}`` and through the carried text tokens.
+* **What the tokens are made of** (``selection``). The blog tokenizes "the joint video-language
+  inputs" into tokens that "jointly represent both modalities". Two readings are built:
+  ``selection: video`` (the first one built) averages video positions only, text shaping the maps
+  through ``c`` and joining as separate tokens in the transformer layer; ``selection: joint``
+  selects from the joint sequence ``[X; T_i]`` (every video position and every current text
+  token, padding masked), so that a token is a weighted average of video features *and* words,
+  one map over both modalities. ``docs/results/cotok.md`` compares them.
+* **Fresh or carried** (``carry``). With ``carry: fresh`` iteration ``i+1`` tokenizes afresh
+  (blog: "another set of tokenized features, fed into the next transformer layer") and what
+  earlier rounds found reaches it only through ``c_{i+1}`` and the carried text tokens. With
+  ``carry: residual`` the new selection is added to the previous round's tokens after their
+  transformer layer, ``Z_{i+1} <- Z_{i+1} + Z'_i``: each round refines the tokens it was given
+  (the blog's "each round refines the next", read as a residual stream across rounds).
 * **Selection is joint over every stream** (one softmax over all ``P`` positions), so a map
   can prefer the high-frame-rate or the high-resolution stream, as the blog's figures show.
   Padded frames (``frame_mask`` False) get weight exactly 0.
@@ -224,6 +235,7 @@ class CoTokenizerFusion(Fusion):
         T_1 = W_t t + e_text,   c_1 = masked_mean(T_1)                  (2) text linear layer
         A_i = softmax_P(MLP_i(LN_i(X + c_i)))      (b, K, P)            (3) text-conditioned maps
         Z_i = A_i X                                (b, K, d)            (4) weighted average
+              (joint: A_i over [X; T_i] and Z_i = A_i [X; T_i];  residual: Z_i + Z'_{i-1})
         [Z'_i; T_{i+1}] = Transformer_i([Z_i; T_i])                      (5) joint layer
         c_{i+1} = c_1 + W_c,i LN(mean_k Z'_i)                           (6) next round's condition
         tokens = LN(Z'_I),  pooled = mean_k tokens
@@ -236,7 +248,7 @@ class CoTokenizerFusion(Fusion):
             per stream (the stream count is its length).
         text_dim: width of the text encoder's tokens.
         dim: common width ``d`` (``out_dim``).
-        num_tokens: ``K`` tokens selected per iteration (the paper's range: 8 to 32).
+        num_tokens: ``K`` tokens selected per iteration (the blog gives no value; recipes use 8).
         num_iterations: ``I`` rounds of selection + transformer layer.
         num_streams: number of streams when ``video_dim`` is one int (default 1).
         num_heads: attention heads of the transformer layers.
@@ -244,6 +256,10 @@ class CoTokenizerFusion(Fusion):
         layers_per_iteration: transformer blocks after each selection (the blog: one).
         mlp_ratio: MLP width of the transformer blocks, as a multiple of ``d``.
         dropout: dropout in the map MLPs and the transformer blocks.
+        selection: ``video`` (tokens average video positions; text conditions the maps) or
+            ``joint`` (tokens average the joint sequence of video positions and text tokens).
+        carry: ``fresh`` (each round selects anew) or ``residual`` (each round's selection is
+            added to the previous round's tokens).
         append_text: also output the final text tokens after the ``K`` video tokens
             (``tokens (b, K + l, d)`` with ``mask``), for a decoder that should read the question
             words as well; ``pooled`` stays the mean of the ``K`` co-tokens.
@@ -254,7 +270,9 @@ class CoTokenizerFusion(Fusion):
     ``None``; see ``append_text``), ``pooled (b, d)`` and ``extras``:
 
     * ``"selection_maps"``: one list per iteration of one ``(b, K, t_s, n_s)`` map per stream;
-      summed over every stream's positions each token's map is 1, and 0 at padded frames.
+      summed over every stream's positions each token's map is 1, and 0 at padded frames
+      (``selection: joint``: summed with the text's share, ``"text_maps"``, it is 1).
+    * ``"text_maps"`` (``selection: joint``): one ``(b, K, l)`` map per iteration over the text tokens.
     * ``"stream_bounds"``: ``[(start, stop)]`` per stream, its slice of the ``P`` positions.
     * ``"stream_shapes"``: ``[(t_s, n_s)]`` per stream.
     """
@@ -273,9 +291,16 @@ class CoTokenizerFusion(Fusion):
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
         append_text: bool = False,
+        selection: str = "video",
+        carry: str = "fresh",
     ) -> None:
         super().__init__()
         owner = "co_tokenizer"
+        if selection not in ("video", "joint"):
+            raise ConfigError(f"{owner}: selection must be 'video' or 'joint', got {selection!r}")
+        if carry not in ("fresh", "residual"):
+            raise ConfigError(f"{owner}: carry must be 'fresh' or 'residual', got {carry!r}")
+        self.selection, self.carry = selection, carry
         widths = stream_widths(video_dim, num_streams, owner)
         for name, value in (
             ("num_tokens", num_tokens),
@@ -337,9 +362,20 @@ class CoTokenizerFusion(Fusion):
         c = c1
         b, k = x.shape[0], self.num_tokens
         pad = torch.cat([torch.zeros(b, k, dtype=torch.bool, device=x.device), ~text.mask], dim=1)
-        all_maps = []
+        all_maps, text_maps = [], []
+        if self.selection == "joint":
+            video_valid = valid if valid is not None else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+            joint_valid = torch.cat([video_valid, text.mask], dim=1)
+        z = None
         for i, (selector, blocks) in enumerate(zip(self.selectors, self.blocks)):
-            z, maps = selector(x, c, valid)
+            previous = z
+            if self.selection == "joint":
+                z, maps = selector(torch.cat([x, t], dim=1), c, joint_valid)
+                text_maps.append(maps[..., x.shape[1]:])
+            else:
+                z, maps = selector(x, c, valid)
+            if self.carry == "residual" and previous is not None:
+                z = z + previous
             all_maps.append([maps[..., a:e].reshape(b, k, *shape) for (a, e), shape in zip(bounds, shapes)])
             h = torch.cat([z, t], dim=1)
             for block in blocks:
@@ -354,10 +390,13 @@ class CoTokenizerFusion(Fusion):
             tokens = self.norm(z)
             pooled, mask = tokens.mean(1), None
         extras = {"selection_maps": all_maps, "stream_bounds": bounds, "stream_shapes": shapes}
+        if text_maps:
+            extras["text_maps"] = text_maps
         return FusionOutput(pooled=pooled, tokens=tokens, mask=mask, extras=extras)
 
     def extra_repr(self) -> str:
         return (
             f"streams={len(self.video_dims)}, num_tokens={self.num_tokens}, "
-            f"num_iterations={self.num_iterations}, append_text={self.append_text}"
+            f"num_iterations={self.num_iterations}, append_text={self.append_text}, "
+            f"selection={self.selection}, carry={self.carry}"
         )

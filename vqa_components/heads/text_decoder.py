@@ -206,7 +206,8 @@ class TextDecoderHead(Head):
             logits = self.t5(encoder_outputs=(memory,), attention_mask=mask, decoder_input_ids=start).logits
             return HeadOutput(logits=logits)
         labels = self.target_ids(targets)
-        decoder_input = self.t5._shift_right(labels)  # start token, then the targets; -100 -> padding
+        # the start token, then the targets (-100 -> padding): the public form of T5's shift right
+        decoder_input = self.t5.prepare_decoder_input_ids_from_labels(labels=labels)
         logits = self.t5(encoder_outputs=(memory,), attention_mask=mask, decoder_input_ids=decoder_input).logits
         return HeadOutput(logits=logits, target_ids=labels)
 

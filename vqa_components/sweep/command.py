@@ -144,8 +144,7 @@ def cmd_sweep(argv: list[str]) -> int:
         return 0
     runs = sweep.runs(args.seeds, args.only)
     keep = (lambda r: False) if args.fresh else still_valid(sweep)
-    meta = {"sweep": sweep.name, "file": str(sweep.path) if sweep.path else " ".join(args.sources),
-            "table": sweep.table}
+    meta = {"sweep": sweep.name, "file": " ".join(args.sources), "table": sweep.table}  # as the user named it
     done = {r["key"] for r in results.keep_records(out, keep, meta, write=not args.dry_run)}
     todo = [r for r in runs if r.key() not in done]
     print(f"vqa sweep {sweep.name}: {len(runs) - len(todo)} of {len(runs)} runs finished already "
