@@ -105,6 +105,8 @@ def test_evilm_model_is_edgenext_small_tiny_bert_and_a_4_block_decoder_of_384(pa
     fusion = model["fusion"]
     assert fusion["name"] == "merged_transformer"
     assert (fusion["num_layers"], fusion["dim"], fusion["max_frames"]) == (4, 384, 4)
+    # eq. 2 adds no video positions; the per-frame embedding is ours, written out where a reader sees it
+    assert fusion["frame_positions"] is True
 
 
 @pytest.mark.parametrize("path", EVILM_TOKENIZERS, ids=ids(EVILM_TOKENIZERS))
@@ -123,8 +125,8 @@ def test_evilm_tokenizer_codebook_decoder_and_training(path):
     vit = "vit_base_patch32_clip_quickgelu_224.openai"
     assert (svq["tagger"]["model_name"], svq["tagger"]["pretrained"]) == (vit, True)
     assert (svq["tagger"]["img_size"], svq["tagger"]["patch_size"]) == (256, 32)
-    # no dead-code restarts: the paper's quantizer has none (eq. 7 alone trains the codebook)
-    assert tagger_setting(svq["tagger"], "restart_every") == 0
+    # no dead-code restarts: the paper's quantizer has none (eq. 7 alone trains the codebook); written out
+    assert svq["tagger"]["restart_every"] == 0
     # eq. 7 has no weight on the commitment term
     assert tagger_setting(svq["tagger"], "beta") == 1.0
     # "Our tokenizer also includes a decoder which consists of 8 layers of transformer architecture"
@@ -148,7 +150,9 @@ def test_evilm_pretraining_objectives_mask_ratios_and_optimizer():
     # stage 2's tagger is stage 1's: the same codebook of 9,420 x 32, no restarts
     tokenizer = objective(load(RECIPES / "evilm/tokenizer.yaml"), "svq")["tagger"]
     assert mvm["tagger"] == tokenizer
-    assert tagger_setting(mvm["tagger"], "restart_every") == 0
+    assert mvm["tagger"]["restart_every"] == 0
+    # Fig. 3: EdgeNeXt "encodes the masked video frames", and the three losses read that one pass
+    assert cfg["model"]["masked_pass"] == "single"
     # "For MLM, we randomly mask 15% of the words during training."
     assert setting(objective(cfg, "mlm"), "mask_prob", "objective") == 0.15
     # "We use optimizer adamW [50] with an initial learning rate of 1e-4, weight decay of 0.01 during
@@ -200,7 +204,7 @@ def test_cotok_streams_are_the_blogs_each_with_its_own_backbone(path):
 
 
 def test_cotok_lists_and_the_datasets_of_the_blog():
-    assert len(COTOK_THREE) == 10 and len(COTOK) == 12
+    assert len(COTOK_THREE) == 11 and len(COTOK) == 13
     # "we use the videos automatically annotated with text based on speech recognition, using the
     # HowTo100M dataset"
     pretrain = load(RECIPES / "cotok/pretrain.yaml")
