@@ -138,6 +138,7 @@ def describe(record: dict[str, Any]) -> dict[str, Any]:
         "key": record["key"], "run": record["run"], "override": record.get("override", ""), "seed": record["seed"],
         "tokenizer": recipe.stem, "recipe": str(record["recipes"]["tokenizer"]["path"]),
         "word_loss": svq.get("word_loss", "focal"), "restart_every": (svq.get("tagger") or {}).get("restart_every", 0),
+        "word_reduction": svq.get("word_reduction", "mean"), "word_weight": float(svq.get("word_weight", 1.0)),
         "epochs": epochs if epochs is not None else int(cfg["trainer"]["max_epochs"]),
     }
 
@@ -191,7 +192,10 @@ def table(entries: list[dict[str, Any]]) -> str:
         groups.setdefault((e["tokenizer"], e["epochs"], e["word_loss"], e["restart_every"]), []).append(e)
     for (tokenizer, epochs, word_loss, restarts), books in sorted(
             groups.items(), key=lambda kv: (not kv[0][3], kv[0][2] != "focal", kv[0][0], kv[0][1])):
+        reduction, weight = books[0].get("word_reduction", "mean"), books[0].get("word_weight", 1.0)
         kind = f"{'BCE' if word_loss == 'bce' else 'focal, eq. 6'}, " + (
+            "summed over the words, " if reduction == "sum" else "") + (
+            f"weighted {weight:g}, " if weight != 1.0 else "") + (
             f"restarts every {restarts} steps" if restarts else "no restarts") + f", {epochs} epochs"
         cells = [mean_std([b["utilisation"] for b in books]),
                  mean_std([b["perplexity"] for b in books], scale=1, digits=1)]

@@ -24,10 +24,10 @@ RECIPES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "recipes").rglo
 
 
 def recipe_config(recipe: str) -> dict[str, Any]:
-    """The YAML of ``recipes/...`` as written."""
-    import yaml
+    """The YAML of ``recipes/...`` as written, with its ``base:`` chain merged under it (``load_recipe``)."""
+    from vqa_components.packaged_recipes import load_recipe
 
-    return yaml.safe_load((ROOT / recipe).read_text())
+    return load_recipe(ROOT / recipe)
 
 
 def vocab_args(recipe: str, folder: Path) -> list[str]:

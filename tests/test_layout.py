@@ -3,7 +3,7 @@
 1. No import cycle between modules of ``vqa_components``.
 2. A part folder (one kind of part each) imports no module of another part folder, and none of the
    assembler and tools above the parts (``model``, ``pipeline``, ``model_folder``, ``inference``,
-   ``demo``, ``cli``, ``cli_common``, ``lightning_cli``, ``profiler``, ``viz``).
+   ``demo``, ``cli``, ``cli_common``, ``lightning_cli``, ``profiler``, ``viz``, ``sweep/``).
 3. Every other module is shared by the kinds (``interfaces``, ``registry``, ``weights``,
    ``tokenizers``, ``errors``, ``layers/``, ``metrics/``, ...): it imports no part folder and
    nothing above the parts.
@@ -24,7 +24,7 @@ ROOT = Path(vqa_components.__file__).parent
 PART_FOLDERS = ("backbones", "text", "samplers", "fusion", "heads", "objectives", "data")
 ABOVE_PARTS = (
     "model", "pipeline", "model_folder", "model_card", "inference", "demo", "cli", "cli_common", "lightning_cli",
-    "profiler", "viz",
+    "profiler", "viz", "sweep",
 )
 BELOW_INTERFACES = ("layers", "metrics", "errors")
 

@@ -261,13 +261,19 @@ class HeadOutput:
 
 @dataclass
 class ModelOutput:
-    """Everything one forward pass of :class:`VideoQAModel` computed."""
+    """Everything one forward pass of :class:`VideoQAModel` computed.
+
+    ``masked`` is set by the single masked pass (``VideoQAModel(masked_pass="single")``): the
+    :class:`~vqa_components.objectives.masked_pass.MaskedInputs` the pass ran on; ``None`` for a
+    forward on the batch as it is.
+    """
 
     video: VideoFeatures
     text: TextFeatures
     fused: FusionOutput
     head: HeadOutput
     sampled: SamplerOutput | None = None
+    masked: Any = None
 
     @property
     def logits(self) -> Tensor:

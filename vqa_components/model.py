@@ -69,6 +69,12 @@ class VideoQAModel(VideoQAPipeline, pl.LightningModule):
         on_long_question: a question longer than the text encoder's limit is left out and counted
             (``"skip"``), stops the run naming its record (``"raise"``) or is cut (``"truncate"``), before
             the step (:class:`~vqa_components.data.admission.SkippedSamples`); prediction always cuts.
+        masked_pass: which forward the objectives read in training, validation and test steps:
+            ``"separate"`` (default) the default forward, each masking objective (``mlm``, ``mvm``)
+            running its own masked pass; ``"single"`` one forward on the masked video and the masked
+            text that every objective reads (E-ViLM's Fig. 3;
+            :mod:`vqa_components.objectives.masked_pass`), a pretraining option: the step's answer
+            metrics are then of the masked inputs too. Answering (``forward``, predict) never masks.
     """
 
     def __init__(
@@ -90,11 +96,12 @@ class VideoQAModel(VideoQAPipeline, pl.LightningModule):
         feature_cache_dtype: str = "float32",
         allow_random_frozen: bool = False,
         on_long_question: str = "skip",
+        masked_pass: str = "separate",
     ) -> None:
         super().__init__(backbone, text_encoder, fusion, head, sampler, text_field)
         self.admission = SkippedSamples(on_long_question)  # checks the policy
         self.save_hyperparameters(ignore=[*FORWARD_PARTS, "sampler", "objectives"])
-        self.objectives = ObjectiveDict.of(objectives)
+        self.objectives = ObjectiveDict.of(objectives, masked_pass)
         if not len(self.objectives):
             raise ValueError("VideoQAModel needs at least one objective (e.g. answer_cross_entropy)")
         self.runs_forward = any(getattr(obj, "runs_model_forward", True) for obj in self.objectives)
@@ -158,7 +165,7 @@ class VideoQAModel(VideoQAPipeline, pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         if batch_size(batch) == 0:  # every sample was left out (data.admission)
             return None
-        out = self(batch) if self.runs_forward else None
+        out = self.objectives.model_output(self, batch)
         loss = self.loss(batch, out, "train")
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size(batch))
         # generating every answer would cost more than the training step
@@ -170,7 +177,7 @@ class VideoQAModel(VideoQAPipeline, pl.LightningModule):
     def _eval_step(self, batch: dict[str, Any], stage: str) -> ModelOutput | None:
         if batch_size(batch) == 0:  # the output goes to the metrics (metrics.evaluation)
             return None
-        out = self(batch) if self.runs_forward else None
+        out = self.objectives.model_output(self, batch)
         loss = self.loss(batch, out, stage)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=batch_size(batch), sync_dist=True)
         return out

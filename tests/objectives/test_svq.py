@@ -108,7 +108,8 @@ def test_attach_builds_the_word_head_from_the_text_encoder_and_refuses_another_s
 def test_loss_is_eq7_and_logs_its_terms():
     model, obj = _setup(tagger={**TAGGER, "beta": 0.5})
     out = obj(model, _batch())
-    assert set(out) == {"loss", "token_loss", "codebook_loss", "commitment_loss", "utilisation", "perplexity"}
+    assert set(out) == {"loss", "token_loss", "codebook_loss", "commitment_loss", "utilisation", "perplexity",
+                        "grad_word", "grad_quantizer"}  # fmt: skip (the norms: a training call outside a Trainer)
     total = out["token_loss"] + out["codebook_loss"] + 0.5 * out["commitment_loss"]
     torch.testing.assert_close(out["loss"].detach(), total)
     # eq. 7's two terms and the usage, by hand from the encoder output and the codebook
@@ -225,3 +226,109 @@ def test_a_named_vit_starts_from_its_pretrained_weights_and_a_frozen_encoder_is_
     vit = pretrained.objectives["svq"].tokenizer.tagger.encoder.vit
     assert torch.equal(vit.blocks[0].attn.qkv.weight, saved["blocks.0.attn.qkv.weight"])
     assert pretrained.objectives["svq"].tokenizer.tagger.grid == (2, 2)  # 32 px frames, patch 16
+
+
+# ---------------------------------------------------------------- the word term's size and its gradient
+
+
+def _grad_terms(obj, model, batch):
+    """``(word, quantizer)`` terms of L_SVQ computed here from a leaf ``E(X)``, and that leaf."""
+    video, targets = batch["video"].float() / 255, obj.targets(model, batch["caption"])
+    tokenizer = obj.tokenizer
+    z = tokenizer.tagger.encoder(video).detach().requires_grad_(True)
+    vq = tokenizer.tagger.quantizer(z)
+    logits = tokenizer.word_head(tokenizer.decoder(vq.quantized).mean(1))
+    word = obj.word_weight * focal_word_loss(logits, targets, obj.word_reduction)
+    return word, vq.codebook_loss + tokenizer.tagger.quantizer.beta * vq.commitment_loss, z
+
+
+def test_the_sum_over_the_words_is_k_times_their_mean():
+    torch.manual_seed(0)
+    logits, y = torch.randn(3, 50), (torch.rand(3, 50) < 0.1).float()
+    p = torch.sigmoid(logits)
+    per_word = -(y * p.log() + (1 - y) * p * (1 - p).log())  # eq. 6's terms, by hand
+    torch.testing.assert_close(focal_word_loss(logits, y, "sum"), per_word.sum(1).mean())
+    torch.testing.assert_close(focal_word_loss(logits, y, "sum"), 50 * focal_word_loss(logits, y))
+    torch.testing.assert_close(bce_word_loss(logits, y, "sum"), 50 * bce_word_loss(logits, y))
+    # through the objective: the word term of the loss is K times larger, token_loss (eq. 6) the same
+    model, mean = _setup()
+    _, summed = _setup(word_reduction="sum")  # the same seed: the same weights
+    a, b = mean(model, _batch()), summed(model, _batch())
+    k = model.text_encoder.vocab_size
+    quantizer = a["codebook_loss"] + a["commitment_loss"]
+    torch.testing.assert_close(b["loss"].detach() - quantizer, k * (a["loss"].detach() - quantizer))
+    torch.testing.assert_close(b["token_loss"], a["token_loss"])
+    with pytest.raises(ConfigError, match="unknown word_reduction 'max'; choose one of mean, sum"):
+        SemanticVQ(word_reduction="max", **TINY)
+
+
+def test_the_weight_scales_the_word_term_s_gradient_only():
+    grads = {}
+    for weight in (1.0, 3.0):
+        model, obj = _setup(word_weight=weight)
+        out = obj(model, _batch())
+        out["loss"].backward()
+        grads[weight] = (out["grad_word"], out["grad_quantizer"], obj.tokenizer.word_head.weight.grad.clone(),
+                         obj.tokenizer.tagger.quantizer.codebook.grad.clone())  # fmt: skip
+    (word1, quant1, head1, book1), (word3, quant3, head3, book3) = grads[1.0], grads[3.0]
+    torch.testing.assert_close(word3, 3 * word1)
+    torch.testing.assert_close(quant3, quant1)
+    torch.testing.assert_close(head3, 3 * head1)  # the word head learns from the word term alone
+    torch.testing.assert_close(book3, book1)  # the codebook from its own term alone
+    assert word1 > 0 and quant1 > 0
+
+
+@pytest.mark.parametrize("options", [{}, {"word_reduction": "sum", "word_weight": 0.5}])
+def test_the_logged_gradient_norms_equal_a_hand_computation_and_leave_the_gradients_alone(options):
+    model, obj = _setup(tagger={**TAGGER, "beta": 0.5}, **options)
+    out = obj(model, _batch())
+    word, quantizer, z = _grad_terms(obj, model, _batch())
+    (by_autograd,) = torch.autograd.grad(word, z, retain_graph=True)
+    torch.testing.assert_close(out["grad_word"], by_autograd.norm())
+    (quantizer_by_autograd,) = torch.autograd.grad(quantizer, z)
+    # d(L_codebook + beta L_commit)/dz by hand: only L_commit reaches z, through z' = z / ||z||:
+    # beta * 2/N * (I - z' z'^T) (z' - c) / ||z||, c the chosen codes, N the positions
+    with torch.no_grad():
+        flat = z.flatten(0, -2)
+        unit = F.normalize(flat, dim=-1)
+        codebook = F.normalize(obj.tokenizer.tagger.quantizer.codebook, dim=-1)
+        chosen = codebook[(unit @ codebook.T).argmax(-1)]
+        diff = unit - chosen
+        along = (unit * diff).sum(-1, keepdim=True) * unit
+        by_hand = 0.5 * 2 / len(flat) * (diff - along) / flat.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(quantizer_by_autograd, by_hand.view_as(z), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(out["grad_quantizer"], by_hand.norm(), rtol=1e-4, atol=1e-7)
+    # the norms are measured beside the step: the parameters' gradients are the same without them
+    out["loss"].backward()
+    with_norms = {n: p.grad.clone() for n, p in obj.named_parameters()}
+    model, plain = _setup(tagger={**TAGGER, "beta": 0.5}, log_grad_norms=False, **options)
+    out = plain(model, _batch())
+    assert "grad_word" not in out
+    out["loss"].backward()
+    for name, p in plain.named_parameters():
+        torch.testing.assert_close(p.grad, with_norms[name], msg=name)
+
+
+def test_gradient_norms_come_on_the_steps_lightning_logs_and_never_in_evaluation():
+    from types import SimpleNamespace
+
+    model, obj = _setup()
+    model._trainer = SimpleNamespace(log_every_n_steps=5, global_step=3)
+    assert "grad_word" not in obj(model, _batch())
+    model._trainer.global_step = 4  # Lightning logs when (step + 1) % log_every_n_steps == 0
+    assert {"grad_word", "grad_quantizer"} <= set(obj(model, _batch()))
+    with torch.no_grad():
+        assert "grad_word" not in obj(model, _batch())
+    assert "grad_word" not in obj.eval()(model, _batch())
+
+
+def test_the_model_logs_the_gradient_norms_under_the_objective_s_name():
+    from vqa_components.model import VideoQAModel
+
+    torch.manual_seed(0)
+    text = create("text_encoder", "small_transformer", dim=16, num_layers=1, num_heads=2)
+    model = VideoQAModel(text_encoder=text, objectives=[SemanticVQ(**TINY)], text_field="caption")
+    logged = {}
+    model.log = lambda key, value, **kwargs: logged.__setitem__(key, value)
+    model.train().training_step(_batch(), 0).backward()
+    assert logged["train/svq_grad_word"] > 0 and logged["train/svq_grad_quantizer"] > 0

@@ -63,6 +63,20 @@ def test_a_longer_tokenizer_gets_its_own_row(tmp_path):
     assert codebook.update(tmp_path, measure) == entries and measured == []  # kept by key, not measured again
 
 
+def test_the_word_loss_variants_say_their_reduction_and_weight(tmp_path):
+    codebook = load_experiment("evilm_codebook")
+    records = [record("s0", "tokenizer_sum", 0, "evilm/tiny/tokenizer_sum"),
+               record("w0", "tokenizer_weight10", 0, "evilm/tiny/tokenizer_weight10")]
+    (tmp_path / "sweep.json").write_text(json.dumps({"records": records}))
+    entries = codebook.update(tmp_path, lambda rec, out: {**codebook.describe(rec), "utilisation": 0.5,
+                                                          "perplexity": 10.0})  # fmt: skip
+    assert [(e["word_reduction"], e["word_weight"]) for e in entries] == [("sum", 1.0), ("mean", 10.0)]
+    epochs = load_recipe(find_recipe("evilm/tiny/tokenizer_sum"))["trainer"]["max_epochs"]
+    labels = [row.split(" | ")[0] for row in codebook.table(entries).splitlines()[2:]]
+    assert labels == [f"| `tokenizer_sum` (focal, eq. 6, summed over the words, restarts every 20 steps, {epochs} epochs)",
+                      f"| `tokenizer_weight10` (focal, eq. 6, weighted 10, restarts every 20 steps, {epochs} epochs)"]
+
+
 def test_converted_figures_stay_until_a_measured_run_replaces_them(tmp_path):
     codebook = load_experiment("evilm_codebook")
     old = {"key": "legacy-1", "run": None, "seed": 0, "tokenizer": "tokenizer_bce", "epochs": 2, "word_loss": "bce",

@@ -73,6 +73,8 @@ def test_sweep_table_resume_and_changed_recipe(tmp_path, monkeypatch):
     assert printed.count("  vqa fit --config") == 2 and printed.count("  vqa test --config") == 2
     assert stage_times(out) == before
     assert json.loads((out / "sweep.json").read_text())["records"] == data["records"]  # a dry run changes nothing
+    code, printed = run_vqa("sweep", "sweep.yaml", "--dry-run", "--out", "elsewhere")
+    assert code == 0 and "0 of 4 runs finished already" in printed and not (tmp_path / "elsewhere").exists()
 
 
 @pytest.mark.slow

@@ -30,8 +30,8 @@ Hugging Face hub cache (:meth:`PatchEncoder.load_pretrained`).
 Choices the paper leaves open:
 
 * the encoder runs **per frame** (an image ViT over one frame's patches, attention within the
-  frame, as the paper's BEiT v2 ViT does); a code describes one frame region, the frame count
-  is free, and the decoder is where frames meet.
+  frame, as the paper's ViT pretrained by CLIP does); a code describes one frame region, the
+  frame count is free, and the decoder is where frames meet.
 * patch size = the main backbone's stride, so that the tagger's per-frame grid matches the
   backbone's token grid (32 px patches at 256 px -> 8 x 8, the grid of EdgeNeXt's last stage).
 * a named ViT's class token (its ``num_prefix_tokens``) is dropped after the ViT's final norm: one
@@ -414,10 +414,13 @@ class TokenizerOutput:
     Attributes:
         logits: ``(b, K)`` word scores of HEAD^S; ``sigmoid(logits)`` is eq. 5's ``y^S``.
         vq: the quantizer's output (codes ``(b, t, gh, gw)``, the eq. 7 terms, utilisation, perplexity).
+        encoded: ``(b, t, gh, gw, D)`` the encoder's output ``E(X)``, before the quantizer normalises it
+            (where ``svq`` measures each term's gradient).
     """
 
     logits: Tensor
     vq: QuantizerOutput
+    encoded: Tensor | None = None
 
 
 class SemanticVideoTokenizer(nn.Module):
@@ -473,6 +476,7 @@ class SemanticVideoTokenizer(nn.Module):
             raise RuntimeError(
                 "SemanticVideoTokenizer: no word head yet; give vocab_size or call build_word_head"
             )
-        vq = self.tagger.quantize(video)
+        encoded = self.tagger.encoder(video)
+        vq = self.tagger.quantizer(encoded)
         decoded = self.decoder(vq.quantized)
-        return TokenizerOutput(logits=self.word_head(decoded.mean(1)), vq=vq)
+        return TokenizerOutput(logits=self.word_head(decoded.mean(1)), vq=vq, encoded=encoded)

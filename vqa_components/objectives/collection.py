@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
+
+from vqa_components.interfaces import ModelOutput
+from vqa_components.objectives.masked_pass import check_masked_pass, masked_forward
 
 
 class ObjectiveDict(nn.ModuleDict):
     """The model's objectives, keyed by name (their registry name; ``vtm_2`` for a second ``vtm``),
     so that their weights sit at ``objectives.<name>.*`` in checkpoints whatever the list's order.
     Iterating gives the objectives in recipe order, like a list, and ``objectives[0]`` is the first.
+
+    ``masked_pass`` says which forward the objectives read (:meth:`model_output`): ``"separate"``, the
+    model's default forward, each masking objective running its own masked pass; ``"single"``, one
+    forward on the inputs every masking objective masked (E-ViLM's Fig. 3;
+    :mod:`vqa_components.objectives.masked_pass` says why this switch belongs to the set).
     """
+
+    masked_pass: str = "separate"
 
     def __iter__(self):  # type: ignore[override]
         return iter(self.values())
@@ -20,12 +31,20 @@ class ObjectiveDict(nn.ModuleDict):
         return list(self.values())[key] if isinstance(key, int) else super().__getitem__(key)
 
     @classmethod
-    def of(cls, objectives: Sequence[nn.Module]) -> ObjectiveDict:
+    def of(cls, objectives: Sequence[nn.Module], masked_pass: str = "separate") -> ObjectiveDict:
         """``objectives`` in recipe order, each under :func:`objective_key`."""
         out = cls()
+        out.masked_pass = check_masked_pass(masked_pass)
         for obj in objectives:
             out[objective_key(obj, list(out.keys()))] = obj
         return out
+
+    def model_output(self, model: nn.Module, batch: dict[str, Any]) -> ModelOutput | None:
+        """The forward the objectives read this step: ``None`` when none runs the model's forward
+        (``runs_model_forward``), else the default forward or the single masked one (``masked_pass``)."""
+        if not model.runs_forward:
+            return None
+        return masked_forward(model, batch, self) if self.masked_pass == "single" else model(batch)
 
 
 def objective_key(obj: nn.Module, taken: Sequence[str]) -> str:

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from vqa_components.interfaces import ConfigError, FusionOutput, ModelOutput, Objective
 from vqa_components.objectives._pairs import matched_pairs
+from vqa_components.objectives.masked_pass import MaskedText
 from vqa_components.objectives.vg_mlm import IGNORE, mask_texts
 from vqa_components.registry import OBJECTIVES
 
@@ -54,13 +55,18 @@ class MaskedLanguageModelling(Objective):
         L_MLM = -(1/|M|) sum_{i in M} log softmax(HEAD(h^L_i))[w_i]       M: the chosen positions
         HEAD(h) = W_dec LayerNorm(GELU(W h + b)) + b_dec                  (BERT's prediction head)
 
-    The texts of the matched pairs (``batch[model.text_field]``, or each question's correct
-    "question option" pair in the multiple-choice forward; see ``matched_pairs``) are tokenized
-    again (``model.text_encoder.tokenize``), masked with :func:`~vqa_components.objectives.vg_mlm.bert_mask`,
+    Which pass reads the masked text is the model's ``masked_pass``
+    (:mod:`~vqa_components.objectives.masked_pass`). ``"single"`` (E-ViLM's Fig. 3, the E-ViLM
+    pretraining recipes): the model masks ``batch[model.text_field]`` with :meth:`mask_text` and runs
+    its one forward on it and on the *masked* frames (when ``mvm`` masks them); this objective reads
+    ``h^L`` of that forward from ``out``. ``"separate"``: the texts of the matched pairs
+    (``batch[model.text_field]``, or each question's correct "question option" pair in the
+    multiple-choice forward; see ``matched_pairs``) are tokenized again
+    (``model.text_encoder.tokenize``), masked with :func:`~vqa_components.objectives.vg_mlm.bert_mask`,
     encoded (``model.text_encoder(masked_ids, attention_mask)``) and fused with the video
-    features of the default forward (``model.fuse(out.video, masked_text)``: the backbone does
-    not run again; a sampler, if any, runs on the masked text). Gradients reach the head, the
-    fusion, the text encoder and, through ``out.video``, the backbone.
+    features of the default forward, the *unmasked* frames' (``model.fuse(out.video, masked_text)``:
+    the backbone does not run again; a sampler, if any, runs on the masked text). Either way
+    gradients reach the head, the fusion, the text encoder and, through ``out.video``, the backbone.
 
     The fusion must say where its output tokens of the text are (``FusionOutput.extras
     ["text_tokens"]``, ``(b, l, d)``, as ``fusion: merged_transformer`` does); another fusion
@@ -151,20 +157,24 @@ class MaskedLanguageModelling(Objective):
                 f"mlm: vocab_size={self.vocab_size} but the text encoder {type(enc).__name__} has "
                 f"vocab_size={enc.vocab_size}; leave vocab_size out or set it to {enc.vocab_size}"
             )
-        rows, texts = matched_pairs(model, batch, out)
         # nothing to predict still touches the head: under DDP every rank must give it a gradient
         zero = out.fused.pooled.sum() * 0.0 + sum(p.sum() for p in self.head.parameters()) * 0.0
-        if not texts:
+        shared, fused = out.masked, None
+        if shared is not None and shared.text is not None:  # masked_pass single: the model's pass is ours
+            masked, fused = shared.text, out.fused
+        else:
+            rows, texts = matched_pairs(model, batch, out)
+            masked = self.mask_text(model, texts) if texts else None
+        if masked is None or not (masked.labels != IGNORE).any():  # no text, or no word to mask
             return {"loss": zero, "acc": zero.detach()}
-        tok, masked, labels = mask_texts(enc, texts, self.mask_prob)
+        if fused is None:
+            video = out.video
+            every_row = torch.arange(video.batch_size, device=rows.device)
+            if rows.shape != every_row.shape or not torch.equal(rows, every_row):
+                video = video.select(rows)  # multiple choice: some rows
+            _, fused = model.fuse(video, enc(masked.input_ids, masked.attention_mask))
+        labels = masked.labels
         where = labels != IGNORE
-        if not where.any():  # no sentence has a word to mask
-            return {"loss": zero, "acc": zero.detach()}
-        video = out.video
-        every_row = torch.arange(video.batch_size, device=rows.device)
-        if rows.shape != every_row.shape or not torch.equal(rows, every_row):  # multiple choice: some rows
-            video = video.select(rows)
-        _, fused = model.fuse(video, enc(masked, tok["attention_mask"]))
         words = text_tokens(fused, model)
         if words.shape[:2] != labels.shape or words.shape[-1] != self.in_dim:
             raise ConfigError(
@@ -177,3 +187,8 @@ class MaskedLanguageModelling(Objective):
         loss = F.cross_entropy(logits, target)
         acc = (logits.argmax(-1) == target).float().mean()
         return {"loss": loss, "acc": acc.detach()}
+
+    def mask_text(self, model: nn.Module, texts: list[str]) -> MaskedText:
+        """``texts`` tokenized by the model's text encoder and masked by BERT's rule (``mask_prob``)."""
+        tok, masked, labels = mask_texts(model.text_encoder, texts, self.mask_prob)
+        return MaskedText(input_ids=masked, attention_mask=tok["attention_mask"], labels=labels)

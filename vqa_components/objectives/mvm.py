@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqa_components.interfaces import ConfigError, ModelOutput, Objective
+from vqa_components.interfaces import ConfigError, FusionOutput, ModelOutput, Objective, VideoFeatures
 from vqa_components.layers.masking import block_mask, mask_pixels
 from vqa_components.layers.pixels import one_stream_pixels
 from vqa_components.layers.semantic_tokenizer import TaggerConfig, VideoTagger
+from vqa_components.objectives.masked_pass import MaskedVideo
 from vqa_components.registry import OBJECTIVES
 
 
@@ -30,9 +31,13 @@ class MaskedVideoModeling(Objective):
     ``N`` is the number of masked regions in the batch (eq. 3 prints a minus before the sum of
     CE terms; CE is already a negative log-likelihood, so the loss is their plain mean).
 
-    Per batch: the tagger labels the **unmasked** frames ``batch["video"]``; the masked pixels go
+    Per batch: the tagger labels the **unmasked** frames ``batch["video"]`` (:meth:`mask_video`).
+    Which pass the masked frames take is the model's ``masked_pass``
+    (:mod:`~vqa_components.objectives.masked_pass`): ``"single"`` (E-ViLM's Fig. 3, the E-ViLM
+    pretraining recipes), the model's one forward on the masked frames and the masked text, whose
+    ``h^V`` this objective reads from ``out``; ``"separate"``, a pass of its own: the masked pixels
     through ``model.encode_video(masked, batch, use_cache=False)`` (a feature cache would return
-    the unmasked clip's features), the text ``batch[model.text_field]`` through
+    the unmasked clip's features), the unmasked text ``batch[model.text_field]`` through
     ``model.encode_text``, and both through ``model.fuse``. The fusion must give one output token
     per video token, ``FusionOutput.extras["video_tokens"]`` ``(b, t*n, d)`` frame-major, and the
     backbone its token grid (``VideoFeatures.grid``), which must equal the tagger's code grid
@@ -107,6 +112,19 @@ class MaskedVideoModeling(Objective):
                 f"drop in_dim (it is taken from the fusion)"
             )
 
+    def mask_video(self, model: nn.Module, batch: dict[str, Any]) -> MaskedVideo:
+        """Block masks of ``batch["video"]``, the masked pixels and the tagger's codes of the unmasked frames."""
+        video = one_stream_pixels(batch["video"], "mvm: the tagger")
+        b, t = video.shape[:2]
+        self.tagger.eval()
+        with torch.no_grad():
+            codes = self.tagger(video)
+        mask = block_mask(
+            b, t, self.tagger.grid, self.mask_ratio, min_cells=self.min_block_cells, generator=self.generator,
+            device=video.device,
+        )
+        return MaskedVideo(pixels=mask_pixels(video, mask), mask=mask, targets=codes)
+
     def forward(
         self, model: nn.Module, batch: dict[str, Any], out: ModelOutput | None = None
     ) -> dict[str, Tensor]:
@@ -114,26 +132,28 @@ class MaskedVideoModeling(Objective):
             raise ConfigError(
                 "mvm: HEAD^V is not built: give in_dim, or let a VideoQAModel attach the objective"
             )
-        video = one_stream_pixels(batch["video"], "mvm: the tagger")
-        b, t = video.shape[:2]
-        self.tagger.eval()
-        with torch.no_grad():
-            codes = self.tagger(video)
-        grid = self.tagger.grid
-        mask = block_mask(
-            b, t, grid, self.mask_ratio, min_cells=self.min_block_cells, generator=self.generator,
-            device=video.device,
-        )
-        feats = model.encode_video(mask_pixels(video, mask), batch, use_cache=False)
-        self._check_grid(model, feats.grid, feats.tokens.shape, t)
-        sampled, fused = model.fuse(feats, model.encode_text(batch[model.text_field]))
+        shared = getattr(out, "masked", None)
+        if shared is not None and shared.video is not None:  # masked_pass single: the model's pass is ours
+            masked, feats, sampled, fused = shared.video, out.video, out.sampled, out.fused
+            self._check_grid(model, feats.grid, feats.tokens.shape, masked.mask.shape[1])
+        else:
+            masked = self.mask_video(model, batch)
+            feats = model.encode_video(masked.pixels, batch, use_cache=False)
+            self._check_grid(model, feats.grid, feats.tokens.shape, masked.mask.shape[1])
+            sampled, fused = model.fuse(feats, model.encode_text(batch[model.text_field]))
         if sampled is not None:
             raise ConfigError(
                 "mvm: the model has a frame sampler, so the fused video tokens are not the masked frames' "
                 "positions; masked video modelling needs a model without a sampler (E-ViLM has none)"
             )
+        return self._loss(model, masked, feats, fused)
+
+    def _loss(
+        self, model: nn.Module, masked: MaskedVideo, feats: VideoFeatures, fused: FusionOutput
+    ) -> dict[str, Tensor]:
+        b, t, gh, gw = masked.mask.shape
+        n = gh * gw
         tokens = fused.extras.get("video_tokens")
-        n = grid[0] * grid[1]
         if tokens is None:
             raise ConfigError(
                 f"mvm: fusion {type(model.fusion).__name__} gives no extras['video_tokens'] (one output "
@@ -144,10 +164,10 @@ class MaskedVideoModeling(Objective):
                 f"mvm: extras['video_tokens'] has shape {tuple(tokens.shape)}, expected ({b}, {t * n}, d): "
                 f"one per video token of {t} frames x {n} cells"
             )
-        where = mask.flatten(1)
+        where = masked.mask.flatten(1)
         if feats.frame_mask is not None:
             where = where & feats.frame_mask.to(where.device).bool().repeat_interleave(n, dim=1)
-        target = codes.flatten(1)[where]
+        target = masked.targets.flatten(1)[where]
         if not where.any():  # only padded frames: no target, but every parameter in the graph (DDP)
             zero = (tokens.sum() + sum(p.sum() for p in self.head.parameters())) * 0.0
             return {"loss": zero, "acc": zero.detach()}

@@ -15,9 +15,24 @@ from vqa_components.layers.semantic_tokenizer import SemanticVideoTokenizer, Tag
 from vqa_components.registry import OBJECTIVES
 
 WORD_LOSSES = ("focal", "bce")
+WORD_REDUCTIONS = ("mean", "sum")
 
 
-def focal_word_loss(logits: Tensor, targets: Tensor) -> Tensor:
+def _check_reduction(reduction: str) -> str:
+    if reduction not in WORD_REDUCTIONS:
+        raise ConfigError(
+            f"svq: unknown word_reduction {reduction!r}; choose one of {', '.join(WORD_REDUCTIONS)}"
+        )
+    return reduction
+
+
+def _reduce_words(per_word: Tensor, reduction: str) -> Tensor:
+    """``(b, K)`` per-word losses -> the mean over the batch of their mean (eq. 6) or sum over the words."""
+    _check_reduction(reduction)
+    return (per_word.sum(-1) if reduction == "sum" else per_word.mean(-1)).mean()
+
+
+def focal_word_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
     """E-ViLM's eq. 6, the loss of each sample averaged over the ``K`` words, then over the batch.
 
     ::
@@ -33,17 +48,21 @@ def focal_word_loss(logits: Tensor, targets: Tensor) -> Tensor:
     Args:
         logits: ``(b, K)`` word scores.
         targets: ``(b, K)`` multi-hot, 1 at the words of the caption.
+        reduction: ``"mean"`` over the words (eq. 6 as printed) or ``"sum"`` (``K`` times it: the
+            cited asymmetric-loss code sums over the classes); then the mean over the batch.
     """
     logits = logits.float()
     y = targets.to(logits.dtype)
     positive = F.logsigmoid(logits)
     negative = torch.sigmoid(logits) * F.logsigmoid(-logits)
-    return -(y * positive + (1 - y) * negative).mean(-1).mean()
+    return _reduce_words(-(y * positive + (1 - y) * negative), reduction)
 
 
-def bce_word_loss(logits: Tensor, targets: Tensor) -> Tensor:
-    """Binary cross-entropy averaged over the words and the batch (E-ViLM Table 6's ``L_BCE`` tokenizer)."""
-    return F.binary_cross_entropy_with_logits(logits.float(), targets.to(torch.float32))
+def bce_word_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+    """Binary cross-entropy of each word, averaged (or summed: ``reduction``) over the words, then averaged
+    over the batch (E-ViLM Table 6's ``L_BCE`` tokenizer)."""
+    per_word = F.binary_cross_entropy_with_logits(logits.float(), targets.to(torch.float32), reduction="none")
+    return _reduce_words(per_word, reduction)
 
 
 def multi_hot(input_ids: Tensor, attention_mask: Tensor, vocab_size: int, ignore: Iterable[int]) -> Tensor:
@@ -86,14 +105,43 @@ class SemanticVQ(Objective):
     counts once; ``word_loss`` ``"bce"`` is Table 6's ablation (binary cross-entropy averaged the
     same way).
 
+    **The word term's size** (options, not in the paper)::
+
+        L_SVQ = word_weight * R_k(l_k) + ||sg[E(X)] - C_q||² + beta ||E(X) - sg[C_q]||²
+        R = mean over the K words (word_reduction: mean, eq. 6 as printed) or their sum (sum)
+
+    Eq. 6 averages over the ``K`` words, while the asymmetric-loss code it cites ([7]) sums over
+    the classes: with the mean, the word term's gradient at the encoder's output is a few percent
+    of the quantizer terms' at initialisation (1.5% for ``recipes/evilm/tiny/tokenizer.yaml``, K =
+    120; issue 21 measured 1.6% at the paper's K = 9,157), so the tagger's encoder learns almost
+    only to commit to its codes. ``word_reduction: sum`` multiplies the word term by ``K``;
+    ``word_weight`` scales it by any factor. The defaults are eq. 7 as printed.
+
+    **Gradient norms** (``log_grad_norms``, on by default): on each step that Lightning logs
+    (``(trainer.global_step + 1) % trainer.log_every_n_steps == 0``; outside a Trainer, every
+    training call) the objective also returns ``grad_word`` and ``grad_quantizer``, the l2 norms
+    over the batch of ``d(word_weight * R(l))/dE(X)`` and ``d(L_codebook + beta L_commit)/dE(X)``,
+    where ``E(X)`` is the encoder's output ``(b, t, gh, gw, D)`` before the quantizer normalises it
+    (logged as ``train/svq_grad_word``, ``train/svq_grad_quantizer``). They come from
+    ``torch.autograd.grad(term, E(X), retain_graph=True)``, which writes no parameter's ``.grad``:
+    the step's backward and the optimiser see nothing of them. The cost is one more backward
+    through the decoder and word head (the encoder's ViT is not reached) on the logged steps only,
+    and none while evaluating.
+
     Returns ``{"loss", "token_loss", "codebook_loss", "commitment_loss", "utilisation",
-    "perplexity"}`` (utilisation: percent of the codebook used in the batch).
+    "perplexity"}`` and, on logged steps, ``"grad_word"`` and ``"grad_quantizer"``. ``token_loss``
+    is eq. 6's ``L_TOKEN`` (the mean over the words, without ``word_weight``) whatever the options,
+    so that runs with different options compare, also with the best constant guess; ``loss`` holds
+    the weighted, reduced term. (utilisation: percent of the codebook used in the batch.)
 
     Args:
         vocab_size: ``K``; ``None`` (the usual) takes ``model.text_encoder.vocab_size`` when the
             model attaches the objective; given, it must equal it (and lets the objective run
             without a model through :meth:`loss_from_targets`).
         word_loss: ``"focal"`` (eq. 6) or ``"bce"``.
+        word_reduction: ``"mean"`` over the ``K`` words (eq. 6 as printed) or ``"sum"``.
+        word_weight: factor of the word term in ``L_SVQ`` (eq. 7: 1).
+        log_grad_norms: return ``grad_word`` and ``grad_quantizer`` on logged training steps.
         caption_field: the batch key of the captions.
         weight: scale of this loss in the total.
         tagger: the encoder and quantizer
@@ -115,6 +163,9 @@ class SemanticVQ(Objective):
         vocab_size: int | None = None,
         *,
         word_loss: str = "focal",
+        word_reduction: str = "mean",
+        word_weight: float = 1.0,
+        log_grad_norms: bool = True,
         caption_field: str = "caption",
         weight: float = 1.0,
         tagger: TaggerConfig | None = None,
@@ -126,6 +177,9 @@ class SemanticVQ(Objective):
         if word_loss not in WORD_LOSSES:
             raise ConfigError(f"svq: unknown word_loss {word_loss!r}; choose one of {', '.join(WORD_LOSSES)}")
         self.word_loss = word_loss
+        self.word_reduction = _check_reduction(word_reduction)
+        self.word_weight = word_weight
+        self.log_grad_norms = log_grad_norms
         self.caption_field = caption_field
         self.weight = weight
         self.tokenizer = SemanticVideoTokenizer(
@@ -155,24 +209,34 @@ class SemanticVQ(Objective):
             ignore.add(enc.mask_token_id)
         return multi_hot(tok["input_ids"], tok["attention_mask"], enc.vocab_size, ignore)
 
-    def loss_from_targets(self, video: Tensor, targets: Tensor) -> dict[str, Tensor]:
-        """Eq. 7 for float pixels ``video (b, t, 3, H, W)`` and multi-hot ``targets (b, K)``."""
+    def loss_from_targets(
+        self, video: Tensor, targets: Tensor, grad_norms: bool = False
+    ) -> dict[str, Tensor]:
+        """Eq. 7 for float pixels ``video (b, t, 3, H, W)`` and multi-hot ``targets (b, K)``; with
+        ``grad_norms``, also each term's gradient norm at the encoder's output (see the class docstring)."""
         out = self.tokenizer(pixels_to_float(video))
         if out.logits.shape[-1] != targets.shape[-1]:
             raise ConfigError(
                 f"svq: {targets.shape[-1]} word targets but the word head has {out.logits.shape[-1]} classes"
             )
-        word = focal_word_loss if self.word_loss == "focal" else bce_word_loss
-        token = word(out.logits, targets.to(out.logits.device))
+        word_loss = focal_word_loss if self.word_loss == "focal" else bce_word_loss
+        reduced = word_loss(out.logits, targets.to(out.logits.device), self.word_reduction)
+        token = reduced.detach() / targets.shape[-1] if self.word_reduction == "sum" else reduced.detach()
+        word = self.word_weight * reduced
         vq = out.vq
-        return {
-            "loss": token + self.tokenizer.tagger.quantizer.loss(vq),
-            "token_loss": token.detach(),
+        quantizer = self.tokenizer.tagger.quantizer.loss(vq)
+        terms = {
+            "loss": word + quantizer,
+            "token_loss": token,
             "codebook_loss": vq.codebook_loss.detach(),
             "commitment_loss": vq.commitment_loss.detach(),
             "utilisation": vq.utilisation,
             "perplexity": vq.perplexity,
         }
+        if grad_norms and out.encoded is not None and out.encoded.requires_grad:
+            terms["grad_word"] = _grad_norm(word, out.encoded)
+            terms["grad_quantizer"] = _grad_norm(quantizer, out.encoded)
+        return terms
 
     def forward(
         self, model: nn.Module, batch: dict[str, Any], out: ModelOutput | None = None
@@ -182,7 +246,25 @@ class SemanticVQ(Objective):
             raise ConfigError(
                 f"svq: the batch has no {self.caption_field!r} (the captions whose words are the targets)"
             )
-        return self.loss_from_targets(video, self.targets(model, list(batch[self.caption_field])))
+        grad_norms = (
+            self.log_grad_norms and self.training and torch.is_grad_enabled() and _logs_this_step(model)
+        )
+        return self.loss_from_targets(video, self.targets(model, list(batch[self.caption_field])), grad_norms)
+
+
+def _grad_norm(term: Tensor, at: Tensor) -> Tensor:
+    """``||d term / d at||``, detached; no parameter's ``.grad`` changes and the graph is kept."""
+    (grad,) = torch.autograd.grad(term, at, retain_graph=True, allow_unused=True)
+    return torch.zeros((), device=at.device) if grad is None else grad.detach().float().norm()
+
+
+def _logs_this_step(model: nn.Module) -> bool:
+    """Whether Lightning logs this training step (``log_every_n_steps``); outside a Trainer, always."""
+    trainer = getattr(model, "_trainer", None)
+    if trainer is None:
+        return True
+    every = int(trainer.log_every_n_steps or 0)
+    return every > 0 and (int(trainer.global_step) + 1) % every == 0
 
 
 def _text_encoder(model: nn.Module) -> nn.Module:

@@ -1,7 +1,8 @@
-"""Video-text matching (VTM) pretraining objective (VideoDistill section 3.5, eq. 7)."""
+"""Video-text matching (VTM) pretraining objective (VideoDistill section 3.5, eq. 7; E-ViLM section 3.4, eq. 8)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,59 +10,92 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqa_components.interfaces import ModelOutput, Objective
+from vqa_components.interfaces import ModelOutput, Objective, TextFeatures
 from vqa_components.layers.matching import MatchingClassifier, head_matching_layer
 from vqa_components.objectives._pairs import matched_pairs
 from vqa_components.registry import OBJECTIVES
 
 
-def swap_annotations(
-    texts: Sequence[str], swap_prob: float, generator: torch.Generator | None = None
-) -> tuple[list[str], Tensor]:
-    """Exchange the texts of randomly chosen pairs; return the new texts and matched labels.
+def swap_sources(n: int, swap_prob: float, generator: torch.Generator | None = None) -> list[int]:
+    """For each of ``n`` pairs, the pair whose text it takes: itself, or another one after a swap.
 
     Each pair is chosen independently with probability ``swap_prob``. The chosen
     pairs pass their texts around one random cycle (a derangement), so a chosen
     pair never keeps its own text; a single chosen pair borrows the text of a
-    random other pair (which keeps its own). A pair whose new text equals its
-    old one (duplicate captions in the batch) is still matched.
+    random other pair (which keeps its own).
+    """
+    source = list(range(n))
+    if n >= 2 and swap_prob > 0:
+        chosen = torch.nonzero(torch.rand(n, generator=generator) < swap_prob).flatten()
+        if len(chosen) == 1:
+            i = int(chosen[0])
+            j = int(torch.randint(n - 1, (1,), generator=generator))
+            source[i] = j + (j >= i)
+        elif len(chosen) > 1:
+            cycle = chosen[torch.randperm(len(chosen), generator=generator)].tolist()
+            for k, i in enumerate(cycle):
+                source[i] = cycle[(k + 1) % len(cycle)]
+    return source
+
+
+def swap_annotations(
+    texts: Sequence[str], swap_prob: float, generator: torch.Generator | None = None
+) -> tuple[list[str], Tensor]:
+    """Exchange the texts of randomly chosen pairs (:func:`swap_sources`); return the new texts and
+    matched labels. A pair whose new text equals its old one (duplicate captions in the batch) is
+    still matched.
 
     Returns:
         ``(new_texts, labels)``; ``labels`` ``(b,)`` long, 1 = matched, 0 = not matched.
     """
     texts = [str(t) for t in texts]
-    b = len(texts)
-    new = list(texts)
-    if b >= 2 and swap_prob > 0:
-        chosen = torch.nonzero(torch.rand(b, generator=generator) < swap_prob).flatten()
-        if len(chosen) == 1:
-            i = int(chosen[0])
-            j = int(torch.randint(b - 1, (1,), generator=generator))
-            new[i] = texts[j + (j >= i)]
-        elif len(chosen) > 1:
-            cycle = chosen[torch.randperm(len(chosen), generator=generator)].tolist()
-            for k, i in enumerate(cycle):
-                new[i] = texts[cycle[(k + 1) % len(cycle)]]
+    new = [texts[j] for j in swap_sources(len(texts), swap_prob, generator)]
     labels = torch.tensor([int(a == o) for a, o in zip(new, texts)], dtype=torch.long)
     return new, labels
 
 
+def select_text(text: TextFeatures, rows: Tensor) -> TextFeatures:
+    """The samples ``rows`` of ``text`` (each of its tensors indexed by row), as new features of batch
+    size ``len(rows)``."""
+    values = {f.name: getattr(text, f.name) for f in dataclasses.fields(text)}
+    return dataclasses.replace(
+        text, **{k: v[rows.to(v.device)] for k, v in values.items() if isinstance(v, Tensor)}
+    )
+
+
 @OBJECTIVES.register("vtm")
 class VideoTextMatching(Objective):
-    """Video-text matching: is this (video, text) pair matched? Two-class CE on ``v_cls*`` (eq. 7).
+    """Video-text matching: is this (video, text) pair matched? Two-class CE on the fused pooled vector.
 
     ::
 
-        L_VTM = -E log p(y | v_cls*),   p(y | v_cls*) = softmax(W v_cls* + b)_y
+        L_VTM = -E log p(y | pooled),   p(y | pooled) = softmax(W pooled + b)_y
 
-    where ``y = 1`` for a matched pair and ``0`` for an unmatched one. Unmatched
-    pairs are made by exchanging annotations inside the batch
-    (:func:`swap_annotations`, probability ``swap_prob`` per pair, the paper's
-    0.5). Only the changed pairs run again, and only from the text on: the
-    swapped texts are re-encoded (``model.encode_text``) and
-    ``model.forward_features`` re-runs sampler and fusion on the **backbone
-    output already computed** (``out.video``), so the language-aware ``v_cls*``
-    is distilled for the wrong text. Matched pairs reuse ``out.fused.pooled``.
+    where ``y = 1`` for a matched pair and ``0`` for an unmatched one, and ``pooled`` is the
+    fusion's ``FusionOutput.pooled``. Two papers use it:
+
+    * **VideoDistill** (section 3.5, eq. 7): ``pooled`` is ``v_cls*``, the language-aware
+      video feature that its sampler and fusion distil for the question or caption; "we randomly
+      exchange the annotations of two input pairs (matched) in a mini-batch with a probability
+      of 0.5".
+    * **E-ViLM** (section 3.4, eq. 8: "the model is expected to predict whether the video-text
+      pair matches"): ``pooled`` is ``h^CLS`` of the merged decoder (eq. 2); the paper gives no
+      rule for the unmatched pairs, so VideoDistill's exchange is used.
+
+    Unmatched pairs are made by exchanging annotations inside the batch
+    (:func:`swap_annotations`, probability ``swap_prob`` per pair). Only the changed pairs run
+    again, from the text features on: ``model.forward_features`` re-runs sampler, fusion and head
+    on the **backbone output already computed** (``out.video``) with the swapped text, so the
+    pooled vector is computed for the wrong text. Matched pairs reuse ``out.fused.pooled``. What
+    the swapped text is depends on the model's ``masked_pass``
+    (:mod:`~vqa_components.objectives.masked_pass`):
+
+    * ``"separate"`` (default; VideoDistill): ``out`` is the default forward on the unmasked
+      inputs, and the swapped texts are encoded again (``model.encode_text``).
+    * ``"single"`` (E-ViLM's Fig. 3): ``out`` is the one forward on the masked frames and the
+      masked words; the swapped pair reads the other row's *masked* text features
+      (``out.text``, no encoder runs), so masked and unmasked text never tell matched from
+      unmatched pairs.
 
     Texts come from ``batch[model.text_field]``; in the multiple-choice forward
     the matched pairs are (video, "question correct-option") (see
@@ -103,13 +137,18 @@ class VideoTextMatching(Objective):
             zero = out.fused.pooled.sum() * 0.0
             return {"loss": zero, "acc": zero.detach()}
         pooled = out.fused.pooled[rows]
-        new_texts, labels = swap_annotations(texts, self.swap_prob)
-        labels = labels.to(pooled.device)
+        source = swap_sources(len(texts), self.swap_prob)
+        new_texts = [texts[j] for j in source]
+        labels = torch.tensor([int(a == o) for a, o in zip(new_texts, texts)], device=pooled.device)
         changed = torch.tensor([a != o for a, o in zip(new_texts, texts)], dtype=torch.bool)
         if changed.any():
             idx = torch.nonzero(changed).flatten().to(pooled.device)
             video = out.video.select(rows[idx])
-            swapped = model.forward_features(video, model.encode_text([new_texts[i] for i in idx.tolist()]))
+            if out.masked is not None:  # masked_pass single: the source rows' masked text, as encoded
+                text = select_text(out.text, rows[torch.tensor(source, device=rows.device)[idx]])
+            else:
+                text = model.encode_text([new_texts[i] for i in idx.tolist()])
+            swapped = model.forward_features(video, text)
             pooled = pooled.index_copy(0, idx, swapped.fused.pooled.to(pooled.dtype))
         classifier = self.classifier(model)
         logits = classifier(pooled).float()

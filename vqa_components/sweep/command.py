@@ -145,7 +145,10 @@ def cmd_sweep(argv: list[str]) -> int:
     runs = sweep.runs(args.seeds, args.only)
     keep = (lambda r: False) if args.fresh else still_valid(sweep)
     meta = {"sweep": sweep.name, "file": " ".join(args.sources), "table": sweep.table}  # as the user named it
-    done = {r["key"] for r in results.keep_records(out, keep, meta, write=not args.dry_run)}
+    if args.dry_run:  # reads sweep.json as it is: no lock, no folder, nothing written
+        done = {r["key"] for r in results.load(out)["records"] if results.finished(r) and keep(r)}
+    else:
+        done = {r["key"] for r in results.keep_records(out, keep, meta)}
     todo = [r for r in runs if r.key() not in done]
     print(f"vqa sweep {sweep.name}: {len(runs) - len(todo)} of {len(runs)} runs finished already "
           f"({out / results.RESULTS}), {len(todo)} to run", flush=True)

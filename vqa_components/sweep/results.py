@@ -65,16 +65,14 @@ def merge_record(out: Path, record: dict[str, Any]) -> None:
         _write(out, data)
 
 
-def keep_records(out: Path, keep, meta: dict[str, Any], write: bool = True) -> list[dict[str, Any]]:
+def keep_records(out: Path, keep, meta: dict[str, Any]) -> list[dict[str, Any]]:
     """Drop the records for which ``keep(record)`` is false (a changed recipe, a removed run), set the
-    sweep's ``meta`` (name, file, table options), and return the finished records that remain
-    (``write=False``: only return them, ``sweep.json`` untouched)."""
+    sweep's ``meta`` (name, file, table options), and return the finished records that remain."""
     with locked(out):
         data = load(out)
         data.update(meta)
         data["records"] = [r for r in data["records"] if keep(r)]
-        if write:
-            _write(out, data)
+        _write(out, data)
         return [r for r in data["records"] if finished(r)]
 
 
