@@ -263,6 +263,8 @@ class HeadOutput:
 class ModelOutput:
     """Everything one forward pass of :class:`VideoQAModel` computed.
 
+    ``text``, ``fused`` and ``head`` are ``None`` when the model ran only its backbone, because every
+    objective reads only the video features (``Objective.reads_only_video``: caption pretraining).
     ``masked`` is set by the single masked pass (``VideoQAModel(masked_pass="single")``): the
     :class:`~vqa_components.objectives.masked_pass.MaskedInputs` the pass ran on; ``None`` for a
     forward on the batch as it is.
@@ -501,6 +503,10 @@ class Objective(Part):
 
     weight: float = 1.0
     runs_model_forward: bool = True
+    #: reads only ``out.video`` of the default forward (captioning, which runs sampler, fusion and head
+    #: itself): when every objective that runs the forward says so, the model encodes the video and
+    #: nothing else (``ModelOutput`` with ``text``, ``fused`` and ``head`` ``None``)
+    reads_only_video: bool = False
 
     def attach(self, model: nn.Module) -> None:
         """Build what depends on ``model``'s parts (default: nothing)."""

@@ -169,7 +169,8 @@ class VideoQAModel(VideoQAPipeline, pl.LightningModule):
         loss = self.loss(batch, out, "train")
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size(batch))
         # generating every answer would cost more than the training step
-        if out is not None and self.head.task != "generate" and self.head.has_ground_truth(batch):
+        scored = out is not None and out.head is not None  # not a backbone-only step (caption pretraining)
+        if scored and self.head.task != "generate" and self.head.has_ground_truth(batch):
             self.log("train/acc", self.head.score(self.head.answers(out), batch).mean(), prog_bar=True,
                      batch_size=batch_size(batch))
         return loss

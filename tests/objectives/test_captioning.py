@@ -58,6 +58,25 @@ def test_loss_is_the_caption_token_cross_entropy_given_an_empty_prefix(minilm_fo
     assert not torch.allclose(loss, _decoder_ce(m, out.video, BATCH["question"], BATCH["caption"]), atol=1e-4)
 
 
+def test_a_captioning_step_runs_the_backbone_and_the_objective_s_own_pass_only(minilm_folder):
+    """The model's forward reads only the video features for captioning: the question goes through no
+    text encoder, fusion or decoder that the objective would throw away; the loss is unchanged."""
+    m = model(minilm_folder)
+    calls = {name: 0 for name in ("backbone", "text_encoder", "fusion", "head")}
+    for name in calls:
+        getattr(m, name).register_forward_hook(lambda *a, n=name: calls.__setitem__(n, calls[n] + 1))
+    out = m.objectives.model_output(m, BATCH)
+    assert out.text is None and out.fused is None and out.head is None
+    assert calls == {"backbone": 1, "text_encoder": 0, "fusion": 0, "head": 0}
+    loss = m.loss(BATCH, out, "train")
+    assert calls == {"backbone": 1, "text_encoder": 1, "fusion": 1, "head": 1}  # the prefix's pass, once
+    torch.testing.assert_close(loss, m.objectives[0](m, BATCH, m(BATCH))["loss"])
+    # with an objective that reads the fused output too, the full forward runs as before
+    both = model(minilm_folder)
+    both.objectives = type(both.objectives).of([both.objectives[0], create("objective", "answer_cross_entropy")])
+    assert both.objectives.model_output(both, {**BATCH, "answer": ["red", "two"]}).head is not None
+
+
 def test_prefix_field_conditions_the_decoder(minilm_folder):
     m = model(minilm_folder, prefix_field="prompt")
     out = m(BATCH)

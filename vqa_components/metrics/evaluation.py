@@ -37,7 +37,7 @@ class AnswerEvaluation(Callback):
 
     def update(self, pl_module: Any, outputs: Any, batch: dict[str, Any], stage: str) -> None:
         metric = self.metric(pl_module, stage)
-        if metric is not None and outputs is not None:
+        if metric is not None and outputs is not None and outputs.head is not None:  # head None: backbone only
             metric.update_from(pl_module.head, outputs, batch)  # type: ignore[attr-defined]
 
     def log_epoch(self, pl_module: Any, stage: str) -> None:

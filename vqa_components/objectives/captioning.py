@@ -17,7 +17,7 @@ class Captioning(Objective):
 
     ::
 
-        video features (the default forward's, reused) ─┐
+        video features (the backbone's, run once) ──────┐
         prefix text (batch[prefix_field], or "") ──► text encoder ─┴─► sampler? ─► fusion ─► text_decoder
                                                                         targets: batch[target_field]
         L = -(1/#tokens) sum_j log p(y_j | y_<j, video, prefix)
@@ -30,7 +30,9 @@ class Captioning(Objective):
     tokens. The backbone's features of the default forward are reused, so the clip is encoded
     once; sampler, fusion and head run again with the prefix in place of the question.
 
-    Needs a generating head (``head: text_decoder``).
+    Needs a generating head (``head: text_decoder``). It reads only the video features of the
+    model's forward (``reads_only_video``): a model trained by captioning alone runs just the
+    backbone before it, not the question through the text encoder, fusion and head as well.
 
     Args:
         target_field: the batch key of the text to generate.
@@ -38,6 +40,8 @@ class Captioning(Objective):
         label_smoothing: as in ``torch.nn.functional.cross_entropy``.
         weight: scale of this loss in the total.
     """
+
+    reads_only_video = True
 
     def __init__(
         self, target_field: str = "caption", prefix_field: str | None = None, label_smoothing: float = 0.0,

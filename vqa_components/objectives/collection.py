@@ -41,10 +41,17 @@ class ObjectiveDict(nn.ModuleDict):
 
     def model_output(self, model: nn.Module, batch: dict[str, Any]) -> ModelOutput | None:
         """The forward the objectives read this step: ``None`` when none runs the model's forward
-        (``runs_model_forward``), else the default forward or the single masked one (``masked_pass``)."""
+        (``runs_model_forward``); the backbone alone when every one that does reads only the video
+        features (``reads_only_video``: no text encoder, fusion or head is paid for and thrown away);
+        else the default forward or the single masked one (``masked_pass``)."""
         if not model.runs_forward:
             return None
-        return masked_forward(model, batch, self) if self.masked_pass == "single" else model(batch)
+        if self.masked_pass == "single":
+            return masked_forward(model, batch, self)
+        readers = [o for o in self if getattr(o, "runs_model_forward", True)]
+        if all(getattr(o, "reads_only_video", False) for o in readers):
+            return ModelOutput(video=model.encode_video(batch["video"], batch), text=None, fused=None, head=None)
+        return model(batch)
 
 
 def objective_key(obj: nn.Module, taken: Sequence[str]) -> str:
