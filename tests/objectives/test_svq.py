@@ -89,6 +89,25 @@ def test_targets_come_from_the_text_encoder_s_tokenizer():
         assert set(row.nonzero().flatten().tolist()) == words and words
 
 
+def test_word_targets_hold_no_continuation_piece(minilm_folder):
+    """A caption word split into WordPiece pieces counts by its first piece; no ``##`` piece is a target."""
+    model = TextOnly()
+    model.text_encoder = create("text_encoder", "bert", vocab_file=str(minilm_folder / "vocab.txt"), hidden_size=16,
+                                num_layers=1, num_heads=2, intermediate_size=32, dim=None)
+    obj = SemanticVQ(**TINY)
+    obj.attach(model)
+    enc = model.text_encoder
+    caption = "a glorpish ball rolls leftwards"
+    ids = enc.tokenize([caption])["input_ids"][0].tolist()
+    pieces = [enc.vocab[i] for i in ids]
+    continuations = {i for i, p in zip(ids, pieces) if p.startswith("##")}
+    assert continuations  # the made-up word is split
+    target = obj.targets(model, [caption])[0]
+    assert all(target[i] == 0 for i in continuations)
+    firsts = {i for i, p, nxt in zip(ids, pieces, pieces[1:] + [""]) if nxt.startswith("##") and not p.startswith("##")}
+    assert firsts and all(target[i] == 1 for i in firsts)
+
+
 def test_attach_builds_the_word_head_from_the_text_encoder_and_refuses_another_size():
     model, obj = _setup()
     assert obj.tokenizer.word_head.out_features == model.text_encoder.vocab_size

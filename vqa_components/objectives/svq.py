@@ -65,6 +65,24 @@ def bce_word_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> T
     return _reduce_words(per_word, reduction)
 
 
+_CONTINUATIONS: dict[int, frozenset[int]] = {}
+
+
+def continuation_ids(encoder: nn.Module) -> frozenset[int]:
+    """Ids of the encoder's WordPiece continuation pieces (``##...``), read once per encoder from its
+    ``vocab`` list or its tokenizer's ``convert_ids_to_tokens``; empty for a vocabulary without them."""
+    key = id(encoder)
+    if key not in _CONTINUATIONS:
+        vocab = getattr(encoder, "vocab", None)
+        tokenizer = getattr(encoder, "tokenizer", None)
+        if vocab is None and hasattr(tokenizer, "convert_ids_to_tokens"):
+            vocab = tokenizer.convert_ids_to_tokens(list(range(int(encoder.vocab_size))))
+        _CONTINUATIONS[key] = frozenset(
+            i for i, piece in enumerate(vocab or []) if isinstance(piece, str) and piece.startswith("##")
+        )
+    return _CONTINUATIONS[key]
+
+
 def multi_hot(input_ids: Tensor, attention_mask: Tensor, vocab_size: int, ignore: Iterable[int]) -> Tensor:
     """``(b, K)`` float, 1 at every id that occurs among a sample's real tokens, except ``ignore`` ids.
 
@@ -98,7 +116,9 @@ class SemanticVQ(Objective):
     with ``model.text_encoder.tokenize``: the text encoder is only used for its tokenizer and
     vocabulary here. The target ``y^S`` is multi-hot over the vocabulary: 1 at every id among a
     caption's real tokens except the encoder's ``special_token_ids``, ``pad_token_id`` and
-    ``mask_token_id``.
+    ``mask_token_id``, and except WordPiece continuation pieces (``##ing``): the paper's targets are
+    caption *words*, so a word split into pieces counts by its first piece (``play`` of ``playing``)
+    and its endings are no classes of their own (:func:`continuation_ids`).
 
     Choices the paper leaves open: word classes are the text encoder's token ids (E-ViLM's BERT
     keeps only frequent words; a BPE vocabulary gives sub-word pieces); a word that occurs twice
@@ -204,7 +224,7 @@ class SemanticVQ(Objective):
         """``(b, K)`` multi-hot word targets of ``captions`` (see the class docstring)."""
         enc = _text_encoder(model)
         tok = enc.tokenize(list(captions))
-        ignore = set(enc.special_token_ids) | {enc.pad_token_id}
+        ignore = set(enc.special_token_ids) | {enc.pad_token_id} | continuation_ids(enc)
         if getattr(enc, "mask_token_id", None) is not None:
             ignore.add(enc.mask_token_id)
         return multi_hot(tok["input_ids"], tok["attention_mask"], enc.vocab_size, ignore)
