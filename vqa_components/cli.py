@@ -402,34 +402,52 @@ def cmd_demo(args: list[str]) -> int:
 
 
 def cmd_vocab(args: list[str]) -> int:
-    """``vqa vocab --config RECIPE --out PATH [--keep_fraction 0.3]``: the ``bert`` text encoder's
-    ``vocab.txt``, built from the questions and captions of the recipe's training split."""
-    from vqa_components.text.bert import build_vocab, count_words, write_vocab
+    """``vqa vocab (--config RECIPE | --corpus FILE ...) --out PATH [--keep_fraction 0.3] [--max_words N]``:
+    the ``bert`` text encoder's ``vocab.txt``, built from the questions and captions of the recipe's
+    training split, or from corpus files (COCO captions JSON, JSON/JSONL records, plain text lines:
+    :func:`~vqa_components.text.bert.read_corpus`), as E-ViLM keeps 30 % of COCO's words."""
+    from vqa_components.text.bert import build_vocab, count_words, read_corpus, write_vocab
 
     args = list(args)
     config = _pop_option(args, "--config", None) or _pop_option(args, "-c", None)
+    corpora = []
+    while (corpus := _pop_option(args, "--corpus", None)) is not None:
+        corpora.append(corpus)
     out = _pop_option(args, "--out", None)
     fraction_arg = _pop_option(args, "--keep_fraction", "0.3") or "0.3"
-    usage = "usage: vqa vocab --config RECIPE --out PATH [--keep_fraction 0.3]"
+    max_arg = _pop_option(args, "--max_words", None)
+    usage = "usage: vqa vocab (--config RECIPE | --corpus FILE ...) --out PATH [--keep_fraction 0.3] [--max_words N]"
     if args:
         raise CLIError(f"vocab: unexpected argument(s) {' '.join(args)} ({usage})")
-    if config is None or out is None:
-        raise CLIError(f"vocab needs --config and --out ({usage})")
+    if (config is None) == (not corpora) or out is None:
+        raise CLIError(f"vocab needs --config or --corpus, and --out ({usage})")
     try:
         fraction = float(fraction_arg)
     except ValueError:
         fraction = float("nan")
     if not 0.0 < fraction <= 1.0:
         raise CLIError(f"--keep_fraction {fraction_arg!r}: expected a share of the words in (0, 1], e.g. 0.3")
-    split, texts = _training_texts(config)
+    if max_arg is not None and (not max_arg.isdigit() or int(max_arg) < 1):
+        raise CLIError(f"--max_words {max_arg!r}: expected a positive number of words")
+    if corpora:
+        try:
+            texts = [text for corpus in corpora for text in read_corpus(corpus)]
+        except (FileNotFoundError, ValueError) as exc:
+            raise CLIError(str(exc)) from None
+        source = f"{len(texts)} texts of {', '.join(corpora)}"
+    else:
+        split, texts = _training_texts(config)
+        source = f"{len(texts)} texts of split {split!r}"
     if not texts:
-        raise CLIError(f"{config}: the training split {split!r} has no question or caption text")
+        raise CLIError(f"{config or ', '.join(corpora)}: no question, caption or text to count")
     distinct = len(count_words(texts))
-    path = write_vocab(build_vocab(texts, fraction), out)
+    vocab = build_vocab(texts, fraction, max_words=int(max_arg) if max_arg else None)
+    path = write_vocab(vocab, out)
     size = len(path.read_text(encoding="utf-8").splitlines())
+    cap = f", at most {max_arg}" if max_arg else ""
     print(
-        f"{size} tokens (keep_fraction {fraction:g} of {distinct} distinct words, plus special tokens and "
-        f"characters) from {len(texts)} texts of split {split!r} written to {path}"
+        f"{size} tokens (keep_fraction {fraction:g}{cap} of {distinct} distinct words, plus special tokens and "
+        f"characters) from {source} written to {path}"
     )
     return 0
 
@@ -476,9 +494,10 @@ USAGE = """usage: vqa {fit,validate,test,predict,list,recipes,sweep,profile,expl
   explain --config RECIPE [--ckpt_path best] [--split test] [--index 0] [--out PNG]
                               figure of the frames a sampler chose and the LA-Gate values, or of
                               the co-tokenizer's selection maps per stream and iteration
-  vocab --config RECIPE --out PATH [--keep_fraction 0.3]
+  vocab (--config RECIPE | --corpus FILE ...) --out PATH [--keep_fraction 0.3] [--max_words N]
                               vocab.txt of the most frequent words of the training split's
-                              questions and captions (the bert text encoder's vocab_file)
+                              questions and captions, or of corpus files (COCO captions JSON,
+                              JSON/JSONL records, text lines): the bert text encoder's vocab_file
   export --config RECIPE [--ckpt_path best] --out DIR
                               the run's model as a self-contained model folder (config.yaml,
                               model.safetensors, vocabularies, README.md model card)

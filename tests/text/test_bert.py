@@ -292,7 +292,8 @@ def test_vqa_vocab_builds_the_training_splits_vocabulary(tmp_path, tiny_recipe, 
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--out", "x.txt"], "vocab needs --config and --out"),
+        (["--out", "x.txt"], "vocab needs --config or --corpus, and --out"),
+        (["--max_words", "0"], "--max_words '0': expected a positive number of words"),
         (["--keep_fraction", "2"], "--keep_fraction '2': expected a share of the words in (0, 1]"),
         (["--keep_fraction", "lots"], "--keep_fraction 'lots'"),
         (["--bogus", "1"], "vocab: unexpected argument(s) --bogus 1"),
@@ -305,6 +306,41 @@ def test_vqa_vocab_user_errors_are_one_line(tmp_path, tiny_recipe, capsys, args,
     assert main(["vocab", *base, *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and err[0].startswith("vqa: error: ")
+
+
+def test_vqa_vocab_from_a_coco_captions_corpus_has_the_expected_size(tmp_path, capsys):
+    """E-ViLM keeps the most frequent 30 % of COCO's caption words: --corpus reads COCO's captions file
+    (and JSONL records, plain text lines); the size is the special tokens, the kept words and the
+    characters, and --max_words caps the words."""
+    import json
+
+    from vqa_components.cli import main
+    from vqa_components.text.bert import SPECIAL_TOKENS
+
+    captions = ["a man rides a horse", "a man walks a dog", "a dog runs", "two cats sleep on a bed"]
+    coco = tmp_path / "captions_train2017.json"
+    coco.write_text(json.dumps({"images": [], "annotations": [{"id": i, "image_id": i, "caption": c}
+                                                              for i, c in enumerate(captions)]}))
+    words = {w for c in captions for w in c.split()}  # 13 distinct: a, man, dog, ... (no punctuation)
+    chars = {ch for w in words for ch in w}
+    inner = {ch for w in words for ch in w[1:]}
+    out = tmp_path / "vocab.txt"
+    assert main(["vocab", "--corpus", str(coco), "--out", str(out), "--keep_fraction", "0.3"]) == 0
+    vocab = out.read_text().splitlines()
+    kept = vocab[len(SPECIAL_TOKENS):len(SPECIAL_TOKENS) + round(0.3 * len(words))]
+    assert kept == ["a", "dog", "man", "bed"]  # 30 % of 13 words, most frequent first (ties by spelling)
+    assert len(vocab) == len(SPECIAL_TOKENS) + len(kept) + len(chars - set(kept)) + len(inner)
+    assert f"from {len(captions)} texts of {coco}" in capsys.readouterr().out
+    # the same texts as JSON lines and as plain text, and a cap on the words
+    lines = tmp_path / "corpus.jsonl"
+    lines.write_text("\n".join(json.dumps({"caption": c}) for c in captions[:2]) + "\n")
+    plain = tmp_path / "more.txt"
+    plain.write_text("\n".join(captions[2:]) + "\n")
+    capped = tmp_path / "capped.txt"
+    assert main(["vocab", "--corpus", str(lines), "--corpus", str(plain), "--out", str(capped),
+                 "--keep_fraction", "1", "--max_words", "2"]) == 0
+    assert capped.read_text().splitlines()[len(SPECIAL_TOKENS):len(SPECIAL_TOKENS) + 3] == ["a", "dog", "b"]  # then characters
+    assert main(["vocab", "--corpus", str(tmp_path / "missing.json"), "--out", str(capped)]) == 2
 
 
 def test_vqa_vocab_bad_data_section_is_one_line(tmp_path, capsys):

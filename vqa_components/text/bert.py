@@ -129,6 +129,7 @@ def build_vocab(
     *,
     characters: bool = True,
     special_tokens: Sequence[str] = SPECIAL_TOKENS,
+    max_words: int | None = None,
 ) -> list[str]:
     """A WordPiece vocabulary of the most frequent words of ``texts`` (module docstring: how exactly).
 
@@ -140,6 +141,7 @@ def build_vocab(
             ``lowercase`` must match.
         characters: also add every character of the corpus's words, alone and as ``##c``.
         special_tokens: first entries; must include ``[PAD] [UNK] [CLS] [SEP] [MASK]`` for the encoder.
+        max_words: keep at most this many words (a size cap on top of ``keep_fraction``).
 
     Returns:
         The tokens by id (line ``i`` of ``vocab.txt`` is id ``i``).
@@ -151,6 +153,10 @@ def build_vocab(
         raise ValueError("build_vocab: the texts hold no words")
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     keep = max(1, math.floor(float(keep_fraction) * len(ranked) + 0.5))
+    if max_words is not None:
+        if max_words < 1:
+            raise ValueError(f"build_vocab: max_words must be at least 1, got {max_words}")
+        keep = min(keep, max_words)
     vocab = list(dict.fromkeys(special_tokens))
     seen = set(vocab)
     for word, _ in ranked[:keep]:
@@ -165,6 +171,49 @@ def build_vocab(
                 vocab.append(piece)
                 seen.add(piece)
     return vocab
+
+
+def read_corpus(path: str | os.PathLike) -> list[str]:
+    """The texts of a corpus file, for :func:`build_vocab`: a COCO captions file (``{"annotations":
+    [{"caption": ...}]}``), a JSON list of strings or of records, JSON lines (records), or plain
+    text (one text per line). A record's text is its ``caption``, ``text``, ``question`` or
+    ``sentence`` (each present one counts)."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus {path}: no such file")
+    raw = path.read_text(encoding="utf-8")
+    fields = ("caption", "text", "question", "sentence")
+
+    def texts_of(items: Iterable, where: str) -> list[str]:
+        out = []
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                out.append(item)
+            elif isinstance(item, dict) and any(isinstance(item.get(f), str) for f in fields):
+                out += [item[f] for f in fields if isinstance(item.get(f), str)]
+            else:
+                raise ValueError(f"corpus {path}: {where} {i} has none of the text fields {', '.join(fields)}")
+        return out
+
+    if path.suffix == ".json":
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"corpus {path}: invalid JSON: {exc}") from None
+        if isinstance(data, dict) and isinstance(data.get("annotations"), list):  # COCO captions
+            return texts_of(data["annotations"], "annotation")
+        if isinstance(data, list):
+            return texts_of(data, "item")
+        raise ValueError(f"corpus {path}: expected COCO's {{\"annotations\": [...]}} or a list")
+    if path.suffix == ".jsonl":
+        lines = [line for line in raw.splitlines() if line.strip()]
+        try:
+            return texts_of([json.loads(line) for line in lines], "line")
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"corpus {path}: invalid JSON line: {exc}") from None
+    return [line for line in raw.splitlines() if line.strip()]
 
 
 def write_vocab(vocab: Sequence[str], path: str | os.PathLike) -> Path:
