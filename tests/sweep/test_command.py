@@ -77,6 +77,28 @@ def test_sweep_table_resume_and_changed_recipe(tmp_path, monkeypatch):
     assert code == 0 and "0 of 4 runs finished already" in printed and not (tmp_path / "elsewhere").exists()
 
 
+def test_a_run_under_way_in_another_process_is_skipped_not_run_twice(tmp_path, monkeypatch):
+    """Two sweeps over one folder (or a sweep beside SLURM jobs) must not train the same run into the
+    same folder at once: a run whose folder another process has locked is skipped."""
+    import fcntl
+
+    monkeypatch.chdir(tmp_path)
+    out = tiny_sweep(tmp_path)
+    held = []
+    for run in ("full", "blind"):
+        for seed in (0, 1):
+            folder = out / "runs" / run / f"seed{seed}"
+            folder.mkdir(parents=True)
+            f = (folder / ".running").open("w")
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another sweep holds every run
+            held.append(f)
+    code, printed = run_vqa("sweep", "sweep.yaml")
+    assert code == 0 and printed.count("running in another process (vqa sweep or a job), skipped") == 4
+    assert not list(out.glob("runs/*/seed*/*/stage.json")) and not json.loads((out / "sweep.json").read_text())["records"]
+    for f in held:
+        f.close()
+
+
 @pytest.mark.slow
 def test_killed_sweep_resumes_without_rerunning_finished_runs(tmp_path):
     out = tiny_sweep(tmp_path)

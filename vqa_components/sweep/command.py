@@ -105,18 +105,23 @@ def write_outputs(out: Path, table_copy: str | None) -> str:
 
 
 def run_local(runs: list[Run], out: Path, parallel: int, threads: int) -> list[dict]:
-    from vqa_components.sweep.job import finish_run, make_plan, run_stage, write_plan
+    from vqa_components.sweep.job import finish_run, make_plan, run_lock, run_stage, write_plan
 
     lock = threading.Lock()
     records = []
 
     def one(run: Run) -> None:
         plan = make_plan(run, out, threads)
-        write_plan(plan)
-        for index in range(len(plan["stages"])):
-            if run_stage(plan, index)["returncode"]:
-                break
-        record = finish_run(plan)
+        with run_lock(plan) as free:
+            if not free:
+                print(f"{run.row} seed {run.seed}: running in another process (vqa sweep or a job), skipped",
+                      flush=True)
+                return
+            write_plan(plan)
+            for index in range(len(plan["stages"])):
+                if run_stage(plan, index)["returncode"]:
+                    break
+            record = finish_run(plan)
         with lock:
             records.append(record)
             acc = (record["metrics"] or {}).get("test/acc")

@@ -10,6 +10,7 @@ into its folder; after the last stage, or a failed one, the run's record is merg
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -17,6 +18,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +90,30 @@ def last_validation(folder: Path) -> dict[str, float]:
             for row in csv.DictReader(f):
                 values.update({k: float(v) for k, v in row.items() if k.startswith("val/") and v not in ("", None)})
     return values
+
+
+@contextlib.contextmanager
+def run_lock(plan: dict[str, Any]) -> Iterator[bool]:
+    """Hold ``<run folder>/.running`` (an exclusive ``fcntl`` lock) while the run runs; ``False`` when
+    another process holds it (the same run in another ``vqa sweep``, or a SLURM job): run nothing then,
+    or the two would overwrite each other's checkpoints."""
+    folder = Path(plan["folder"])
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".running").open("w") as f:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no guard
+            yield True
+            return
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def run_stage(plan: dict[str, Any], index: int) -> dict[str, Any]:
@@ -182,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m vqa_components.sweep.job PLAN STAGE``: one stage (a SLURM job); the record after the last."""
     plan_file, index = (argv if argv is not None else sys.argv[1:])[:2]
     plan = json.loads(Path(plan_file).read_text())
-    result = run_stage(plan, int(index))
+    with run_lock(plan) as free:
+        if not free:
+            print(f"vqa sweep: {plan['folder']} is running in another process; this job runs nothing", file=sys.stderr)
+            return 75  # EX_TEMPFAIL: the dependent stages do not start
+        result = run_stage(plan, int(index))
     if result["returncode"] or int(index) == len(plan["stages"]) - 1:
         finish_run(plan)
     return result["returncode"]
