@@ -33,7 +33,8 @@ def recipe_config(recipe: str) -> dict[str, Any]:
 def vocab_args(recipe: str, folder: Path) -> list[str]:
     """E-ViLM recipes read the bert encoder's vocabulary from the file ``vqa vocab`` writes: one of the
     paper's size (:func:`paper_sized_bert_vocab`), in ``folder``; other recipes need nothing."""
-    if "name: bert" not in (ROOT / recipe).read_text():
+    text_encoder = (recipe_config(recipe).get("model") or {}).get("text_encoder") or {}
+    if not isinstance(text_encoder, dict) or text_encoder.get("name") != "bert":  # bases merged in
         return []
     return [f"--model.text_encoder.init_args.vocab_file={paper_sized_bert_vocab(folder)}"]
 
