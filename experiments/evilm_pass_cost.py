@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -29,11 +28,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vqa_components.cli import NO_INIT, release, run_cli
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _doc_table import write_between_marks
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "parts" / "evilm.md"
 RECIPES = {"single": "recipes/evilm/tiny/pretrain.yaml", "separate": "recipes/evilm/tiny/pretrain_separate_passes.yaml"}
 PARTS = ("backbone", "text_encoder", "fusion", "head")
-MARK_BEGIN, MARK_END = "<!-- evilm_pass_cost: begin -->", "<!-- evilm_pass_cost: end -->"
 
 
 def step_cost(recipe: str, vocab: Path) -> dict:
@@ -110,11 +111,7 @@ def main() -> int:
         text = table(vocab)
     if args.print:
         return 0
-    doc = DOC.read_text()
-    stamp = f"<!-- written by experiments/evilm_pass_cost.py on {datetime.now(timezone.utc).date()} -->\n"
-    start, end = doc.index(MARK_BEGIN) + len(MARK_BEGIN), doc.index(MARK_END)
-    DOC.write_text(doc[:start] + "\n" + stamp + text + doc[end:])
-    print(f"written {DOC}")
+    write_between_marks(DOC, "evilm_pass_cost", text)
     return 0
 
 

@@ -19,7 +19,6 @@ import argparse
 import copy
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
@@ -27,6 +26,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
+from _doc_table import write_between_marks
 from cotok_profile import profile_config
 
 PAPER = ROOT / "recipes" / "evilm" / "finetune_msrvtt_qa.yaml"
@@ -35,7 +35,6 @@ PAPER_GMACS, PAPER_PARAMS_M = 12.2, 16.0
 VOCAB = 9157
 #: WebVid captions average "around ... 20 words per caption" (section 4.1): about 24 WordPiece tokens
 CAPTION = "a young woman in a red coat walks her small dog along a snowy path in the park at sunset"
-MARK_BEGIN, MARK_END = "<!-- evilm_profile: begin -->", "<!-- evilm_profile: end -->"
 
 
 def variant(base: dict, *, stage: int | None = None, frames: int | None = None, mlp_ratio: float | None = None,
@@ -96,11 +95,7 @@ def main() -> int:
     text = table()
     if args.print:
         return 0
-    doc = DOC.read_text()
-    stamp = f"<!-- written by experiments/evilm_profile.py on {datetime.now(timezone.utc).date()} -->\n"
-    start, end = doc.index(MARK_BEGIN) + len(MARK_BEGIN), doc.index(MARK_END)
-    DOC.write_text(doc[:start] + "\n" + stamp + text + doc[end:])
-    print(f"written {DOC}")
+    write_between_marks(DOC, "evilm_profile", text)
     return 0
 
 
