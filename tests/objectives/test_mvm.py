@@ -190,6 +190,20 @@ def test_the_tagger_gives_the_same_codes_after_save_and_reload(tmp_path):
     assert torch.equal(other.tagger(video), obj.tagger(video))
 
 
+def _stage2_model(tagger, patch: int = 8, **kwargs) -> VideoQAModel:
+    """A stage-2 model whose MVM tagger (``tagger``'s block) is frozen, to take stage 1's weights."""
+    return VideoQAModel(
+        backbone=GridBackbone(patch=patch),
+        text_encoder=create("text_encoder", "small_transformer", dim=D, num_layers=1, num_heads=2),
+        fusion=TokenFusion(),
+        head=create("head", "answer_classifier", in_dim=D, num_answers=3),
+        objectives=[MaskedVideoModeling(tagger=tagger)],
+        text_field="caption",
+        freeze=["objectives.mvm.tagger"],
+        **kwargs,
+    )
+
+
 def test_stage_2_loads_the_stage_1_tagger_with_one_prefix_rename(tmp_path):
     """svq's tokenizer.tagger.{encoder,quantizer} -> mvm's tagger.{encoder,quantizer}, through the model's
     init_from + init_parts + init_rename: the same keys, and the same codes as stage 1's tagger."""
@@ -208,16 +222,7 @@ def test_stage_2_loads_the_stage_1_tagger_with_one_prefix_rename(tmp_path):
             k for k in stage2.state_dict() if k.startswith("objectives.mvm.tagger.")}  # fmt: skip
 
     def stage2_model(**kwargs) -> VideoQAModel:
-        return VideoQAModel(
-            backbone=GridBackbone(),
-            text_encoder=create("text_encoder", "small_transformer", dim=D, num_layers=1, num_heads=2),
-            fusion=TokenFusion(),
-            head=create("head", "answer_classifier", in_dim=D, num_answers=3),
-            objectives=[MaskedVideoModeling(tagger=TAGGER)],
-            text_field="caption",
-            freeze=["objectives.mvm.tagger"],
-            **kwargs,
-        )
+        return _stage2_model(TAGGER, **kwargs)
 
     assert weights.random_frozen_parts(stage2_model()) == ["objectives.mvm.tagger"]  # fit refuses a random tagger
     torch.manual_seed(3)
@@ -272,16 +277,7 @@ def test_stage_2_builds_stage_1_s_named_vit_without_reading_its_weights_and_load
     use_hub_cache(monkeypatch, tmp_path / "empty_hub")
 
     def stage2_model(**kwargs) -> VideoQAModel:
-        return VideoQAModel(
-            backbone=GridBackbone(patch=16),
-            text_encoder=create("text_encoder", "small_transformer", dim=D, num_layers=1, num_heads=2),
-            fusion=TokenFusion(),
-            head=create("head", "answer_classifier", in_dim=D, num_answers=3),
-            objectives=[MaskedVideoModeling(tagger=block)],
-            text_field="caption",
-            freeze=["objectives.mvm.tagger"],
-            **kwargs,
-        )
+        return _stage2_model(block, patch=16, **kwargs)
 
     unloaded = stage2_model()
     assert unloaded.objectives["mvm"].tagger.config.pretrained is False
