@@ -65,22 +65,14 @@ def bce_word_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> T
     return _reduce_words(per_word, reduction)
 
 
-_CONTINUATIONS: dict[int, frozenset[int]] = {}
-
-
 def continuation_ids(encoder: nn.Module) -> frozenset[int]:
-    """Ids of the encoder's WordPiece continuation pieces (``##...``), read once per encoder from its
-    ``vocab`` list or its tokenizer's ``convert_ids_to_tokens``; empty for a vocabulary without them."""
-    key = id(encoder)
-    if key not in _CONTINUATIONS:
-        vocab = getattr(encoder, "vocab", None)
-        tokenizer = getattr(encoder, "tokenizer", None)
-        if vocab is None and hasattr(tokenizer, "convert_ids_to_tokens"):
-            vocab = tokenizer.convert_ids_to_tokens(list(range(int(encoder.vocab_size))))
-        _CONTINUATIONS[key] = frozenset(
-            i for i, piece in enumerate(vocab or []) if isinstance(piece, str) and piece.startswith("##")
-        )
-    return _CONTINUATIONS[key]
+    """Ids of the encoder's WordPiece continuation pieces (``##...``), from its ``vocab`` list or its
+    tokenizer's ``convert_ids_to_tokens``; empty for a vocabulary without them."""
+    vocab = getattr(encoder, "vocab", None)
+    tokenizer = getattr(encoder, "tokenizer", None)
+    if vocab is None and hasattr(tokenizer, "convert_ids_to_tokens"):
+        vocab = tokenizer.convert_ids_to_tokens(list(range(int(encoder.vocab_size))))
+    return frozenset(i for i, piece in enumerate(vocab or []) if isinstance(piece, str) and piece.startswith("##"))
 
 
 def multi_hot(input_ids: Tensor, attention_mask: Tensor, vocab_size: int, ignore: Iterable[int]) -> Tensor:
@@ -224,7 +216,10 @@ class SemanticVQ(Objective):
         """``(b, K)`` multi-hot word targets of ``captions`` (see the class docstring)."""
         enc = _text_encoder(model)
         tok = enc.tokenize(list(captions))
-        ignore = set(enc.special_token_ids) | {enc.pad_token_id} | continuation_ids(enc)
+        cached = self.__dict__.get("_continuations")  # (encoder, ids): read once per text encoder
+        if cached is None or cached[0] is not enc:
+            cached = self.__dict__["_continuations"] = (enc, continuation_ids(enc))
+        ignore = set(enc.special_token_ids) | {enc.pad_token_id} | cached[1]
         if getattr(enc, "mask_token_id", None) is not None:
             ignore.add(enc.mask_token_id)
         return multi_hot(tok["input_ids"], tok["attention_mask"], enc.vocab_size, ignore)
