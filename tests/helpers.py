@@ -128,6 +128,25 @@ class EveryParameterLearns(Callback):
             self.record["loss"] = float(loss)
 
 
+class RecordSamples(Callback):
+    """A callback (``--trainer.callbacks+=helpers.RecordSamples``) that appends, after every training
+    batch, the step and the dataset indices of its samples to ``<default_root_dir>/samples.jsonl``
+    (in the process of rank ``r``: ``samples.rank<r>.jsonl``), so that an interrupted and resumed run
+    leaves one sequence to compare with an uninterrupted run's."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        name = "samples.jsonl" if trainer.world_size == 1 else f"samples.rank{trainer.global_rank}.jsonl"
+        with open(Path(trainer.default_root_dir) / name, "a") as f:
+            f.write(json.dumps({"step": trainer.global_step, "epoch": trainer.current_epoch,
+                                "indices": [int(i) for i in batch["index"]]}) + "\n")
+
+
+def recorded_samples(root: Path, rank: int | None = None) -> list[dict[str, Any]]:
+    """What :class:`RecordSamples` wrote in ``root`` (one dict per training batch)."""
+    name = "samples.jsonl" if rank is None else f"samples.rank{rank}.jsonl"
+    return [json.loads(line) for line in (root / name).read_text().splitlines()]
+
+
 def build_on_meta(recipe: str, *extra: str):
     """The model and datamodule of ``recipe`` at full size with every weight on the meta device (no
     memory, no initialisation: seconds for a 300M-parameter model), as ``vqa profile`` builds them."""

@@ -18,9 +18,13 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from vqa_components import weights
+from vqa_components import (
+    fsdp,  # noqa: F401  registers --trainer.strategy vqa_fsdp (Lightning's StrategyRegistry)
+    weights,
+)
 from vqa_components.cli_common import CLIError, find_checkpoint, is_launching_process
 from vqa_components.data.admission import SkippedSamples, stage_dataset
+from vqa_components.random_state import RandomStateCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +99,14 @@ class BestCheckpoint(ModelCheckpoint):
         if self._should_save_on_train_epoch_end(trainer):  # no validation loop: decide from what is there
             self._resolve_monitor(trainer)
         super().on_train_epoch_end(trainer, pl_module)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        """``last.ckpt`` is the state at the end of training. (Lightning 2.6 writes it here only when no
+        ``last.ckpt`` was written earlier in the run, so a run that stops at ``max_steps`` in the middle
+        of an epoch would leave the one of the epoch before.)"""
+        if self.save_last and self._last_checkpoint_saved and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        super().on_train_end(trainer, pl_module)
 
     @property
     def state_key(self) -> str:
@@ -277,4 +289,9 @@ class VQACLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         trainer = self._instantiate_trainer(config, callbacks)
         trainer.callbacks.extend([TestMetricsWriter(), PredictionsWriter()])
+        # before the checkpoint callbacks (Lightning runs those last), so that a checkpoint written at a
+        # batch's end holds the random states after that batch
+        first_checkpoint = next((i for i, c in enumerate(trainer.callbacks) if isinstance(c, ModelCheckpoint)),
+                                len(trainer.callbacks))
+        trainer.callbacks.insert(first_checkpoint, RandomStateCheckpoint())
         return trainer

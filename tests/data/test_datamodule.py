@@ -115,8 +115,10 @@ def test_evaluation_loaders_under_ddp_cover_every_sample_exactly_once(world_size
         seen += list(iter(dm.test_dataloader().sampler))
         assert len(list(iter(dm.val_dataloader().sampler))) in (16 // world_size, 16 // world_size + 1)
     assert sorted(seen) == list(range(n))
-    dm.trainer = SimpleNamespace(world_size=world_size, global_rank=0)
-    assert not hasattr(dm.train_dataloader().sampler, "rank")  # training: Lightning's DistributedSampler
+    # training: the order Lightning's DistributedSampler gives (tests/data/test_data_order.py), resumable
+    dm.trainer = SimpleNamespace(world_size=world_size, global_rank=1)
+    sampler = dm.train_dataloader().sampler
+    assert isinstance(sampler, torch.utils.data.DistributedSampler) and (sampler.rank, sampler.num_replicas) == (1, world_size)
 
 
 def test_training_loader_draws_and_evaluation_loaders_do_not(tmp_path):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +31,11 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from vqa_components.data.data_order import (
+    ResumableDataLoader,
+    ResumableDistributedSampler,
+    ResumableRandomSampler,
+)
 from vqa_components.data.dataset import SkippedSample
 from vqa_components.registry import DATASETS, import_builtin_parts
 
@@ -199,8 +205,18 @@ class VideoQADataModule(pl.LightningDataModule):
         if split is None:
             raise ValueError(f"data: no split configured for {key} ({key}_split is null)")
         dataset = self.dataset(split, training=key == "fit")
-        sampler = None
+        make_loader = getattr(dataset, "make_loader", None)
+        if callable(make_loader):  # a dataset that orders and splits its own samples (``streaming``)
+            return make_loader(
+                batch_size=self.batch_size if key == "fit" else self.eval_batch_size,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                collate_fn=collate_videoqa,
+            )
         trainer = self.trainer
+        if key == "fit" and shuffle:
+            return self._training_loader(dataset)
+        sampler = None
         if key != "fit" and trainer is not None and trainer.world_size > 1:
             # Lightning's default DistributedSampler repeats samples so that every rank has as many;
             # evaluation counts each sample once instead (ranks may then differ by one batch)
@@ -213,8 +229,35 @@ class VideoQADataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             collate_fn=collate_videoqa,
-            persistent_workers=self.num_workers > 0 and key == "fit",
             drop_last=False,
+        )
+
+    def _training_loader(self, dataset: Dataset) -> ResumableDataLoader:
+        """The shuffled training loader, whose order a resumed run takes up where it stopped
+        (:mod:`vqa_components.data.data_order`)."""
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:  # as Lightning would: the run's seed, set_epoch
+            seed = int(os.getenv("PL_GLOBAL_SEED", "0"))
+            sampler = ResumableDistributedSampler(dataset, trainer.world_size, trainer.global_rank, seed)
+        else:
+            sampler = ResumableRandomSampler(dataset)
+
+        def trained_batches() -> int | None:
+            if trainer is None:
+                return None
+            progress = trainer.fit_loop.epoch_loop.batch_progress
+            done = progress.current.processed
+            return None if progress.is_last_batch or done >= trainer.num_training_batches else done
+
+        return ResumableDataLoader(
+            dataset,
+            sampler=sampler,
+            batch_size=self.batch_size,
+            trained_batches=trained_batches,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            collate_fn=collate_videoqa,
+            persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:

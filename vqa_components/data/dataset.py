@@ -376,6 +376,9 @@ class VideoQADataset(Dataset):
         self.transform = ClipTransform(resize_short, crop_size, random_crop=self.training)
         self._rng: torch.Generator | None = None
         self._rng_seed: tuple[int, int] | None = None
+        # the training loader's epoch seed (set_draw_seed); in shared memory, so that worker processes
+        # see each new epoch's; -1: none (draws go on in a stream, see generator())
+        self._draw_seed = torch.full((), -1, dtype=torch.int64).share_memory_()
 
     def _finish_init(self, feature_cache: str | None, feature_cache_fingerprint: str | None) -> None:
         """The constructor's last step, once the records are known (shared with the benchmark adapters):
@@ -541,6 +544,25 @@ class VideoQADataset(Dataset):
             self._rng_seed = seed
         return self._rng
 
+    def set_draw_seed(self, seed: int) -> None:
+        """Key this epoch's random draws on ``seed`` (the training loader's order calls it every epoch).
+
+        A sample's frame positions and crop are then drawn from a generator seeded with ``seed`` and
+        the sample's index: the same with any number of workers, and again after a resume in the middle
+        of the epoch (:mod:`vqa_components.data.data_order`). Without it (the dataset indexed directly)
+        draws go on in one stream per process (:meth:`generator`).
+        """
+        self._draw_seed.fill_(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
+
+    def sample_generator(self, index: int) -> torch.Generator:
+        """The generator of sample ``index``'s draws: keyed on the epoch's seed and ``index`` once
+        :meth:`set_draw_seed` was called, else this process's stream (:meth:`generator`)."""
+        seed = int(self._draw_seed)
+        if seed < 0:
+            return self.generator()
+        mixed = np.random.SeedSequence([seed, index, _DRAW_STREAM]).generate_state(1, np.uint64)[0]
+        return torch.Generator().manual_seed(int(mixed))
+
     def __getstate__(self) -> dict[str, Any]:  # a worker builds its own generator (see generator())
         state = self.__dict__.copy()
         state["_rng"], state["_rng_seed"] = None, None
@@ -549,7 +571,7 @@ class VideoQADataset(Dataset):
     def _read_video(self, index: int) -> tuple[Tensor, ...]:
         """Decode the clip of record ``index``: one ``(t, 3, h, w)`` tensor per stream."""
         draws = bool(self.random_draws())
-        generator = self.generator() if draws else None
+        generator = self.sample_generator(index) if draws else None
         positions: Callable[[int, int], list[int]] = uniform_indices
         if self.training and self.frame_sampling == "random":
             positions = partial(random_indices, generator=generator)
