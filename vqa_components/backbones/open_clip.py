@@ -118,6 +118,8 @@ class OpenClipBackbone(Backbone):
     (both taken after ``ln_post``, before ``proj``).
     """
 
+    fsdp_blocks = ("ResidualAttentionBlock",)  # its repeated blocks: FSDP units (vqa_components.fsdp)
+
     cacheable = True
 
     def __init__(

@@ -155,6 +155,8 @@ class TimmBackbone(Backbone):
     cls (b, t, out_dim), grid=(h', w'))``; tokens row-major over the grid, ``cls`` their mean.
     """
 
+    fsdp_blocks = ("Block", "ConvBlock", "SplitTransposeBlock")  # its repeated blocks: FSDP units (vqa_components.fsdp)
+
     def __init__(
         self,
         *,

@@ -257,6 +257,8 @@ class X3D(Backbone):
     frame's tokens; ``frame_mask`` is ``None`` (every output step is a real frame).
     """
 
+    fsdp_blocks = ("X3DBlock",)  # its repeated blocks: FSDP units (vqa_components.fsdp)
+
     def __init__(
         self,
         *,

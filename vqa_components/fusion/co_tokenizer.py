@@ -277,6 +277,8 @@ class CoTokenizerFusion(Fusion):
     * ``"stream_shapes"``: ``[(t_s, n_s)]`` per stream.
     """
 
+    fsdp_blocks = ("TransformerBlock",)  # its repeated blocks: FSDP units (vqa_components.fsdp)
+
     def __init__(
         self,
         video_dim: int | list[int],

@@ -57,6 +57,8 @@ class ConcatSelfAttentionFusion(Fusion):
     slice of ``tokens`` (after the CLS and text tokens).
     """
 
+    fsdp_blocks = ("TransformerBlock",)  # its repeated blocks: FSDP units (vqa_components.fsdp)
+
     def __init__(
         self,
         video_dim: int | list[int],

@@ -41,6 +41,8 @@ class CrossAttentionFusion(Fusion):
     Features of several streams (a ``multi_stream`` backbone) raise :class:`ConfigError`.
     """
 
+    fsdp_blocks = ("CrossAttentionBlock", "TransformerBlock")  # its repeated blocks: FSDP units (vqa_components.fsdp)
+
     def __init__(
         self, video_dim: int, text_dim: int, dim: int = 128, num_layers: int = 2, num_heads: int = 4, dropout: float = 0.0
     ) -> None:

@@ -37,6 +37,8 @@ class LAGateFusion(Fusion):
     several streams (a ``multi_stream`` backbone) raise :class:`ConfigError`.
     """
 
+    fsdp_blocks = ("LAGate",)  # its repeated blocks: FSDP units (vqa_components.fsdp)
+
     def __init__(
         self, video_dim: int, text_dim: int, dim: int | None = None, num_heads: int = 8, num_layers: int = 1
     ) -> None:

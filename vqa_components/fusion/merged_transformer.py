@@ -76,6 +76,8 @@ class MergedTransformerFusion(Fusion):
     is real, so no row attends to nothing. Features of several streams raise :class:`ConfigError`.
     """
 
+    fsdp_blocks = ("TransformerBlock",)  # its repeated blocks: FSDP units (vqa_components.fsdp)
+
     def __init__(
         self,
         video_dim: int,

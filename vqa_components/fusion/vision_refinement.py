@@ -61,6 +61,8 @@ class VisionRefinement(Fusion):
     streams (a ``multi_stream`` backbone) raise :class:`ConfigError`.
     """
 
+    fsdp_blocks = ("DividedSpaceTimeBlock", "LAGate", "CrossAttentionGate")  # its repeated blocks: FSDP units (vqa_components.fsdp)
+
     def __init__(
         self,
         video_dim: int,

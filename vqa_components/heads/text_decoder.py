@@ -80,6 +80,8 @@ class TextDecoderHead(Head):
         length_penalty: beam search's length penalty (``transformers`` convention).
     """
 
+    fsdp_blocks = ("T5Block",)  # its repeated blocks: FSDP units (vqa_components.fsdp)
+
     task = "generate"
 
     def __init__(

@@ -309,6 +309,8 @@ class BertTextEncoder(TokenizedTextEncoder):
     cls (b, out_dim), mask (b, l))``.
     """
 
+    fsdp_blocks = ("BertLayer",)  # its repeated blocks: FSDP units (vqa_components.fsdp)
+
     def __init__(
         self,
         *,

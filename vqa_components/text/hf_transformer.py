@@ -108,6 +108,9 @@ class HFTransformerTextEncoder(TokenizedTextEncoder):
         pooling: ``"cls"`` (the ``[CLS]`` state) or ``"mean"`` (masked mean).
     """
 
+    #: its repeated blocks, FSDP units (vqa_components.fsdp): the model's own ``_no_split_modules`` but embeddings
+    fsdp_blocks = property(lambda self: tuple(n for n in self.model._no_split_modules or () if not n.endswith("Embeddings")))
+
     def __init__(
         self,
         pretrained_path: str | None = None,

@@ -92,6 +92,8 @@ class OpenClipTextEncoder(TextEncoder):
     Special ids: SOT 49406, EOT 49407, pad 0, mask 49408 (an extra embedding row; ``vocab_size`` 49409).
     """
 
+    fsdp_blocks = ("ResidualAttentionBlock",)  # its repeated blocks: FSDP units (vqa_components.fsdp)
+
     def __init__(
         self,
         model_name: str = "ViT-B-16",

@@ -28,6 +28,8 @@ class SmallTransformerText(TokenizedTextEncoder):
         dropout: dropout in the blocks.
     """
 
+    fsdp_blocks = ("TransformerBlock",)  # its repeated blocks: FSDP units (vqa_components.fsdp)
+
     def __init__(
         self, dim: int = 128, num_layers: int = 2, num_heads: int = 4, max_length: int = 32, dropout: float = 0.0
     ) -> None:

@@ -91,6 +91,8 @@ class T5TextEncoder(TokenizedTextEncoder):
     and ``input_ids``.
     """
 
+    fsdp_blocks = ("T5Block",)  # its repeated blocks: FSDP units (vqa_components.fsdp)
+
     def __init__(
         self,
         config: dict[str, Any] | None = None,
