@@ -24,7 +24,7 @@ ROOT = Path(vqa_components.__file__).parent
 PART_FOLDERS = ("backbones", "text", "samplers", "fusion", "heads", "objectives", "data")
 ABOVE_PARTS = (
     "model", "pipeline", "model_folder", "model_card", "inference", "demo", "cli", "cli_common", "lightning_cli",
-    "profiler", "viz", "sweep",
+    "profiler", "viz", "sweep", "shards",
 )
 BELOW_INTERFACES = ("layers", "metrics", "errors")
 

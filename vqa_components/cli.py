@@ -11,6 +11,7 @@
     vqa recipes [PATTERN]                             # packaged recipes and sweep files
     vqa recipes copy NAME DIR [--force]               # an editable copy of a recipe and its includes
     vqa sweep    sweeps/quickstart --parallel 2       # recipes x seeds x overrides: table of mean ± std
+    vqa shards   --config RECIPE --out DIR            # the recipe's dataset as LitData shards (`streaming`)
     vqa profile  --config quickstart                  # params and FLOPs, no real compute
     vqa explain  --config RECIPE --ckpt_path best     # PNG: chosen frames and gates, or co-token maps
     vqa vocab    --config RECIPE --out vocab.txt      # WordPiece vocabulary of the training texts (bert)
@@ -476,7 +477,7 @@ def _training_texts(config: str) -> tuple[str, list[str]]:
     return split, [text for pair in pairs for text in pair if text]
 
 
-USAGE = """usage: vqa {fit,validate,test,predict,list,recipes,sweep,profile,explain,vocab,export,ask,demo} ...
+USAGE = """usage: vqa {fit,validate,test,predict,list,recipes,sweep,shards,profile,explain,vocab,export,ask,demo} ...
 
   fit|validate|test|predict   LightningCLI subcommands (vqa fit --help); --config RECIPE is a file
                               or a packaged recipe's name (quickstart, videodistill/tiny/f_full)
@@ -490,6 +491,10 @@ USAGE = """usage: vqa {fit,validate,test,predict,list,recipes,sweep,profile,expl
                               fit and test recipes x seeds x overrides, or chains of stages; keeps
                               finished runs; writes sweep.json, table.md (mean ± std) and plot.png
                               (vqa sweep --help)
+  shards (--config RECIPE | --dataset NAME --dataset_args MAPPING) --out DIR [--split S ...]
+         [--frames N --size S] [--workers N]
+                              a dataset's splits as LitData shards (resumed if killed), read by the
+                              `streaming` dataset (vqa shards --help)
   profile --config RECIPE     parameters and forward FLOPs of a recipe for one sample
   explain --config RECIPE [--ckpt_path best] [--split test] [--index 0] [--out PNG]
                               figure of the frames a sampler chose and the LA-Gate values, or of
@@ -540,6 +545,10 @@ def main(argv: list[str] | None = None) -> int:
             from vqa_components.sweep.command import cmd_sweep
 
             return cmd_sweep(argv[1:])
+        if argv and argv[0] == "shards":  # a dataset into LitData shards (the streaming dataset's)
+            from vqa_components.shards.command import cmd_shards
+
+            return cmd_shards(argv[1:])
         import_builtin_parts()
         load_plugins()
         if not argv or argv[0] in ("-h", "--help"):

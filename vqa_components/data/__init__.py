@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-PARTS = ("dataset", "synthetic", "benchmarks")
+PARTS = ("dataset", "synthetic", "benchmarks", "streaming")
 
 _LAZY = {
     "CHANCE_LEVEL": "synthetic",
@@ -20,6 +20,7 @@ _LAZY = {
     "QARecord": "annotations",
     "load_qa_annotations": "annotations",
     "SkippedSample": "datamodule",
+    "StreamingVideoQADataset": "streaming",
     "VideoQADataModule": "datamodule",
     "collate_videoqa": "datamodule",
     "VideoQADataset": "dataset",
@@ -45,6 +46,7 @@ __all__ = [
     "AnnotationError",
     "QARecord",
     "SkippedSample",
+    "StreamingVideoQADataset",
     "SyntheticVQADataset",
     "VideoDecodeError",
     "VideoQADataModule",
