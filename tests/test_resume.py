@@ -24,7 +24,7 @@ DATA = [
     "--data.dataset_args.num_train=16", "--data.dataset_args.num_val=16", "--data.dataset_args.num_test=16",
     "--data.dataset_args.clip_frames=32", "--data.dataset_args.num_frames=4", "--data.batch_size=4",
 ]
-COMMON = ["--config", str(ROOT / "recipes/quickstart.yaml"), *DATA, "--trainer.deterministic=true",
+COMMON = ["--config", str(ROOT / "recipes/quickstart.yaml"), "--trainer.deterministic=true",
           "--trainer.enable_progress_bar=false", "--trainer.max_epochs=-1", "--trainer.limit_val_batches=1",
           "--trainer.callbacks+=helpers.RecordSamples"]
 STEPS = 6
@@ -51,7 +51,7 @@ def in_process(root: Path, *args: str) -> None:
 
 
 def test_a_run_resumed_in_the_middle_of_an_epoch_ends_as_the_uninterrupted_run(tmp_path):
-    data = [f"--data.dataset_args.root={tmp_path / 'data'}", "--data.num_workers=0"]
+    data = [*DATA, f"--data.dataset_args.root={tmp_path / 'data'}", "--data.num_workers=0"]
     in_process(tmp_path / "straight", *data, f"--trainer.max_steps={STEPS}")
     in_process(tmp_path / "resumed", *data, "--trainer.max_steps=3")  # stops in the first epoch
     first_part = recorded_samples(tmp_path / "resumed")
@@ -67,16 +67,33 @@ def vqa(root: Path, *args: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def streaming_args(tmp_path: Path) -> list[str]:
+    """The same synthetic data converted by ``vqa shards``, read by the ``streaming`` dataset."""
+    synthetic = "{" + ", ".join(a.split(".", 2)[2].replace("=", ": ") for a in DATA if "dataset_args" in a)
+    synthetic += f", root: {tmp_path / 'data'}}}"
+    shards = tmp_path / "shards"
+    done = subprocess.run([sys.executable, "-m", "vqa_components.cli", "shards", "--config",
+                           str(ROOT / "recipes/quickstart.yaml"), "--dataset_args", synthetic, "--out", str(shards),
+                           "--split", "train", "val"], check=False, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return ["--data.dataset=streaming", f"--data.dataset_args={{input_dir: {shards}, num_frames: 4}}",
+            "--data.batch_size=4", "--data.test_split=null", "--data.predict_split=null"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("stop", [3, 4], ids=["mid_epoch", "epoch_end"])
-@pytest.mark.parametrize("draws", [False, True], ids=["fixed_frames", "random_frames_and_crops"])
-def test_interrupted_and_resumed_in_real_processes(tmp_path, workers, stop, draws):
-    data = [f"--data.dataset_args.root={tmp_path / 'data'}", f"--data.num_workers={workers}"]
-    if draws:  # the dataset draws frame positions and a crop for every sample in every epoch
-        data += ["--data.dataset_args.frame_sampling=random", "--data.dataset_args.crop_size=48",
+@pytest.mark.parametrize("data", ["folder", "folder_random_frames_and_crops", "streaming"])
+def test_interrupted_and_resumed_in_real_processes(tmp_path, workers, stop, data):
+    args = [f"--data.num_workers={workers}"]
+    if data == "streaming":
+        args += streaming_args(tmp_path)
+    else:
+        args += [*DATA, f"--data.dataset_args.root={tmp_path / 'data'}"]
+    if data == "folder_random_frames_and_crops":  # frame positions and a crop drawn for every sample, every epoch
+        args += ["--data.dataset_args.frame_sampling=random", "--data.dataset_args.crop_size=48",
                  "--data.dataset_args.frame_size=56", "--model.backbone.grid=3"]
-    vqa(tmp_path / "straight", *data, f"--trainer.max_steps={STEPS}")
-    vqa(tmp_path / "resumed", *data, f"--trainer.max_steps={stop}")
-    vqa(tmp_path / "resumed", *data, f"--trainer.max_steps={STEPS}", "--ckpt_path=last")
+    vqa(tmp_path / "straight", *args, f"--trainer.max_steps={STEPS}")
+    vqa(tmp_path / "resumed", *args, f"--trainer.max_steps={stop}")
+    vqa(tmp_path / "resumed", *args, f"--trainer.max_steps={STEPS}", "--ckpt_path=last")
     assert_same_run(tmp_path / "straight", tmp_path / "resumed")
