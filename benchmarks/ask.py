@@ -21,15 +21,16 @@ Measured, ``--reps`` times each, medians reported:
   ``decode`` (the reader: the same decoding, plus the colour conversion to planar RGB and the
   resize). The two alternate within every repetition.
 
-Writes ``benchmarks/results/ask.json`` and the table ``docs/results/ask.md``::
+Writes ``benchmarks/results/ask.json``, ``ask.png`` and (into the committed results folder, not
+with ``--quick``) the page ``docs/results/ask.md``::
 
-    python benchmarks/ask.py                 # about a minute on 2 cores
-    python benchmarks/ask.py --reps 3 --note "a test run shared the CPU"
+    python -m benchmarks ask                 # about a minute on 2 cores
+    python -m benchmarks ask --quick         # 2 repetitions
+    python -m benchmarks ask --reps 3 --note "a test run shared the CPU"
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -40,8 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import machine, write_json
+try:
+    from benchmarks import _report
+except ImportError:
+    import _report
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "which way does the ball move?"
@@ -124,12 +127,47 @@ def reader(path: Path, answerer) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def rows(results: dict) -> list[tuple[str, float]]:
+    return [
+        ("`vqa ask`, whole command (start-up included)", results["command_s"]["median"]),
+        *((f"  {name}", value) for name, value in results["split_median_s"].items()),
+        ("decode: the reader (`Answerer.read_video`)", results["reader_s"]),
+        ("decode: a bare PyAV pass over the same frames", results["bare_pyav_s"]),
+    ]
+
+
+def markdown(results: dict) -> str:
+    """The block of docs/benchmarks.md."""
+    table = _report.md_table(["step", "median seconds"], [[name.strip(), f"{value:.3f}"] for name, value in rows(results)])
+    return "\n".join([
+        (f"Clip: {results['clip']}; {results['reps']} repetitions. Goal: the whole command within "
+        f"{results['goal_s']:.0f} s. The reader takes {results['reader_over_bare_pyav']:.2f}x the time of the bare "
+        "PyAV pass (paired within each repetition). Page: [`vqa ask` on a 720p clip](results/ask.md)."),
+        "",
+        table,
+    ]) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    split = results["split_median_s"]
+    with _report.panels(1, 6, 3.4, _report.plot_title(results), path) as (ax,):
+        left = 0.0
+        for name, value in split.items():
+            ax.barh(["vqa ask"], [value], left=left, label=name)
+            left += value
+        ax.axvline(results["goal_s"], color="k", ls="--", lw=0.8, label="goal")
+        ax.set_xlabel("seconds (medians)")
+        ax.legend(fontsize=7, ncol=3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _report.parser(__doc__)
     parser.add_argument("--model", help="a quickstart model folder (default: one exported here, untrained)")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--note", default="")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.reps = 2
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -161,7 +199,8 @@ def main() -> None:
 
     median = {k: float(np.median([s[k] for s in splits])) for k in ("interpreter", "imports", "load", "decode", "model")}
     results = {
-        **machine(),
+        **_report.machine(),
+        "quick": args.quick,
         "note": args.note,
         "clip": "bigbuckbunny.mp4 forwards then backwards, 250 frames of 1280x720 at 25 fps (10.0 s), H.264 CRF 18",
         "model": str(args.model or "recipes/quickstart.yaml at its random initialisation (exported here)"),
@@ -175,15 +214,10 @@ def main() -> None:
         "bare_pyav_s": float(np.median([p for _, p in pairs])),
         "reader_over_bare_pyav": float(np.median([r / p for r, p in pairs])),
     }
-    out = ROOT / "benchmarks" / "results" / "ask.json"
-    write_json(results, out)
-    rows = [
-        ("`vqa ask`, whole command (start-up included)", results["command_s"]["median"]),
-        *((f"  {name}", value) for name, value in median.items()),
-        ("decode: the reader (`Answerer.read_video`)", results["reader_s"]),
-        ("decode: a bare PyAV pass over the same frames", results["bare_pyav_s"]),
-    ]
-    table = ["| step | median seconds |", "|---|---|", *(f"| {name} | {value:.3f} |" for name, value in rows)]
+    out = args.results / "ask.json"
+    _report.write_json(results, out)
+    plot(results, out.with_suffix(".png"))
+    table = ["| step | median seconds |", "|---|---|", *(f"| {name} | {value:.3f} |" for name, value in rows(results))]
     note = f"; {args.note}" if args.note else ""
     written = (f"Written by `benchmarks/ask.py` ({results['date']}, {results['cpu']}, {results['cpu_count']} cores, "
                f"load average {load_start[0]:.1f} at the start; {args.reps} repetitions{note}).")
@@ -192,10 +226,12 @@ def main() -> None:
     goal = (f"Goal: the whole command within {GOAL_S:.0f} s. The reader takes {results['reader_over_bare_pyav']:.2f} x "
             f"the time of the bare PyAV pass (paired within each repetition).")
     text = "\n".join(["# `vqa ask` on a 10-second 720p clip", "", written, read, "", *table, "", goal, ""])
-    (ROOT / "docs" / "results" / "ask.md").write_text(text, encoding="utf-8")
+    if _report.default_results(args.results) and not args.quick:
+        (ROOT / "docs" / "results" / "ask.md").write_text(text, encoding="utf-8")
     print(text)
-    print(f"written: {out}")
+    print(f"written: {out} and {out.with_suffix('.png')}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -20,36 +20,33 @@ Measured in one process, as ratios (concatenation / co-tokenization):
 
 Writes ``benchmarks/results/cotok_cost.json`` and ``cotok_cost.png``::
 
-    python benchmarks/cotok_cost.py            # about 2 min on 2 idle cores
-    python benchmarks/cotok_cost.py --quick    # seconds (smoke test)
+    python -m benchmarks cotok_cost            # about 2 min on 2 idle cores
+    python -m benchmarks cotok_cost --quick    # seconds (smoke test)
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import statistics
+import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
+try:
+    from benchmarks import _report
+except ImportError:
+    import _report
 
-from vqa_components import create
-from vqa_components.interfaces import TextFeatures, VideoFeatures
-
-RESULTS = Path(__file__).parent / "results"
 #: (frames, positions per frame) of X3D-XS's last feature map for the paper's three streams
 PAPER_STREAMS = ((32, 4), (16, 16), (8, 49))
 X3D_WIDTH = 432
 TEXT_LEN = 16
 
 
-def inputs(num_streams: int, scale: float, batch: int) -> tuple[VideoFeatures, TextFeatures]:
+def inputs(num_streams: int, scale: float, batch: int) -> tuple:
+    import torch
+
+    from vqa_components.interfaces import TextFeatures, VideoFeatures
+
     g = torch.Generator().manual_seed(0)
     streams = []
     for frames, positions in PAPER_STREAMS[:num_streams]:
@@ -63,7 +60,11 @@ def inputs(num_streams: int, scale: float, batch: int) -> tuple[VideoFeatures, T
     return video, text
 
 
-def fusions(num_streams: int, dim: int, iterations: int, tokens: int) -> dict[str, torch.nn.Module]:
+def fusions(num_streams: int, dim: int, iterations: int, tokens: int) -> dict:
+    import torch
+
+    from vqa_components import create
+
     widths = [X3D_WIDTH] * num_streams
     torch.manual_seed(0)
     return {
@@ -74,14 +75,20 @@ def fusions(num_streams: int, dim: int, iterations: int, tokens: int) -> dict[st
     }
 
 
-def macs(fusion: torch.nn.Module, video: VideoFeatures, text: TextFeatures) -> int:
+def macs(fusion, video, text) -> int:
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
         fusion(video, text)
     return counter.get_total_flops() // 2
 
 
-def seconds(fusion: torch.nn.Module, video: VideoFeatures, text: TextFeatures, repeats: int) -> float:
+def seconds(fusion, video, text, repeats: int) -> float:
+    import torch
+
     times = []
     with torch.no_grad():
         fusion(video, text)  # warm-up
@@ -92,13 +99,12 @@ def seconds(fusion: torch.nn.Module, video: VideoFeatures, text: TextFeatures, r
     return statistics.median(times)
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+def plot(rows: list[dict], path: Path, title: str = "") -> None:
+    with _report.panels(2, 5.5, 4, title, path) as axes:
+        _draw(rows, axes)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+def _draw(rows: list[dict], axes: list) -> None:
     for s in sorted({r["streams"] for r in rows}):
         sub = [r for r in rows if r["streams"] == s]
         x = [r["video_tokens"] for r in sub]
@@ -112,21 +118,35 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def markdown(result: dict) -> str:
+    """The block of docs/benchmarks.md: both fusions' cost per stream count and size, and the ratio."""
+    cfg = result["config"]
+    rows = [[str(r["streams"]), str(r["scale"]), str(r["video_tokens"]),
+             f"{r['co_tokenizer']['gmacs']:.3f}", f"{r['concat']['gmacs']:.3f}", f"{r['concat_over_cotok']['gmacs']:.1f}x",
+             f"{1000 * r['co_tokenizer']['seconds']:.1f}", f"{1000 * r['concat']['seconds']:.1f}",
+             f"{r['concat_over_cotok']['seconds']:.1f}x"] for r in result["rows"]]
+    return "\n".join([
+        (f"Width {cfg['dim']}, {cfg['iterations']} iterations / layers, K = {cfg['tokens']} tokens, batch {cfg['batch']}; "
+        "X3D-XS-shaped features of the paper's streams (32x4, 16x16, 8x49 positions of width 432), their frame "
+        "counts scaled. GMACs per sample, ms per forward (median)."),
+        "",
+        _report.md_table(["streams", "frames x", "video tokens", "co_tokenizer GMACs", "concat GMACs",
+                          "concat / co_tokenizer", "co_tokenizer ms", "concat ms", "concat / co_tokenizer"], rows),
+    ]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _report.parser(__doc__)
     parser.add_argument("--scales", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0])
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=8)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="small width, two scales, one repeat")
-    parser.add_argument("--out", type=Path, default=RESULTS / "cotok_cost.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.out = args.results / "cotok_cost.json"
     if args.quick:
         args.scales, args.dim, args.repeats = [0.25, 0.5], 64, 1
     rows = []
@@ -157,21 +177,18 @@ def main() -> int:
                                     "largest_deviation_from_the_line_gmacs": max(abs(m) for m in mids)}
     paper = next(r for r in rows if r["streams"] == 3 and r["scale"] == 1.0) if 1.0 in args.scales else None
     result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": "cpu", "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(), "torch": torch.__version__,
+        **_report.machine(), "device": "cpu", "quick": args.quick,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "streams": [{"frames": f, "positions_per_frame": p, "width": X3D_WIDTH} for f, p in PAPER_STREAMS],
         "rows": rows,
         "co_tokenizer_linearity": linear,
         "paper_streams_concat_over_cotok": paper and paper["concat_over_cotok"],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    plot(rows, args.out.with_suffix(".png"))
+    _report.write_json(result, args.out)
+    plot(rows, args.out.with_suffix(".png"), _report.plot_title(result))
     print(f"written: {args.out} and {args.out.with_suffix('.png')}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

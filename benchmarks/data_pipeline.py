@@ -1,0 +1,220 @@
+"""Data pipeline throughput of the tiny recipes: clips per second out of the training loader, against
+a bare decode of the same frames and against the recipe's training step rate, in one run.
+
+For each recipe (``--recipes``: the representative tiny recipes by default, ``all`` for every one):
+
+* **loader**: the recipe's training ``DataLoader`` as ``vqa fit`` builds it (``VideoQADataModule``:
+  decoding, resizing and cropping, collation), at the DataModule's default ``num_workers`` (2) and at
+  the recipe's own value where it differs; clips per second over ``--batches`` batches after the first
+  (worker start-up excluded), nothing else running in this process;
+* **bare decode**: ``read_video_streams(path, streams, dtype=uint8)`` of the same clips at the same
+  frame counts and sizes, in this process: what decoding alone costs, no workers, no collation;
+* **training step rate**: samples per second of the recipe's fp32 training step on one batch held in
+  memory (``_steps.py``: forward, backward, clipping, optimizer);
+* **fed by the loader**: the same steps drawing their batches from the loader, at both worker counts
+  (a short ``vqa fit`` without Lightning): where workers and training share the cores, the cost of
+  loading shows as the gap to the step rate.
+
+Goal (issue 22): data loading is never the bottleneck of a tiny recipe: loader throughput at least
+2x the training step rate at default settings. Writes ``benchmarks/results/data_pipeline.json`` and
+``data_pipeline.png``::
+
+    python -m benchmarks data_pipeline                  # the representative tiny recipes (~5 min on 2 cores)
+    python -m benchmarks data_pipeline --recipes all    # every tiny recipe
+    python -m benchmarks data_pipeline --quick          # two recipes, few batches (~1 min)
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import time
+from pathlib import Path
+
+try:
+    from benchmarks import _report, _steps
+except ImportError:
+    import _report
+    import _steps
+
+NAME = "data_pipeline"
+GOAL = 2.0
+
+
+def default_workers() -> int:
+    from vqa_components.data.datamodule import VideoQADataModule
+
+    return int(inspect.signature(VideoQADataModule).parameters["num_workers"].default)
+
+
+def loader_rate(dm, workers: int, batches: int) -> dict:
+    """Clips per second out of the training loader over ``batches`` batches after the first."""
+    dm.num_workers = workers
+    loader = dm.train_dataloader()
+    it = iter(loader)
+    start = time.perf_counter()
+    first = next(it)
+    first_s = time.perf_counter() - start
+    clips, start = 0, time.perf_counter()
+    for _ in range(batches):
+        try:
+            batch = next(it)
+        except StopIteration:
+            break
+        clips += int(batch["batch_size"])
+    seconds = time.perf_counter() - start
+    del it, loader
+    return {"num_workers": workers, "clips": clips, "seconds": round(seconds, 3),
+            "clips_per_s": round(clips / seconds, 1), "first_batch_s": round(first_s, 3),
+            "batch_size": int(first["batch_size"])}
+
+
+def bare_decode_rate(dataset, clips: int) -> dict:
+    import torch
+
+    from vqa_components.data.video_io import read_video_streams
+
+    paths = [dataset.video_path(i) for i in range(min(clips, len(dataset)))]
+    read_video_streams(paths[0], dataset.streams, dtype=torch.uint8)  # warm-up
+    start = time.perf_counter()
+    for path in paths:
+        read_video_streams(path, dataset.streams, dtype=torch.uint8)
+    seconds = time.perf_counter() - start
+    return {"clips": len(paths), "seconds": round(seconds, 3), "clips_per_s": round(len(paths) / seconds, 1),
+            "streams": [list(s) for s in dataset.streams]}
+
+
+def fed_by_loader(stepper, dm, workers: int, steps: int) -> dict:
+    dm.num_workers = workers
+    it = iter(dm.train_dataloader())
+    stepper.step(next(it))  # warm-up, workers started
+    samples, start = 0, time.perf_counter()
+    for _ in range(steps):
+        batch = next(it)
+        stepper.step(batch)
+        samples += int(batch["batch_size"])
+    seconds = time.perf_counter() - start
+    del it
+    return {"num_workers": workers, "steps": steps, "samples_per_s": round(samples / seconds, 2)}
+
+
+def measure(recipe: str, args) -> dict:
+    model, dm = _steps.build(recipe)
+    recipe_workers = dm.num_workers
+    batch = _steps.first_batch(dm)
+    stepper = _steps.Stepper(model, recipe)
+    timing = _steps.time_steps(stepper, batch, args.steps, args.warmup)
+    step_rate = _steps.batch_size(batch) / timing["median_s"]
+    dataset = dm.dataset(dm.splits["fit"], training=True)
+    row: dict = {"recipe": recipe, "batch_size": _steps.batch_size(batch), "recipe_num_workers": recipe_workers,
+                 "step": {"median_s": round(timing["median_s"], 4), "samples_per_s": round(step_rate, 2)},
+                 "bare_decode": bare_decode_rate(dataset, args.clips), "loader": {}}
+    for workers in dict.fromkeys([args.default_workers, recipe_workers]):
+        entry = loader_rate(dm, workers, args.batches)
+        entry["over_step_rate"] = round(entry["clips_per_s"] / step_rate, 2)
+        entry["over_bare_decode"] = round(entry["clips_per_s"] / row["bare_decode"]["clips_per_s"], 2)
+        row["loader"][str(workers)] = entry
+    row["fed_by_loader"] = {}
+    for workers in dict.fromkeys([args.default_workers, recipe_workers]):
+        fed = fed_by_loader(stepper, dm, workers, args.fed_steps)
+        fed["over_step_rate"] = round(fed["samples_per_s"] / step_rate, 2)
+        row["fed_by_loader"][str(workers)] = fed
+    default = row["loader"][str(args.default_workers)]
+    row["goal_met"] = default["over_step_rate"] >= GOAL
+    print(f"{_steps.short_name(recipe):28s} step {step_rate:7.1f} samples/s | bare decode "
+          f"{row['bare_decode']['clips_per_s']:7.1f} clips/s | " + " | ".join(
+              f"loader {w} workers {e['clips_per_s']:7.1f} clips/s ({e['over_step_rate']:.1f}x the step rate)"
+              for w, e in row["loader"].items())
+          + " | fed by the loader " + ", ".join(f"{w} workers {e['samples_per_s']:.1f} samples/s"
+                                                for w, e in row["fed_by_loader"].items()), flush=True)
+    return row
+
+
+def plot(result: dict, path: Path) -> None:
+    names = [_steps.short_name(r) for r in result["recipes"]]
+    rows = list(result["recipes"].values())
+    d = str(result["default_num_workers"])
+    series = [("training step (batch in memory)", [r["step"]["samples_per_s"] for r in rows]),
+              (f"fed by the loader, {d} workers", [r["fed_by_loader"][d]["samples_per_s"] for r in rows]),
+              (f"loader, {d} workers (default)", [r["loader"][d]["clips_per_s"] for r in rows]),
+              ("bare decode, 1 process", [r["bare_decode"]["clips_per_s"] for r in rows])]
+    with _report.panels(1, max(6.0, 1.1 * len(names) + 2), 3.8, _report.plot_title(result), path) as (ax,):
+        width = 0.8 / len(series)
+        for j, (label, values) in enumerate(series):
+            ax.bar([i + (j - 1.5) * width for i in range(len(names))], values, width, label=label)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("clips (samples) per second")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+
+
+def markdown(result: dict) -> str:
+    d = str(result["default_num_workers"])
+    rows = []
+    for recipe, row in result["recipes"].items():
+        own = str(row["recipe_num_workers"])
+        fed = row["fed_by_loader"]
+        if "samples_per_s" in fed:  # taken at the recipe's workers only
+            fed = {own: fed}
+
+        def cell(entry: dict | None, key: str, digits: int = 1) -> str:
+            return f"{entry[key]:.0f} ({entry['over_step_rate']:.{digits}f}x)" if entry else "-"
+
+        own_goal = row["loader"][own]["over_step_rate"] >= GOAL
+        rows.append([_steps.short_name(recipe), own, f"{row['step']['samples_per_s']:.0f}",
+                     f"{row['bare_decode']['clips_per_s']:.0f}",
+                     cell(row["loader"].get(d), "clips_per_s"), cell(fed.get(d), "samples_per_s", 2),
+                     cell(row["loader"].get(own), "clips_per_s") if own != d else "same",
+                     cell(fed.get(own), "samples_per_s", 2) if own != d else "same",
+                     ("yes" if row["goal_met"] else "**no**") + " / " + ("yes" if own_goal else "**no**")])
+    met = all(r["goal_met"] for r in result["recipes"].values())
+    met_own = all(r["loader"][str(r["recipe_num_workers"])]["over_step_rate"] >= GOAL
+                  for r in result["recipes"].values())
+    return "\n".join([
+        ("Clips (samples) per second. Training step: the step on a batch held in memory. Bare decode: "
+         "`read_video_streams` of the same clips in one process. Loader: the training loader alone (in brackets, "
+         "against the training step rate). Fed: the training steps drawing their batches from the loader (in "
+         f"brackets, against the step on a batch in memory). At the DataModule's default {d} workers, and at "
+         "the recipe's own `num_workers`."),
+        "",
+        _report.md_table(["recipe", "recipe's workers", "training step", "bare decode", f"loader, {d} workers",
+                          f"fed, {d} workers", "loader, recipe's workers", "fed, recipe's workers",
+                          f"loader >= {GOAL:.0f}x step ({d} / recipe's workers)"], rows),
+        "",
+        (f"Goal: loader throughput at least {GOAL:.0f}x the training step rate for every tiny recipe measured: "
+         f"at the DataModule's default {d} workers {'met' if met else '**not met**'}; at the recipes' own "
+         f"`num_workers` {'met' if met_own else '**not met**'}."),
+    ]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _report.parser(__doc__)
+    p.add_argument("--recipes", nargs="+",
+                   help="recipe paths, 'representative' (the default: one of each tiny model; with --quick, two) or 'all'")
+    p.add_argument("--batches", type=int, default=12, help="loader batches timed after the first")
+    p.add_argument("--clips", type=int, default=128, help="clips of the bare decode")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--fed-steps", type=int, default=8, help="training steps fed by the loader")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batches, args.clips, args.steps, args.warmup, args.fed_steps = 4, 32, 3, 1, 3
+        args.recipes = args.recipes or ["recipes/quickstart.yaml", "recipes/cotok/tiny/three_streams.yaml"]
+    args.default_workers = default_workers()
+    result: dict = {**_report.machine(), "benchmark": NAME, "quick": args.quick,
+                    "default_num_workers": args.default_workers, "goal": f"loader >= {GOAL}x the step rate",
+                    "config": {k: v for k, v in vars(args).items() if k in ("batches", "clips", "steps", "fed_steps")},
+                    "recipes": {}}
+    for recipe in _steps.pick_recipes(args.recipes or ["representative"]):
+        result["recipes"][recipe] = measure(recipe, args)
+    result["goal_met"] = all(r["goal_met"] for r in result["recipes"].values())
+    result["load_average_end"] = _report.machine()["load_average"]
+    out = args.results / f"{NAME}.json"
+    _report.write_json(result, out)
+    plot(result, out.with_suffix(".png"))
+    print(f"written {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
