@@ -37,7 +37,6 @@ every epoch, as a folder dataset counts a missing clip it meets every epoch.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -65,16 +64,12 @@ from vqa_components.data.dataset import (
     normalize_streams,
 )
 from vqa_components.data.video_io import (
-    _DECODE_ERRORS,
     Size,
     VideoDecodeError,
     _as_hw,
-    _decode_at,
-    _positions,
-    _scan,
-    _set_threads,
+    finish_frames,
+    frame_positions,
     read_video_streams,
-    resize_frames,
     uniform_indices,
 )
 from vqa_components.registry import DATASETS
@@ -151,104 +146,6 @@ def skipped_from_json(items: Sequence[dict[str, Any]]) -> list[SkippedSample]:
 # ------------------------------------------------------------------ decoding from memory
 
 
-def read_video_bytes(
-    data: bytes,
-    streams: Sequence[tuple[int, Size]],
-    start: float | None = None,
-    end: float | None = None,
-    dtype: torch.dtype = torch.uint8,
-    indices: Callable[[int, int], Sequence[int]] = uniform_indices,
-    *,
-    name: str = "<bytes>",
-    threads: int = 1,
-) -> tuple[Tensor, ...]:
-    """:func:`~vqa_components.data.video_io.read_video_streams` on a clip held in memory.
-
-    The same demux pass, frame choice by time, decoding and resizing, so the frames are those the
-    reader gives for the file; a clip that needs the reader's fallback (no usable timestamps, or a
-    container that FFmpeg cannot probe from memory, such as raw H.264) is written to a temporary
-    file and read from there.
-
-    Args:
-        data: the clip file's bytes.
-        streams, start, end, dtype, indices, threads: as in ``read_video_streams``.
-        name: the clip's original path, named in errors.
-
-    Raises:
-        VideoDecodeError: empty or corrupt data, or no frame in the range (names ``name``).
-    """
-    path = Path(name)
-    if not data:
-        raise VideoDecodeError(path, "file is empty (0 bytes)")
-    if start is not None and end is not None and end <= start:
-        raise ValueError(f"end ({end}) must be after start ({start})")
-    sizes = [_as_hw(size) for _, size in streams]
-    kept = None
-    try:
-        container = av_open(data)
-    except _DECODE_ERRORS:
-        container = None
-    if container is not None:
-        with container:
-            if not container.streams.video:
-                raise VideoDecodeError(path, "the file has no video stream")
-            timeline = _scan(container, path, start, end)
-            if timeline is not None:
-                if not timeline.pts:
-                    where = "" if start is None and end is None else f" between {start}s and {end}s"
-                    raise VideoDecodeError(path, f"no video frames{where}")
-                n = len(timeline.pts)
-                per_stream = [[timeline.shown_at(p) for p in _positions(indices, n, k)] for k, _ in streams]
-                _set_threads(container.streams.video[0], threads)
-                kept = _decode_at(
-                    container, path, timeline, [i for ix in per_stream for i in ix], True, threads
-                )
-    if kept is None:
-        return _read_through_file(data, streams, start, end, dtype, indices, name, threads)
-    out = []
-    for idx, hw in zip(per_stream, sizes):
-        frames = torch.from_numpy(np.stack([kept[i] for i in idx]))
-        out.append(_finish(frames, hw, dtype))
-    return tuple(out)
-
-
-def av_open(data: bytes) -> Any:
-    import av
-
-    return av.open(io.BytesIO(data), mode="r")
-
-
-def _finish(frames: Tensor, hw: tuple[int, int] | None, dtype: torch.dtype) -> Tensor:
-    """Resize ``(t, 3, h, w)`` uint8 frames to ``hw`` and convert to ``dtype``, as the readers do."""
-    if hw is not None and tuple(frames.shape[-2:]) != hw:
-        frames = resize_frames(frames.float().div_(255.0), hw)
-        if dtype == torch.uint8:
-            frames = frames.mul_(255.0).round_().to(torch.uint8)
-    if frames.dtype == torch.uint8 and dtype != torch.uint8:
-        frames = frames.to(dtype).div_(255.0)
-    return frames.contiguous()
-
-
-def _read_through_file(
-    data: bytes,
-    streams: Sequence[tuple[int, Size]],
-    start: float | None,
-    end: float | None,
-    dtype: torch.dtype,
-    indices: Callable[[int, int], Sequence[int]],
-    name: str,
-    threads: int,
-) -> tuple[Tensor, ...]:
-    suffix = Path(name).suffix
-    with tempfile.NamedTemporaryFile(suffix=suffix, prefix="vqa-shard-clip-") as tmp:
-        tmp.write(data)
-        tmp.flush()
-        try:
-            return read_video_streams(tmp.name, streams, start, end, dtype, indices, threads=threads)
-        except VideoDecodeError as exc:
-            raise VideoDecodeError(name, exc.reason) from exc
-
-
 def read_frame_bytes(
     frames: Sequence[bytes],
     streams: Sequence[tuple[int, Size]],
@@ -267,12 +164,7 @@ def read_frame_bytes(
 
     if not frames:
         raise VideoDecodeError(name, "no frames in the clip")
-    per_stream = []
-    for k, _ in streams:
-        pos = [int(i) for i in indices(len(frames), k)]
-        if len(pos) != k or any(not 0 <= i < len(frames) for i in pos):
-            raise ValueError(f"frame positions {pos[:8]}... must be {k} indices in [0, {len(frames)})")
-        per_stream.append(pos)
+    per_stream = [frame_positions(indices, len(frames), k) for k, _ in streams]
     decoded = {}
     for i in sorted({i for pos in per_stream for i in pos}):
         try:
@@ -284,7 +176,7 @@ def read_frame_bytes(
     if len(shapes) > 1:
         raise VideoDecodeError(name, f"frames of different sizes {sorted(shapes)} (c, h, w)")
     return tuple(
-        _finish(torch.stack([decoded[i] for i in pos]), _as_hw(size), dtype)
+        finish_frames(torch.stack([decoded[i] for i in pos]), _as_hw(size), dtype)
         for pos, (_, size) in zip(per_stream, streams)
     )
 
@@ -298,8 +190,10 @@ def read_decoded(
     ``n`` stored frames, then resized to the stream's size where it differs."""
     out = []
     for k, size in streams:
-        pos = _positions(indices, frames.shape[0], k)
-        out.append(_finish(torch.from_numpy(frames[pos]), _as_hw(size), torch.uint8))  # (a copy: writable)
+        pos = frame_positions(indices, frames.shape[0], k)
+        out.append(
+            finish_frames(torch.from_numpy(frames[pos]), _as_hw(size), torch.uint8)
+        )  # (a copy: writable)
     return tuple(out)
 
 
@@ -381,14 +275,14 @@ class ShardDecoder:
             parts = split_frames(bytes(video), clip.get("sizes", []))
             videos = read_frame_bytes(parts, self.streams, torch.uint8, positions, name=source)
         else:
-            videos = read_video_bytes(
-                bytes(video),
+            videos = read_video_streams(
+                source,
                 self.streams,
                 clip.get("start"),
                 clip.get("end"),
                 torch.uint8,
                 positions,
-                name=source,
+                data=bytes(video),
             )
         if self.transform.identity:
             return videos

@@ -34,6 +34,7 @@ converted to planar RGB by FFmpeg, on one thread unless asked (``threads``).
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
@@ -572,7 +573,8 @@ def _decode_indices(
     return kept, seen
 
 
-def _positions(indices: Callable[[int, int], Sequence[int]], n: int, k: int) -> list[int]:
+def frame_positions(indices: Callable[[int, int], Sequence[int]], n: int, k: int) -> list[int]:
+    """``indices(n, k)``, checked: ``k`` positions among ``n`` frames (``ValueError`` otherwise)."""
     out = [int(i) for i in indices(n, k)]
     if len(out) != k or any(not 0 <= i < n for i in out):
         raise ValueError(f"frame positions {out[:8]}... must be {k} indices in [0, {n})")
@@ -610,7 +612,7 @@ def _read_counting(
     if n <= 0:
         where = "" if start is None and end is None else f" between {start}s and {end}s"
         raise VideoDecodeError(path, f"no video frames{where}")
-    per_stream = [_positions(indices, n, k) for k, _ in streams]
+    per_stream = [frame_positions(indices, n, k) for k, _ in streams]
     with opened() as container:
         needed = [i for ix in per_stream for i in ix]
         kept, seen = _decode_indices(container, path, needed, seek_start, end, threads)
@@ -620,7 +622,7 @@ def _read_counting(
         if seen == 0:
             raise VideoDecodeError(path, "no frame could be decoded")
         log.debug("%s: container reports %d frames but %d decode; re-sampling", path, n, seen)
-        per_stream = [_positions(indices, seen, k) for k, _ in streams]
+        per_stream = [frame_positions(indices, seen, k) for k, _ in streams]
         with opened() as container:
             needed = [i for ix in per_stream for i in ix]
             kept, _ = _decode_indices(container, path, needed, seek_start, end, threads)
@@ -637,11 +639,12 @@ def read_video_streams(
     *,
     seek: bool = True,
     threads: int = 1,
+    data: bytes | None = None,
 ) -> tuple[Tensor, ...]:
     """Decode several samplings of one clip in a single pass.
 
     Args:
-        path: video file.
+        path: video file (with ``data``: the file the bytes came from, named in errors).
         streams: ``(num_frames, size)`` per stream; ``size`` is an int (square),
             ``(h, w)`` or ``None`` (native resolution).
         start, end: optional time range in seconds (relative to the stream start);
@@ -657,6 +660,8 @@ def read_video_streams(
         threads: FFmpeg decoding threads (0: FFmpeg's choice). One by default: DataLoader workers
             already use the cores, and on the shared 2-core machine of docs/results/decoding.md
             frame threads made 720p slower, not faster. Unneeded frames are skipped on one thread only.
+        data: the clip file's bytes, read from memory instead of ``path`` (the ``streaming`` dataset's
+            shards); the frames are those the file gives.
 
     Returns:
         One tensor ``(num_frames, 3, h, w)`` per stream.
@@ -670,6 +675,8 @@ def read_video_streams(
         raise ValueError("streams must name at least one (num_frames, size)")
     if start is not None and end is not None and end <= start:
         raise ValueError(f"end ({end}) must be after start ({start})")
+    if data is not None:
+        return _read_from_memory(data, path, streams, start, end, dtype, indices, seek, threads)
     sizes = [_as_hw(size) for _, size in streams]
     kept = None
     with _open_input(path) as container:
@@ -679,7 +686,7 @@ def read_video_streams(
                 where = "" if start is None and end is None else f" between {start}s and {end}s"
                 raise VideoDecodeError(path, f"no video frames{where}")
             n = len(timeline.pts)
-            per_stream = [[timeline.shown_at(p) for p in _positions(indices, n, k)] for k, _ in streams]
+            per_stream = [[timeline.shown_at(p) for p in frame_positions(indices, n, k)] for k, _ in streams]
             _set_threads(container.streams.video[0], threads)
             kept = _decode_at(container, path, timeline, [i for ix in per_stream for i in ix], seek, threads)
             if kept is None:
@@ -687,17 +694,76 @@ def read_video_streams(
     if kept is None:
         per_stream, kept = _read_counting(path, streams, start, end, indices, threads)
 
-    out = []
-    for idx, hw in zip(per_stream, sizes):
-        frames = torch.from_numpy(np.stack([kept[i] for i in idx]))  # (t, 3, h, w) uint8
-        if hw is not None and tuple(frames.shape[-2:]) != hw:
-            frames = resize_frames(frames.float().div_(255.0), hw)
-            if dtype == torch.uint8:
-                frames = frames.mul_(255.0).round_().to(torch.uint8)
-        if frames.dtype == torch.uint8 and dtype != torch.uint8:
-            frames = frames.to(dtype).div_(255.0)
-        out.append(frames.contiguous())
-    return tuple(out)
+    return tuple(
+        finish_frames(torch.from_numpy(np.stack([kept[i] for i in idx])), hw, dtype)
+        for idx, hw in zip(per_stream, sizes)
+    )
+
+
+def finish_frames(frames: Tensor, hw: tuple[int, int] | None, dtype: torch.dtype) -> Tensor:
+    """Decoded ``(t, 3, h, w)`` uint8 frames resized to ``hw`` (``None``: as they are), in ``dtype``
+    (uint8 pixels, or a float dtype in ``[0, 1]``): the last step of every reader."""
+    if hw is not None and tuple(frames.shape[-2:]) != hw:
+        frames = resize_frames(frames.float().div_(255.0), hw)
+        if dtype == torch.uint8:
+            frames = frames.mul_(255.0).round_().to(torch.uint8)
+    if frames.dtype == torch.uint8 and dtype != torch.uint8:
+        frames = frames.to(dtype).div_(255.0)
+    return frames.contiguous()
+
+
+def _read_from_memory(
+    data: bytes,
+    path: Path,
+    streams: Sequence[tuple[int, Size]],
+    start: float | None,
+    end: float | None,
+    dtype: torch.dtype,
+    indices: Callable[[int, int], Sequence[int]],
+    seek: bool,
+    threads: int,
+) -> tuple[Tensor, ...]:
+    """:func:`read_video_streams` of a clip file's bytes (``path``: where they came from, named in
+    errors). FFmpeg reads them from memory; a clip it cannot probe there, or that needs the reader's
+    counting fallback, is written to a temporary file and read as a file."""
+    if not data:
+        raise VideoDecodeError(path, "file is empty (0 bytes)")
+    sizes = [_as_hw(size) for _, size in streams]
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except _DECODE_ERRORS:
+        container = None
+    if container is not None:
+        with container:
+            if not container.streams.video:
+                raise VideoDecodeError(path, "the file has no video stream")
+            timeline = _scan(container, path, start, end)
+            if timeline is not None:
+                if not timeline.pts:
+                    where = "" if start is None and end is None else f" between {start}s and {end}s"
+                    raise VideoDecodeError(path, f"no video frames{where}")
+                per_stream = [
+                    [timeline.shown_at(p) for p in frame_positions(indices, len(timeline.pts), k)]
+                    for k, _ in streams
+                ]
+                _set_threads(container.streams.video[0], threads)
+                kept = _decode_at(
+                    container, path, timeline, [i for ix in per_stream for i in ix], seek, threads
+                )
+                if kept is not None:
+                    return tuple(
+                        finish_frames(torch.from_numpy(np.stack([kept[i] for i in idx])), hw, dtype)
+                        for idx, hw in zip(per_stream, sizes)
+                    )
+    with tempfile.NamedTemporaryFile(suffix=path.suffix, prefix="vqa-clip-") as tmp:
+        tmp.write(data)
+        tmp.flush()
+        try:
+            return read_video_streams(
+                tmp.name, streams, start, end, dtype, indices, seek=seek, threads=threads
+            )
+        except VideoDecodeError as exc:
+            raise VideoDecodeError(path, exc.reason) from exc
 
 
 def read_video_frames(
