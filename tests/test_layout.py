@@ -3,7 +3,7 @@
 1. No import cycle between modules of ``vqa_components``.
 2. A part folder (one kind of part each) imports no module of another part folder, and none of the
    assembler and tools above the parts (``model``, ``pipeline``, ``model_folder``, ``inference``,
-   ``demo``, ``cli``, ``cli_common``, ``lightning_cli``, ``profiler``, ``viz``, ``sweep/``).
+   ``demo``, ``cli``, ``cli_common``, ``lightning_cli``, ``profiler``, ``viz``, ``sweep/``, ``shards/``).
 3. Every other module is shared by the kinds (``interfaces``, ``registry``, ``weights``,
    ``tokenizers``, ``errors``, ``layers/``, ``metrics/``, ...): it imports no part folder and
    nothing above the parts.
