@@ -153,3 +153,37 @@ def test_datasets_without_a_training_argument_still_work():
 def test_training_in_dataset_args_is_refused():
     with pytest.raises(ValueError, match=r"data\.dataset_args\.training: the DataModule sets it per loader"):
         VideoQADataModule("synthetic_vqa", {"training": True})
+
+
+def test_the_training_split_is_decoded_once_when_it_fits_in_keep_decoded_mb(tmp_path, monkeypatch):
+    """Epoch 2 reads every clip from memory (no decode) with the same pixels; a split larger than the
+    budget, or one that draws frames at random, decodes every epoch and keeps nothing."""
+    from vqa_components.data import dataset as dataset_module
+
+    decoded: list[str] = []
+    real = dataset_module.read_video_streams
+    monkeypatch.setattr(dataset_module, "read_video_streams", lambda p, *a, **k: decoded.append(p) or real(p, *a, **k))
+
+    def epochs(keep_mb: int, **args) -> list[dict[int, torch.Tensor]]:
+        dm = VideoQADataModule("synthetic_vqa", dict(SMALL, root=str(tmp_path), **args), batch_size=8,
+                               num_workers=0, keep_decoded_mb=keep_mb)
+        loader = dm.train_dataloader()
+        out = []
+        for _ in range(2):
+            decoded.clear()
+            out.append({int(i): v for b in loader for i, v in zip(b["index"], b["video"])})
+            out[-1]["decoded"] = len(decoded)
+        return out
+
+    first, second = epochs(1)
+    assert first["decoded"] == 32 and second["decoded"] == 0  # 32 clips of 4 x 3 x 32 x 32: 393 KB
+    assert all(torch.equal(first[i], second[i]) for i in range(32))
+    assert [e["decoded"] for e in epochs(0)] == [32, 32]  # turned off
+    tiny_budget = VideoQADataModule("synthetic_vqa", dict(SMALL, root=str(tmp_path)), num_workers=0, keep_decoded_mb=1)
+    train = tiny_budget.dataset("train", training=True)
+    train.keep_decoded(32 * 4 * 3 * 32 * 32 - 1)  # one byte short of the split
+    for _ in range(2):
+        decoded.clear()
+        [train[i] for i in range(32)]
+        assert len(decoded) == 32
+    assert [e["decoded"] for e in epochs(1, frame_sampling="random")] == [32, 32]  # new frames every epoch

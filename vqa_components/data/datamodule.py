@@ -86,6 +86,9 @@ class VideoQADataModule(pl.LightningDataModule):
         batch_size: training batch size.
         eval_batch_size: validation/test/predict batch size (default ``batch_size``).
         num_workers: DataLoader worker processes.
+        keep_decoded_mb: the training split's decoded clips are kept in memory after their first
+            epoch when all of them fit in this many MB (per loader process; a split that draws frames
+            or crops at random, or is larger, is decoded every epoch); 0 turns it off.
         pin_memory: pin host memory (useful with a GPU).
         train_split, val_split, test_split, predict_split: split names passed to
             the dataset; ``None`` disables that loader.
@@ -98,6 +101,7 @@ class VideoQADataModule(pl.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 2,
+        keep_decoded_mb: int = 1024,
         pin_memory: bool = False,
         train_split: str | None = "train",
         val_split: str | None = "val",
@@ -117,6 +121,7 @@ class VideoQADataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
+        self.keep_decoded_mb = keep_decoded_mb
         self.pin_memory = pin_memory
         self.splits = {"fit": train_split, "validate": val_split, "test": test_split, "predict": predict_split}
         #: built datasets by ``(split, training)``
@@ -235,6 +240,9 @@ class VideoQADataModule(pl.LightningDataModule):
     def _training_loader(self, dataset: Dataset) -> ResumableDataLoader:
         """The shuffled training loader, whose order a resumed run takes up where it stopped
         (:mod:`vqa_components.data.data_order`)."""
+        keep = getattr(dataset, "keep_decoded", None)
+        if callable(keep) and self.keep_decoded_mb > 0:
+            keep(self.keep_decoded_mb * 2**20)
         trainer = self.trainer
         if trainer is not None and trainer.world_size > 1:  # as Lightning would: the run's seed, set_epoch
             seed = int(os.getenv("PL_GLOBAL_SEED", "0"))

@@ -568,8 +568,41 @@ class VideoQADataset(Dataset):
         state["_rng"], state["_rng_seed"] = None, None
         return state
 
+    def keep_decoded(self, max_bytes: int) -> None:
+        """Keep this split's decoded clips in this process's memory, if all of them fit in ``max_bytes``.
+
+        For a split that draws nothing at random (every epoch decodes the same frames): the first
+        clip read, times the number of records, decides; a split that would not fit keeps nothing (no
+        memory grows for a corpus), one that does decodes each clip once and gives the kept tensors
+        afterwards, the same pixels. The training loader asks for it (``data.keep_decoded_mb``): on
+        few cores, decoding is what a tiny recipe's training step waits for (docs/benchmarks.md).
+        Each loader worker keeps its own copy of what it reads.
+        """
+        self._kept: dict[int, tuple[Tensor, ...]] | None = None if self.random_draws() else {}
+        self._kept_budget, self._kept_bytes = int(max_bytes), 0
+
+    def _keep(self, index: int, clip: tuple[Tensor, ...]) -> None:
+        size = sum(t.numel() * t.element_size() for t in clip)
+        if not self._kept and size * len(self) > self._kept_budget:
+            log.info("%s split %r: %d decoded clips of ~%.1f MB would not fit in %.0f MB; decoding every epoch",
+                     type(self).__name__, self.split, len(self), size / 2**20, self._kept_budget / 2**20)
+            self._kept = None
+        elif self._kept_bytes + size <= self._kept_budget:
+            self._kept[index] = clip  # type: ignore[index]
+            self._kept_bytes += size
+
     def _read_video(self, index: int) -> tuple[Tensor, ...]:
-        """Decode the clip of record ``index``: one ``(t, 3, h, w)`` tensor per stream."""
+        """Decode the clip of record ``index``: one ``(t, 3, h, w)`` tensor per stream (kept in memory
+        after :meth:`keep_decoded`)."""
+        kept = getattr(self, "_kept", None)
+        if kept is not None and index in kept:
+            return kept[index]
+        clip = self._decode_clip(index)
+        if kept is not None:
+            self._keep(index, clip)
+        return clip
+
+    def _decode_clip(self, index: int) -> tuple[Tensor, ...]:
         draws = bool(self.random_draws())
         generator = self.sample_generator(index) if draws else None
         positions: Callable[[int, int], list[int]] = uniform_indices
