@@ -205,3 +205,14 @@ def md_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def finish(result: dict[str, Any], results: Path, name: str, plot: Any) -> int:
+    """Write ``results/NAME.json`` (the load average at the end added) and ``NAME.png`` (``plot(result,
+    path)``), say so, and return the exit status 0: the last lines of every benchmark's ``main``."""
+    result["load_average_end"] = machine()["load_average"]
+    out = results / f"{name}.json"
+    write_json(result, out)
+    plot(result, out.with_suffix(".png"))
+    print(f"written {out} and {out.with_suffix('.png')}")
+    return 0

@@ -223,12 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     for recipe in _steps.pick_recipes(args.recipes or ["representative"]):
         result["recipes"][recipe] = measure(recipe, args)
     result["goal_met"] = all(r["goal_met"] for r in result["recipes"].values())
-    result["load_average_end"] = _report.machine()["load_average"]
-    out = args.results / f"{NAME}.json"
-    _report.write_json(result, out)
-    plot(result, out.with_suffix(".png"))
-    print(f"written {out} and {out.with_suffix('.png')}")
-    return 0
+    return _report.finish(result, args.results, NAME, plot)
 
 
 if __name__ == "__main__":

@@ -176,12 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                "time": last["fusions"][name]["ms"] / first["fusions"][name]["ms"]}
         for name in FUSIONS
     }
-    result["load_average_end"] = _report.machine()["load_average"]
-    out = args.results / f"{NAME}.json"
-    _report.write_json(result, out)
-    plot(result, out.with_suffix(".png"))
-    print(f"written {out} and {out.with_suffix('.png')}")
-    return 0
+    return _report.finish(result, args.results, NAME, plot)
 
 
 if __name__ == "__main__":

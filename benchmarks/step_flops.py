@@ -219,15 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         profile = args.profile or recipe == "recipes/quickstart.yaml"
         result["recipes"][recipe] = measure(recipe, args.steps, args.warmup, peak, profile)
     result["peak_after"] = matmul_peak(args.sizes[:1], reps=2, min_seconds=0.2)  # did the load change?
-    result["load_average_end"] = _report.machine()["load_average"]
     qs = result["recipes"].get("recipes/quickstart.yaml")
     if qs:
         result["goal_met"] = qs["precisions"]["32-true"].get("share_of_peak_estimate", 0) >= GOAL
-    out = args.results / f"{NAME}.json"
-    _report.write_json(result, out)
-    plot(result, out.with_suffix(".png"))
-    print(f"written {out} and {out.with_suffix('.png')}")
-    return 0
+    return _report.finish(result, args.results, NAME, plot)
 
 
 if __name__ == "__main__":

@@ -173,15 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         str(w): round(rates["shards"][str(w)] / rates["folder"][str(w)], 2) for w in WORKERS
     }
     result["goal_met"] = all(r >= 1.0 for r in result["shards_over_folder"].values())
-    result["load_average_end"] = _report.machine()["load_average"]
-    out = args.results / f"{NAME}.json"
-    _report.write_json(result, out)
-    plot(result, out.with_suffix(".png"))
     for w in WORKERS:
         print(f"num_workers={w}: " + ", ".join(f"{v} {rates[v][str(w)]:.0f}" for v in VARIANTS) + " clips/s "
               f"(shards / folder {result['shards_over_folder'][str(w)]:.2f})")  # fmt: skip
-    print(f"written {out} and {out.with_suffix('.png')}")
-    return 0
+    return _report.finish(result, args.results, NAME, plot)
 
 
 if __name__ == "__main__":
