@@ -6,11 +6,13 @@ generators: a resumed run would draw new dropout masks, masking positions and sa
 :class:`RandomStateCheckpoint` (``vqa`` adds it to every run) saves the states of Python's, NumPy's and
 torch's generators (CUDA's too where there is a GPU) and puts them back:
 
-- at load, the states as they were when the checkpoint was written: what the uninterrupted run
-  drew next (the next epoch's order, for a checkpoint written at the end of an epoch) is drawn again;
-- and, for a checkpoint written in the middle of an epoch, once more just before the first training
-  batch, the states as they were at the end of the last batch trained on: the resumed run creates its
-  loaders and may validate first, which the uninterrupted run did not do at that point.
+- at load, the states as they were when the checkpoint was written;
+- for a checkpoint written at the end of an epoch, again when the next epoch starts: the resumed run
+  creates the training loader's iterator twice before then (Lightning's restart path), the
+  uninterrupted run once, and the next epoch's order is drawn from these states;
+- for a checkpoint written in the middle of an epoch, just before the first training batch, the
+  states as they were at the end of the last batch trained on: the resumed run creates its loaders
+  and may validate first, which the uninterrupted run did not do at that point.
 
 With ``--trainer.deterministic true`` on a CPU, a run interrupted anywhere and resumed with
 ``--ckpt_path last`` then ends with the same weights, bit for bit, as the run that was not
