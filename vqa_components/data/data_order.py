@@ -124,13 +124,14 @@ class ResumableDataLoader(DataLoader):
 
     def state_dict(self) -> dict[str, Any]:
         """The epoch's seed and how many of its batches the run has trained on (``None``: all)."""
-        return {"epoch_seed": self.sampler.epoch_seed, "trained_batches": self.trained_batches(),
+        # (Lightning may have put a sampler of its own in, e.g. for overfit_batches: nothing to resume then)
+        return {"epoch_seed": getattr(self.sampler, "epoch_seed", None), "trained_batches": self.trained_batches(),
                 "batch_size": self.batch_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume the saved epoch after its trained batches; an epoch that was finished starts the next one."""
         done = state.get("trained_batches")
-        if state.get("epoch_seed") is None or done is None:
+        if state.get("epoch_seed") is None or done is None or not isinstance(self.sampler, _Resumable):
             return
         if state.get("batch_size", self.batch_size) != self.batch_size:
             raise ValueError(
