@@ -234,6 +234,60 @@ def folders_for_split(
     return tuple(folders)
 
 
+def set_frame_options(
+    target: Any,
+    split: str,
+    training: bool | None,
+    num_frames: int,
+    frame_size: int | None,
+    streams: Sequence[dict[str, Any]] | None,
+    resize_short: int | None,
+    crop_size: int | None,
+    frame_sampling: str,
+    on_bad_video: str,
+) -> None:
+    """Check the options every dataset that reads clips takes and set them on ``target``: ``split``,
+    ``training`` (``None``: ``split == "train"``), ``on_bad_video``, ``streams``, ``multi_stream``,
+    ``frame_sampling`` and ``transform`` (the folder datasets, the benchmark adapters, ``streaming``)."""
+    if on_bad_video not in BAD_VIDEO_POLICIES:
+        raise ValueError(f"on_bad_video must be one of {BAD_VIDEO_POLICIES}, got {on_bad_video!r}")
+    target.split = split
+    target.training = split == "train" if training is None else bool(training)
+    target.on_bad_video = on_bad_video
+    target.streams = normalize_streams(num_frames, frame_size, streams)
+    target.multi_stream = streams is not None
+    check_preprocessing(target.streams, resize_short, crop_size, frame_sampling)
+    target.frame_sampling = frame_sampling
+    target.transform = ClipTransform(resize_short, crop_size, random_crop=target.training)
+
+
+def describe_random_draws(training: bool, frame_sampling: str, transform: ClipTransform) -> list[str]:
+    """What a dataset with these options draws at random for each sample, in words (empty at evaluation)."""
+    if not training:
+        return []
+    draws = []
+    if frame_sampling == "random":
+        draws.append("random frame positions (frame_sampling='random')")
+    if transform.random_crop and transform.crop_size is not None:
+        draws.append(f"a random crop (crop_size={transform.crop_size})")
+    return draws
+
+
+def keyed_generator(*key: int) -> torch.Generator:
+    """A ``torch.Generator`` seeded from ``key`` (e.g. seed, epoch, index) mixed with this module's draw
+    stream, so that the datasets' draws do not repeat the global RNG's."""
+    mixed = np.random.SeedSequence([*key, _DRAW_STREAM]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(mixed))
+
+
+def frame_positions_for(training: bool, frame_sampling: str, generator: torch.Generator | None) -> Callable:
+    """The frame positions of a clip: random ones drawn from ``generator`` for a training dataset with
+    ``frame_sampling="random"``, else evenly spaced ones (``indices(num_available, num_frames)``)."""
+    if training and frame_sampling == "random":
+        return partial(random_indices, generator=generator)
+    return uniform_indices
+
+
 def find_clip(folders: Sequence[Path], name: str) -> Path:
     """``folder / name`` in the first of ``folders`` that holds it (no disk access with one folder); a
     clip found in none is given in the first folder (and reported missing there)."""
@@ -364,16 +418,9 @@ class VideoQADataset(Dataset):
         on_bad_video: str,
     ) -> None:
         """Check and set the split, mode and frame options (shared with the benchmark adapters)."""
-        if on_bad_video not in BAD_VIDEO_POLICIES:
-            raise ValueError(f"on_bad_video must be one of {BAD_VIDEO_POLICIES}, got {on_bad_video!r}")
-        self.split = split
-        self.training = split == "train" if training is None else bool(training)
-        self.on_bad_video = on_bad_video
-        self.streams = normalize_streams(num_frames, frame_size, streams)
-        self.multi_stream = streams is not None
-        check_preprocessing(self.streams, resize_short, crop_size, frame_sampling)
-        self.frame_sampling = frame_sampling
-        self.transform = ClipTransform(resize_short, crop_size, random_crop=self.training)
+        set_frame_options(
+            self, split, training, num_frames, frame_size, streams, resize_short, crop_size, frame_sampling, on_bad_video
+        )
         self._rng: torch.Generator | None = None
         self._rng_seed: tuple[int, int] | None = None
         # the training loader's epoch seed (set_draw_seed); in shared memory, so that worker processes
@@ -407,14 +454,7 @@ class VideoQADataset(Dataset):
 
     def random_draws(self) -> list[str]:
         """What this dataset draws at random for each sample, in words (empty at evaluation)."""
-        if not self.training:
-            return []
-        draws = []
-        if self.frame_sampling == "random":
-            draws.append("random frame positions (frame_sampling='random')")
-        if self.transform.random_crop and self.transform.crop_size is not None:
-            draws.append(f"a random crop (crop_size={self.transform.crop_size})")
-        return draws
+        return describe_random_draws(self.training, self.frame_sampling, self.transform)
 
     def decode_args(self) -> dict[str, Any]:
         """What, besides the file's bytes, determines the decoded pixels (part of ``video_key``)."""
@@ -539,8 +579,7 @@ class VideoQADataset(Dataset):
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         seed = (torch.initial_seed(), torch.distributed.get_rank() if distributed else 0)
         if self._rng is None or self._rng_seed != seed:
-            mixed = np.random.SeedSequence([seed[0], seed[1], _DRAW_STREAM]).generate_state(1, np.uint64)[0]
-            self._rng = torch.Generator().manual_seed(int(mixed))
+            self._rng = keyed_generator(*seed)
             self._rng_seed = seed
         return self._rng
 
@@ -560,8 +599,7 @@ class VideoQADataset(Dataset):
         seed = int(self._draw_seed)
         if seed < 0:
             return self.generator()
-        mixed = np.random.SeedSequence([seed, index, _DRAW_STREAM]).generate_state(1, np.uint64)[0]
-        return torch.Generator().manual_seed(int(mixed))
+        return keyed_generator(seed, index)
 
     def __getstate__(self) -> dict[str, Any]:  # a worker builds its own generator (see generator())
         state = self.__dict__.copy()
@@ -605,10 +643,7 @@ class VideoQADataset(Dataset):
     def _decode_clip(self, index: int) -> tuple[Tensor, ...]:
         draws = bool(self.random_draws())
         generator = self.sample_generator(index) if draws else None
-        positions: Callable[[int, int], list[int]] = uniform_indices
-        if self.training and self.frame_sampling == "random":
-            positions = partial(random_indices, generator=generator)
-        videos = self._decode(index, positions)
+        videos = self._decode(index, frame_positions_for(self.training, self.frame_sampling, generator))
         if self.transform.identity:
             return videos
         try:

@@ -43,7 +43,6 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +52,17 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vqa_components.data.bad_input import SkippedSample
-from vqa_components.data.clip_transforms import ClipTransform, random_indices
+from vqa_components.data.clip_transforms import ClipTransform
 from vqa_components.data.dataset import (
-    _DRAW_STREAM,
-    BAD_VIDEO_POLICIES,
     DEFAULT_EXAMPLE_FRAME_SIZE,
     ExampleSpec,
     check_preprocessing,
+    describe_random_draws,
     example_frame_side,
+    frame_positions_for,
+    keyed_generator,
     normalize_streams,
+    set_frame_options,
 )
 from vqa_components.data.video_io import (
     Size,
@@ -251,23 +252,14 @@ class ShardDecoder:
 
     @property
     def draws(self) -> bool:
-        return self.training and (
-            self.frame_sampling == "random"
-            or (self.transform.random_crop and self.transform.crop_size is not None)
-        )
+        return bool(describe_random_draws(self.training, self.frame_sampling, self.transform))
 
     def generator(self, index: int) -> torch.Generator:
-        epoch = int(getattr(self.stream, "current_epoch", 0) or 0)
-        mixed = np.random.SeedSequence([self.seed, epoch, index, _DRAW_STREAM]).generate_state(1, np.uint64)[
-            0
-        ]
-        return torch.Generator().manual_seed(int(mixed))
+        return keyed_generator(self.seed, int(getattr(self.stream, "current_epoch", 0) or 0), index)
 
     def decode(self, video: Any, clip: dict[str, Any], index: int) -> tuple[Tensor, ...]:
         generator = self.generator(index) if self.draws else None
-        positions: Callable[[int, int], Sequence[int]] = uniform_indices
-        if self.training and self.frame_sampling == "random":
-            positions = partial(random_indices, generator=generator)
+        positions = frame_positions_for(self.training, self.frame_sampling, generator)
         source = clip.get("source", "<shards>")
         if self.stored == "decoded":
             videos = read_decoded(np.asarray(video), self.streams, positions)
@@ -395,16 +387,18 @@ class StreamingVideoQADataset(Dataset):
         max_pre_download: int = 2,
     ) -> None:
         super().__init__()
-        if on_bad_video not in BAD_VIDEO_POLICIES:
-            raise ValueError(f"on_bad_video must be one of {BAD_VIDEO_POLICIES}, got {on_bad_video!r}")
-        self.split = split
-        self.training = split == "train" if training is None else bool(training)
-        self.streams = normalize_streams(num_frames, frame_size, streams)
-        self.multi_stream = streams is not None
-        check_preprocessing(self.streams, resize_short, crop_size, frame_sampling)
-        self.frame_sampling = frame_sampling
-        self.transform = ClipTransform(resize_short, crop_size, random_crop=self.training)
-        self.on_bad_video = on_bad_video
+        set_frame_options(
+            self,
+            split,
+            training,
+            num_frames,
+            frame_size,
+            streams,
+            resize_short,
+            crop_size,
+            frame_sampling,
+            on_bad_video,
+        )
         self.location = split_location(input_dir, split)
         self.storage_options = dict(storage_options or {})
         self.meta = read_shards_meta(self.location, self.storage_options)
