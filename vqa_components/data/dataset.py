@@ -426,6 +426,7 @@ class VideoQADataset(Dataset):
         # the training loader's epoch seed (set_draw_seed); in shared memory, so that worker processes
         # see each new epoch's; -1: none (draws go on in a stream, see generator())
         self._draw_seed = torch.full((), -1, dtype=torch.int64).share_memory_()
+        self._kept: dict[int, tuple[Tensor, ...]] | None = None  # decoded clips (keep_decoded)
 
     def _finish_init(self, feature_cache: str | None, feature_cache_fingerprint: str | None) -> None:
         """The constructor's last step, once the records are known (shared with the benchmark adapters):
@@ -616,7 +617,7 @@ class VideoQADataset(Dataset):
         few cores, decoding is what a tiny recipe's training step waits for (docs/benchmarks.md).
         Each loader worker keeps its own copy of what it reads.
         """
-        self._kept: dict[int, tuple[Tensor, ...]] | None = None if self.random_draws() else {}
+        self._kept = None if self.random_draws() else {}
         self._kept_budget, self._kept_bytes = int(max_bytes), 0
 
     def _keep(self, index: int, clip: tuple[Tensor, ...]) -> None:
@@ -632,7 +633,7 @@ class VideoQADataset(Dataset):
     def _read_video(self, index: int) -> tuple[Tensor, ...]:
         """Decode the clip of record ``index``: one ``(t, 3, h, w)`` tensor per stream (kept in memory
         after :meth:`keep_decoded`)."""
-        kept = getattr(self, "_kept", None)
+        kept = self._kept
         if kept is not None and index in kept:
             return kept[index]
         clip = self._decode_clip(index)
