@@ -97,7 +97,6 @@ def test_draws_depend_on_the_epoch_and_index_not_on_the_workers():
         out = []
         for _ in range(2):
             order = list(sampler)  # what the loader below will draw in this epoch (same global state)
-            torch.manual_seed(0) if not out else None
             seen = {}
             loader = DataLoader(data, sampler=order, batch_size=1, num_workers=workers)
             data.set_draw_seed(sampler.epoch_seed)
