@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import run_vqa
 
 TINY = """base: quickstart
@@ -54,6 +55,7 @@ def fake_sbatch(folder: Path, monkeypatch, run: bool) -> Path:
     return folder / "sbatch.log"
 
 
+@pytest.mark.slow  # two real tiny fits through the job scripts (30 s)
 def test_slurm_chain_submits_stages_in_order_and_records_the_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny.yaml").write_text(TINY)
