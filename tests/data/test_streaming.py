@@ -1,13 +1,14 @@
 """The ``streaming`` dataset over ``vqa shards``' LitData shards: the samples of the folder dataset it was
 converted from (pixels and text, for a video folder, a frame folder, WebVid and a QA benchmark's
 miniature release), bad records counted as the folder datasets count them, the DataModule's loader,
-and (slow tier) every sample once per epoch over 2 DDP processes x 2 workers, and a resume in the middle
+shards in an S3 bucket (a local moto server) read and trained from, and (slow tier) every sample once per epoch over 2 DDP processes x 2 workers, and a resume in the middle
 of an epoch that neither repeats nor skips a batch, with 0 and 2 workers."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -309,6 +310,73 @@ def test_a_recipe_trains_from_the_shards(tmp_path, synthetic_shards):
     assert [r["indices"] for r in train] != [list(range(i, i + 4)) for i in range(0, 32, 4)]  # shuffled
     val = [i for r in rows(log) if r["stage"] == "val" for i in r["indices"]]
     assert val == list(range(16))  # evaluation in order
+
+
+# ------------------------------------------------------------ object storage (a local S3 server)
+
+
+@pytest.fixture
+def s3_bucket(tmp_path) -> dict[str, Any]:
+    """An S3 bucket ``videos`` on moto's server on a free local port (the S3 API over HTTP, as
+    boto3 and LitData speak to AWS), and the ``storage_options`` that reach it."""
+    pytest.importorskip("moto.server", reason="the object-storage test needs moto[server] (the test extra)")
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    options = {"endpoint_url": f"http://127.0.0.1:{port}", "aws_access_key_id": "test",
+               "aws_secret_access_key": "test", "region_name": "us-east-1"}  # fmt: skip
+    client = boto3.client("s3", **options)
+    client.create_bucket(Bucket="videos")
+    try:
+        yield {"client": client, "storage_options": options}
+    finally:
+        server.stop()
+
+
+def upload(client: Any, folder: Path, prefix: str) -> None:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            client.upload_file(str(path), "videos", f"{prefix}/{path.relative_to(folder).as_posix()}")
+
+
+def test_shards_in_object_storage_read_as_the_local_ones_and_train(tmp_path, synthetic_shards, s3_bucket):
+    upload(s3_bucket["client"], synthetic_shards, "shards")
+    options = s3_bucket["storage_options"]
+    remote = StreamingVideoQADataset("s3://videos/shards", "val", training=False, num_frames=2,
+                                     storage_options=options, cache_dir=str(tmp_path / "chunks"))  # fmt: skip
+    local = StreamingVideoQADataset(str(synthetic_shards), "val", training=False, num_frames=2)
+    assert len(remote) == len(local) == 16
+    for i in range(len(local)):
+        got, want = remote[i], local[i]
+        assert torch.equal(got["video"], want["video"])
+        assert {k: v for k, v in got.items() if k != "video"} == {k: v for k, v in want.items() if k != "video"}
+    assert any((tmp_path / "chunks").rglob("index.json"))  # LitData's download cache (chunks go once read)
+
+    log = tmp_path / "batches.jsonl"
+    recipe = tiny_recipe(tmp_path, synthetic_shards)  # then pointed at the bucket, as a user's recipe would be
+    cfg = yaml.safe_load(recipe.read_text())
+    cfg["data"]["dataset_args"].update(input_dir="s3://videos/shards", storage_options=options,
+                                       cache_dir=str(tmp_path / "fit_chunks"))  # fmt: skip
+    recipe.write_text(yaml.safe_dump(cfg))
+    code, _ = run_vqa("fit", "--config", recipe, "--trainer.max_epochs=1", "--trainer.enable_checkpointing=false",
+                      "--data.num_workers=2", recorder(log))  # fmt: skip
+    assert code == 0
+    train = [i for r in rows(log) if r["stage"] == "train" for i in r["indices"]]
+    assert sorted(train) == list(range(32))
+    assert sorted(i for r in rows(log) if r["stage"] == "val" for i in r["indices"]) == list(range(16))
+
+
+def test_a_missing_bucket_path_names_it(s3_bucket):
+    with pytest.raises(FileNotFoundError, match=r"s3://videos/nothing/train/vqa_shards.json: streaming: cannot read"):
+        StreamingVideoQADataset("s3://videos/nothing", "train", storage_options=s3_bucket["storage_options"])
 
 
 @pytest.mark.slow

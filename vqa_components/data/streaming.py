@@ -342,6 +342,29 @@ def resumable_loader_class() -> type:
     return _LOADER_CLASS
 
 
+def allow_plain_http(storage_options: dict[str, Any]) -> None:
+    """Let LitData download chunks from an ``http://`` endpoint (``storage_options["endpoint_url"]``),
+    such as a MinIO or Ceph gateway without TLS inside a cluster.
+
+    LitData 0.2.76 reads ``index.json`` with boto3, which takes such an endpoint, but downloads chunks
+    with obstore, whose client refuses plain HTTP unless told ``allow_http`` (obstore follows Rust's
+    ``object_store``), and LitData gives it no way to be told: training then stops at the first chunk
+    with "HTTP error: builder error". This adds ``allow_http`` to the client options LitData passes
+    to obstore, for this process, and only when the endpoint asks for plain HTTP; a LitData without
+    those options is left as it is.
+    """
+    endpoint = str(storage_options.get("endpoint_url") or "")
+    if not endpoint.lower().startswith("http://"):
+        return
+    try:
+        from litdata.streaming import downloader
+    except ImportError:
+        return
+    options = getattr(downloader, "_OBSTORE_CLIENT_OPTIONS", None)
+    if isinstance(options, dict):
+        options["allow_http"] = "true"
+
+
 # ------------------------------------------------------------------ the dataset
 
 
@@ -430,6 +453,7 @@ class StreamingVideoQADataset(Dataset):
             from litdata import StreamingDataset
 
             args = {k: v for k, v in self._stream_args.items() if v is not None}
+            allow_plain_http(self.storage_options)
             # litdata's own seed takes 32 bits (numpy); the draws keep all of self.seed
             self._stream = StreamingDataset(
                 self.location, shuffle=self.training, seed=self.seed % 2**32, transform=self.decoder, **args
