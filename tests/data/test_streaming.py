@@ -353,15 +353,14 @@ def test_shards_in_object_storage_read_as_the_local_ones_and_train(tmp_path, syn
     remote = StreamingVideoQADataset("s3://videos/shards", "val", training=False, num_frames=2,
                                      storage_options=options, cache_dir=str(tmp_path / "chunks"))  # fmt: skip
     local = StreamingVideoQADataset(str(synthetic_shards), "val", training=False, num_frames=2)
-    assert len(remote) == len(local) == 16
-    for i in range(len(local)):
-        got, want = remote[i], local[i]
-        assert torch.equal(got["video"], want["video"])
-        assert {k: v for k, v in got.items() if k != "video"} == {k: v for k, v in want.items() if k != "video"}
+    assert len(local) == 16
+    assert_same_samples(local, remote)
     assert any((tmp_path / "chunks").rglob("index.json"))  # LitData's download cache (chunks go once read)
 
     log = tmp_path / "batches.jsonl"
-    recipe = tiny_recipe(tmp_path, synthetic_shards)  # then pointed at the bucket, as a user's recipe would be
+    recipe = tiny_recipe(
+        tmp_path, synthetic_shards
+    )  # pointed at the bucket below, as a user's recipe would be
     cfg = yaml.safe_load(recipe.read_text())
     cfg["data"]["dataset_args"].update(input_dir="s3://videos/shards", storage_options=options,
                                        cache_dir=str(tmp_path / "fit_chunks"))  # fmt: skip
@@ -375,7 +374,9 @@ def test_shards_in_object_storage_read_as_the_local_ones_and_train(tmp_path, syn
 
 
 def test_a_missing_bucket_path_names_it(s3_bucket):
-    with pytest.raises(FileNotFoundError, match=r"s3://videos/nothing/train/vqa_shards.json: streaming: cannot read"):
+    with pytest.raises(
+        FileNotFoundError, match=r"s3://videos/nothing/train/vqa_shards.json: streaming: cannot read"
+    ):
         StreamingVideoQADataset("s3://videos/nothing", "train", storage_options=s3_bucket["storage_options"])
 
 
