@@ -59,9 +59,9 @@ from vqa_components.data.dataset import (
     check_preprocessing,
     describe_random_draws,
     example_frame_side,
-    frame_positions_for,
     keyed_generator,
     normalize_streams,
+    read_clip,
     set_frame_options,
 )
 from vqa_components.data.video_io import (
@@ -258,16 +258,15 @@ class ShardDecoder:
         return keyed_generator(self.seed, int(getattr(self.stream, "current_epoch", 0) or 0), index)
 
     def decode(self, video: Any, clip: dict[str, Any], index: int) -> tuple[Tensor, ...]:
-        generator = self.generator(index) if self.draws else None
-        positions = frame_positions_for(self.training, self.frame_sampling, generator)
         source = clip.get("source", "<shards>")
-        if self.stored == "decoded":
-            videos = read_decoded(np.asarray(video), self.streams, positions)
-        elif clip.get("kind") == "frames":
-            parts = split_frames(bytes(video), clip.get("sizes", []))
-            videos = read_frame_bytes(parts, self.streams, torch.uint8, positions, name=source)
-        else:
-            videos = read_video_streams(
+
+        def read(positions: Callable) -> tuple[Tensor, ...]:
+            if self.stored == "decoded":
+                return read_decoded(np.asarray(video), self.streams, positions)
+            if clip.get("kind") == "frames":
+                parts = split_frames(bytes(video), clip.get("sizes", []))
+                return read_frame_bytes(parts, self.streams, torch.uint8, positions, name=source)
+            return read_video_streams(
                 source,
                 self.streams,
                 clip.get("start"),
@@ -276,12 +275,12 @@ class ShardDecoder:
                 positions,
                 data=bytes(video),
             )
-        if self.transform.identity:
-            return videos
-        try:
-            return self.transform(videos, generator)
-        except ValueError as exc:
-            raise ValueError(f"{source} (record {index} of the shards in {self.where}): {exc}") from exc
+
+        generator = self.generator(index) if self.draws else None
+        return read_clip(
+            read, self.transform, self.training, self.frame_sampling, generator,
+            f"{source} (record {index} of the shards in {self.where})",
+        )  # fmt: skip
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any] | SkippedSample:
         fields = json.loads(item["meta"])
