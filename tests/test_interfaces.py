@@ -86,6 +86,32 @@ def test_select_with_known_values():
     assert video.tokens.shape[0] == B  # the original is untouched
 
 
+def test_the_gradient_through_repeated_rows_is_the_same_every_run_on_two_threads():
+    """VTM's negatives repeat rows (a video beside several captions): the backward adds each row's
+    copies. Indexing (``x[rows]``) added them in an order that varied from run to run on a CPU with
+    2 threads; ``select`` adds them in one order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the race needs two threads (the test workers run one each)
+    try:
+        g = torch.Generator().manual_seed(0)
+        tokens = torch.randn(16, 64, 1, 96, generator=g, requires_grad=True)
+        rows = torch.randint(0, 16, (64,), generator=g)
+        weights = torch.randn(64, 64, 1, 96, generator=g)
+
+        def grad() -> torch.Tensor:
+            tokens.grad = None
+            video = VideoFeatures(tokens=tokens, cls=tokens[:, :, 0])
+            (video.select(rows).tokens * weights).sum().backward()
+            return tokens.grad.clone()
+
+        first = grad()
+        assert torch.allclose(first[rows[0]], sum(weights[i] for i in range(64) if rows[i] == rows[0]))
+        for _ in range(20):
+            assert torch.equal(grad(), first)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_named_tuples_in_extras_keep_their_type():
     Pair = namedtuple("Pair", "first second")
     video = _features(B, 2, 1, 4, 3, extras={"pair": Pair(torch.arange(B), torch.arange(B) * 10)})

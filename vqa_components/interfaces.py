@@ -93,7 +93,9 @@ class VideoFeatures:
         allowed), as new features of batch size ``len(rows)``: ``out.tokens[i] == self.tokens[rows[i]]``,
         and so for every row-indexed value (see the class docstring)."""
         index = _row_index(rows, self.tokens.device)
-        return _map_rows(self, lambda x: x[index.to(x.device)], "select")
+        # index_select, not x[index]: with repeated rows the backward of indexing adds up in an order
+        # that varies from run to run on a CPU (index_put_ with accumulate); index_select's does not
+        return _map_rows(self, lambda x: x.index_select(0, index.to(x.device)), "select")
 
     def repeat_interleave(self, n: int) -> VideoFeatures:
         """Every sample ``n`` times in a row (``b -> b*n``; row ``i*n + j`` is sample ``i``), as
@@ -389,7 +391,9 @@ def check_head_task(task: object, owner: str) -> None:
         return
     close = difflib.get_close_matches(str(task), HEAD_TASKS, n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ConfigError(f"{owner}: unknown head task {task!r}{hint}; set task to one of {', '.join(HEAD_TASKS)}")
+    raise ConfigError(
+        f"{owner}: unknown head task {task!r}{hint}; set task to one of {', '.join(HEAD_TASKS)}"
+    )
 
 
 def pair_texts(question: str, options: Sequence[str]) -> list[str]:
@@ -438,14 +442,18 @@ class Head(Part):
             check_head_task(value, f"head {type(self).__qualname__}")
         super().__setattr__(name, value)
 
-    def forward(self, fused: FusionOutput, text: TextFeatures, targets: list[str] | None = None) -> HeadOutput:
+    def forward(
+        self, fused: FusionOutput, text: TextFeatures, targets: list[str] | None = None
+    ) -> HeadOutput:
         raise NotImplementedError
 
     def answers(self, out: ModelOutput) -> Tensor | list[str]:
         """The predicted answer per sample; default: the highest-scoring class or option, ``(b,)``."""
         return out.logits.argmax(-1)
 
-    def answer_texts(self, answers: Tensor | list[str], batch: dict[str, Any], answer_vocab: Sequence[str]) -> list[str]:
+    def answer_texts(
+        self, answers: Tensor | list[str], batch: dict[str, Any], answer_vocab: Sequence[str]
+    ) -> list[str]:
         """:meth:`answers` as text: generated text as it is, an option's text, or the answer vocabulary's
         entry (its index as text where the vocabulary is unknown)."""
         if isinstance(answers, list):
@@ -471,7 +479,9 @@ class Head(Part):
         (:func:`~vqa_components.metrics.soft_accuracy.annotator_agreement`).
         """
         if not isinstance(answers, Tensor):
-            raise TypeError(f"{type(self).__name__}: its answers are text; a head that generates text overrides score")
+            raise TypeError(
+                f"{type(self).__name__}: its answers are text; a head that generates text overrides score"
+            )
         if self.task == "classify" and batch.get("answers_idx") is not None:
             # imported here: the metrics package imports this module
             from vqa_components.metrics.soft_accuracy import annotator_agreement

@@ -168,3 +168,28 @@ def test_restarts_cure_a_codebook_that_collapsed_and_are_off_by_default():
     assert cured >= 75.0
     with pytest.raises(ValueError, match="restart_every"):
         VectorQuantizer(4, 2, restart_every=-1)
+
+
+def test_the_codebook_gradient_is_the_same_every_run_on_two_threads():
+    """Many inputs on few codes (as a young codebook has them): the codebook's gradient adds up each
+    code's inputs. Indexing (``codebook[codes]``) added them in a different order from run to run on
+    a CPU with 2 threads (index_put_ with accumulate), so two runs of a recipe differed after a few
+    steps unless ``--trainer.deterministic`` was set; the look-up adds them in one order now."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the race needs two threads (the test workers run one each)
+    try:
+        g = torch.Generator().manual_seed(0)
+        vq = VectorQuantizer(num_codes=256, dim=16)
+        z = torch.randn(4096, 16, generator=g) * 0.1 + vq.codebook.detach()[:8].repeat(512, 1)  # near 8 codes
+
+        def codebook_grad() -> torch.Tensor:
+            vq.zero_grad()
+            vq(z).codebook_loss.backward()
+            return vq.codebook.grad.clone()
+
+        first = codebook_grad()
+        assert first.abs().sum() > 0
+        for _ in range(20):
+            assert torch.equal(codebook_grad(), first)
+    finally:
+        torch.set_num_threads(threads)

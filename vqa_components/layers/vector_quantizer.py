@@ -125,7 +125,7 @@ class VectorQuantizer(nn.Module):
             codebook = self.normalized_codebook()
             with torch.no_grad():
                 codes = self._nearest(z, codebook)
-            chosen = codebook[codes]
+            chosen = F.embedding(codes, codebook)  # codebook[codes]; its backward is deterministic on a CPU
             codebook_loss = (z.detach() - chosen).pow(2).sum(-1).mean()
             commitment_loss = (z - chosen.detach()).pow(2).sum(-1).mean()
             quantized = z + (chosen - z).detach()

@@ -59,7 +59,7 @@ def select_text(text: TextFeatures, rows: Tensor) -> TextFeatures:
     size ``len(rows)``."""
     values = {f.name: getattr(text, f.name) for f in dataclasses.fields(text)}
     return dataclasses.replace(
-        text, **{k: v[rows.to(v.device)] for k, v in values.items() if isinstance(v, Tensor)}
+        text, **{k: v.index_select(0, rows.to(v.device)) for k, v in values.items() if isinstance(v, Tensor)}
     )
 
 
