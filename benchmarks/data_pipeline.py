@@ -253,6 +253,7 @@ def markdown(result: dict) -> str:
     recipes = result["recipes"].values()
     met = all(r["goal_met"] for r in recipes)
     first = sum(r["loader"][str(r["recipe_num_workers"])]["over_step_rate"] >= GOAL for r in recipes)
+    first_default = sum(r["loader"][d]["over_step_rate"] >= GOAL for r in recipes if d in r["loader"])
     lines = [
         ("Clips (samples) per second. Training step: the step on a batch held in memory. Bare decode: "
          "`read_video_streams` of the same clips in one process. Loader: the training loader alone (in brackets, "
@@ -269,7 +270,8 @@ def markdown(result: dict) -> str:
         "",
         (f"Goal: loader throughput at least {GOAL:.0f}x the training step rate for every tiny recipe measured, as "
          f"written: {'met' if met else '**not met**'} from the second epoch; in the first epoch, which decodes "
-         f"every clip, met by {first} of {len(result['recipes'])} at the recipes' own `num_workers`."),
+         f"every clip, met by {first_default} of {len(result['recipes'])} at the DataModule's default {d} workers "
+         f"and by {first} of {len(result['recipes'])} at the recipes' own `num_workers`."),
     ]  # fmt: skip
     if cores:
         loader_ok = sum(r["one_core_each"]["loader_over_step_rate"] >= GOAL for r in recipes)
