@@ -77,14 +77,9 @@ def loader_rate(loader, batches: int) -> dict:
         clips += int(batch["batch_size"])
     seconds = time.perf_counter() - start
     del it
-    return {
-        "num_workers": loader.num_workers,
-        "clips": clips,
-        "seconds": round(seconds, 3),
-        "clips_per_s": round(clips / seconds, 1),
-        "first_batch_s": round(first_s, 3),
-        "batch_size": int(first["batch_size"]),
-    }
+    return {"num_workers": loader.num_workers, "clips": clips, "seconds": round(seconds, 3),
+            "clips_per_s": round(clips / seconds, 1), "first_batch_s": round(first_s, 3),
+            "batch_size": int(first["batch_size"])}
 
 
 def bare_decode_rate(dataset, clips: int) -> dict:
@@ -98,12 +93,8 @@ def bare_decode_rate(dataset, clips: int) -> dict:
     for path in paths:
         read_video_streams(path, dataset.streams, dtype=torch.uint8)
     seconds = time.perf_counter() - start
-    return {
-        "clips": len(paths),
-        "seconds": round(seconds, 3),
-        "clips_per_s": round(len(paths) / seconds, 1),
-        "streams": [list(s) for s in dataset.streams],
-    }
+    return {"clips": len(paths), "seconds": round(seconds, 3), "clips_per_s": round(len(paths) / seconds, 1),
+            "streams": [list(s) for s in dataset.streams]}
 
 
 def fed_by_loader(stepper, loader, steps: int) -> dict:
@@ -147,19 +138,12 @@ def measure(recipe: str, args) -> dict:
     timing = _steps.time_steps(stepper, batch, args.steps, args.warmup)
     step_rate = _steps.batch_size(batch) / timing["median_s"]
     dataset = dm.dataset(dm.splits["fit"], training=True)
-    row: dict = {
-        "recipe": recipe,
-        "batch_size": _steps.batch_size(batch),
-        "recipe_num_workers": recipe_workers,
-        "step": {"median_s": round(timing["median_s"], 4), "samples_per_s": round(step_rate, 2)},
-        "bare_decode": bare_decode_rate(dataset, args.clips),
-        "loader": {},
-    }
+    row: dict = {"recipe": recipe, "batch_size": _steps.batch_size(batch), "recipe_num_workers": recipe_workers,
+                 "step": {"median_s": round(timing["median_s"], 4), "samples_per_s": round(step_rate, 2)},
+                 "bare_decode": bare_decode_rate(dataset, args.clips), "loader": {}}
     # first epoch (every clip decoded) at the DataModule's default and the recipe's workers; then the
     # recipe as written from its second epoch on (a split that fits data.keep_decoded_mb: from memory)
-    settings = [(w, False) for w in dict.fromkeys([args.default_workers, recipe_workers])] + [
-        (recipe_workers, True)
-    ]
+    settings = [(w, False) for w in dict.fromkeys([args.default_workers, recipe_workers])] + [(recipe_workers, True)]
     row["fed_by_loader"] = {}
     for workers, warm in settings:
         key = f"{workers}, later epochs" if warm else str(workers)
@@ -174,32 +158,23 @@ def measure(recipe: str, args) -> dict:
         del loader
     row["one_core_each"] = one_core_each(stepper, batch, dm, args)
     row["goal_met"] = row["loader"][f"{recipe_workers}, later epochs"]["over_step_rate"] >= GOAL
-    print(
-        f"{_steps.short_name(recipe):28s} step {step_rate:7.1f} samples/s | bare decode "
-        f"{row['bare_decode']['clips_per_s']:7.1f} clips/s | "
-        + " | ".join(
-            f"loader ({w} workers) {e['clips_per_s']:7.1f} clips/s ({e['over_step_rate']:.1f}x the step rate)"
-            for w, e in row["loader"].items()
-        )
-        + " | fed by the loader "
-        + ", ".join(
-            f"({w} workers) {e['samples_per_s']:.1f} samples/s" for w, e in row["fed_by_loader"].items()
-        ),
-        flush=True,
-    )
+    print(f"{_steps.short_name(recipe):28s} step {step_rate:7.1f} samples/s | bare decode "
+          f"{row['bare_decode']['clips_per_s']:7.1f} clips/s | " + " | ".join(
+              f"loader ({w} workers) {e['clips_per_s']:7.1f} clips/s ({e['over_step_rate']:.1f}x the step rate)"
+              for w, e in row["loader"].items())
+          + " | fed by the loader " + ", ".join(f"({w} workers) {e['samples_per_s']:.1f} samples/s"
+                                                for w, e in row["fed_by_loader"].items()), flush=True)
     return row
 
 
 def plot(result: dict, path: Path) -> None:
     names = [_steps.short_name(r) for r in result["recipes"]]
     rows = list(result["recipes"].values())
-    series = [
-        ("training step (batch in memory)", [r["step"]["samples_per_s"] for r in rows]),
-        ("fed by the loader, later epochs", [r["fed_by_loader"][later(r)]["samples_per_s"] for r in rows]),
-        ("loader, first epoch", [r["loader"][str(r["recipe_num_workers"])]["clips_per_s"] for r in rows]),
-        ("loader, later epochs", [r["loader"][later(r)]["clips_per_s"] for r in rows]),
-        ("bare decode, 1 process", [r["bare_decode"]["clips_per_s"] for r in rows]),
-    ]
+    series = [("training step (batch in memory)", [r["step"]["samples_per_s"] for r in rows]),
+              ("fed by the loader, later epochs", [r["fed_by_loader"][later(r)]["samples_per_s"] for r in rows]),
+              ("loader, first epoch", [r["loader"][str(r["recipe_num_workers"])]["clips_per_s"] for r in rows]),
+              ("loader, later epochs", [r["loader"][later(r)]["clips_per_s"] for r in rows]),
+              ("bare decode, 1 process", [r["bare_decode"]["clips_per_s"] for r in rows])]
     with _report.panels(1, max(6.0, 1.1 * len(names) + 2), 3.8, _report.plot_title(result), path) as (ax,):
         width = 0.8 / len(series)
         for j, (label, values) in enumerate(series):
@@ -224,32 +199,19 @@ def markdown(result: dict) -> str:
             return f"{entry[key]:.0f} ({entry['over_step_rate']:.{digits}f}x)" if entry else "-"
 
         loader, fed = row["loader"], row["fed_by_loader"]
-        rows.append(
-            [
-                _steps.short_name(recipe),
-                own,
-                f"{row['step']['samples_per_s']:.0f}",
-                f"{row['bare_decode']['clips_per_s']:.0f}",
-                cell(loader.get(d), "clips_per_s"),
-                cell(fed.get(d), "samples_per_s", 2),
-                cell(loader.get(own), "clips_per_s") if own != d else "same",
-                cell(fed.get(own), "samples_per_s", 2) if own != d else "same",
-                cell(loader[later(row)], "clips_per_s"),
-                cell(fed[later(row)], "samples_per_s", 2),
-                "yes" if row["goal_met"] else "**no**",
-            ]
-        )
+        rows.append([_steps.short_name(recipe), own, f"{row['step']['samples_per_s']:.0f}",
+                     f"{row['bare_decode']['clips_per_s']:.0f}", cell(loader.get(d), "clips_per_s"),
+                     cell(fed.get(d), "samples_per_s", 2),
+                     cell(loader.get(own), "clips_per_s") if own != d else "same",
+                     cell(fed.get(own), "samples_per_s", 2) if own != d else "same",
+                     cell(loader[later(row)], "clips_per_s"),
+                     cell(fed[later(row)], "samples_per_s", 2), "yes" if row["goal_met"] else "**no**"])
         if "one_core_each" in row:
             c = row["one_core_each"]
-            cores.append(
-                [
-                    _steps.short_name(recipe),
-                    f"{c['step_samples_per_s']:.0f}",
-                    f"{c['loader_clips_per_s']:.0f} ({c['loader_over_step_rate']:.1f}x)",
-                    f"{c['fed_samples_per_s']:.0f} ({c['fed_over_step_rate']:.2f}x)",
-                    "yes" if c["loader_over_step_rate"] >= GOAL else "**no**",
-                ]
-            )
+            cores.append([_steps.short_name(recipe), f"{c['step_samples_per_s']:.0f}",
+                          f"{c['loader_clips_per_s']:.0f} ({c['loader_over_step_rate']:.1f}x)",
+                          f"{c['fed_samples_per_s']:.0f} ({c['fed_over_step_rate']:.2f}x)",
+                          "yes" if c["loader_over_step_rate"] >= GOAL else "**no**"])
     recipes = result["recipes"].values()
     met = all(r["goal_met"] for r in recipes)
     first = sum(r["loader"][str(r["recipe_num_workers"])]["over_step_rate"] >= GOAL for r in recipes)
@@ -293,11 +255,8 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = _report.parser(__doc__)
-    p.add_argument(
-        "--recipes",
-        nargs="+",
-        help="recipe paths, 'representative' (the default: one of each tiny model; with --quick, two) or 'all'",
-    )
+    p.add_argument("--recipes", nargs="+",
+                   help="recipe paths, 'representative' (the default: one of each tiny model; with --quick, two) or 'all'")
     p.add_argument("--batches", type=int, default=12, help="loader batches timed after the first")
     p.add_argument("--clips", type=int, default=128, help="clips of the bare decode")
     p.add_argument("--steps", type=int, default=8)
@@ -308,15 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         args.batches, args.clips, args.steps, args.warmup, args.fed_steps = 4, 32, 3, 1, 3
         args.recipes = args.recipes or ["recipes/quickstart.yaml", "recipes/cotok/tiny/three_streams.yaml"]
     args.default_workers = default_workers()
-    result: dict = {
-        **_report.machine(),
-        "benchmark": NAME,
-        "quick": args.quick,
-        "default_num_workers": args.default_workers,
-        "goal": f"loader >= {GOAL}x the step rate",
-        "config": {k: v for k, v in vars(args).items() if k in ("batches", "clips", "steps", "fed_steps")},
-        "recipes": {},
-    }
+    result: dict = {**_report.machine(), "benchmark": NAME, "quick": args.quick,
+                    "default_num_workers": args.default_workers, "goal": f"loader >= {GOAL}x the step rate",
+                    "config": {k: v for k, v in vars(args).items() if k in ("batches", "clips", "steps", "fed_steps")},
+                    "recipes": {}}
     for recipe in _steps.pick_recipes(args.recipes or ["representative"]):
         result["recipes"][recipe] = measure(recipe, args)
     result["goal_met"] = all(r["goal_met"] for r in result["recipes"].values())

@@ -391,9 +391,7 @@ def check_head_task(task: object, owner: str) -> None:
         return
     close = difflib.get_close_matches(str(task), HEAD_TASKS, n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ConfigError(
-        f"{owner}: unknown head task {task!r}{hint}; set task to one of {', '.join(HEAD_TASKS)}"
-    )
+    raise ConfigError(f"{owner}: unknown head task {task!r}{hint}; set task to one of {', '.join(HEAD_TASKS)}")
 
 
 def pair_texts(question: str, options: Sequence[str]) -> list[str]:
@@ -442,18 +440,14 @@ class Head(Part):
             check_head_task(value, f"head {type(self).__qualname__}")
         super().__setattr__(name, value)
 
-    def forward(
-        self, fused: FusionOutput, text: TextFeatures, targets: list[str] | None = None
-    ) -> HeadOutput:
+    def forward(self, fused: FusionOutput, text: TextFeatures, targets: list[str] | None = None) -> HeadOutput:
         raise NotImplementedError
 
     def answers(self, out: ModelOutput) -> Tensor | list[str]:
         """The predicted answer per sample; default: the highest-scoring class or option, ``(b,)``."""
         return out.logits.argmax(-1)
 
-    def answer_texts(
-        self, answers: Tensor | list[str], batch: dict[str, Any], answer_vocab: Sequence[str]
-    ) -> list[str]:
+    def answer_texts(self, answers: Tensor | list[str], batch: dict[str, Any], answer_vocab: Sequence[str]) -> list[str]:
         """:meth:`answers` as text: generated text as it is, an option's text, or the answer vocabulary's
         entry (its index as text where the vocabulary is unknown)."""
         if isinstance(answers, list):
@@ -479,9 +473,7 @@ class Head(Part):
         (:func:`~vqa_components.metrics.soft_accuracy.annotator_agreement`).
         """
         if not isinstance(answers, Tensor):
-            raise TypeError(
-                f"{type(self).__name__}: its answers are text; a head that generates text overrides score"
-            )
+            raise TypeError(f"{type(self).__name__}: its answers are text; a head that generates text overrides score")
         if self.task == "classify" and batch.get("answers_idx") is not None:
             # imported here: the metrics package imports this module
             from vqa_components.metrics.soft_accuracy import annotator_agreement

@@ -112,9 +112,7 @@ def normalize_streams(
             raise TypeError(f"streams[{i}] must be a dict with num_frames and frame_size, got {spec!r}")
         unknown = set(spec) - {"num_frames", "frame_size"}
         if unknown:
-            raise ValueError(
-                f"streams[{i}] has unknown keys {sorted(unknown)}; allowed: num_frames, frame_size"
-            )
+            raise ValueError(f"streams[{i}] has unknown keys {sorted(unknown)}; allowed: num_frames, frame_size")
         t = spec.get("num_frames", num_frames)
         size = spec.get("frame_size", None)
         if not isinstance(t, int) or isinstance(t, bool) or t <= 0:
@@ -161,9 +159,7 @@ def check_preprocessing(
             )
 
 
-def example_frame_side(
-    size: int | None, resize_short: int | None, crop_size: int | None, default: int
-) -> int:
+def example_frame_side(size: int | None, resize_short: int | None, crop_size: int | None, default: int) -> int:
     """Frame side of an example batch (a frame resized by its shorter side is assumed square)."""
     return crop_size or resize_short or size or default
 
@@ -404,15 +400,7 @@ class VideoQADataset(Dataset):
     ) -> None:
         super().__init__()
         self._init_decoding(
-            split,
-            training,
-            num_frames,
-            frame_size,
-            streams,
-            resize_short,
-            crop_size,
-            frame_sampling,
-            on_bad_video,
+            split, training, num_frames, frame_size, streams, resize_short, crop_size, frame_sampling, on_bad_video
         )
         self.max_missing_fraction = check_fraction(max_missing_fraction, "max_missing_fraction")
         self.annotation_file = _for_split(annotation_file, split, "annotation_file")
@@ -451,16 +439,7 @@ class VideoQADataset(Dataset):
     ) -> None:
         """Check and set the split, mode and frame options (shared with the benchmark adapters)."""
         set_frame_options(
-            self,
-            split,
-            training,
-            num_frames,
-            frame_size,
-            streams,
-            resize_short,
-            crop_size,
-            frame_sampling,
-            on_bad_video,
+            self, split, training, num_frames, frame_size, streams, resize_short, crop_size, frame_sampling, on_bad_video
         )
         self._rng: torch.Generator | None = None
         self._rng_seed: tuple[int, int] | None = None
@@ -664,14 +643,8 @@ class VideoQADataset(Dataset):
     def _keep(self, index: int, clip: tuple[Tensor, ...]) -> None:
         size = sum(t.numel() * t.element_size() for t in clip)
         if not self._kept and size * len(self) > self._kept_budget:
-            log.info(
-                "%s split %r: %d decoded clips of ~%.1f MB would not fit in %.0f MB; decoding every epoch",
-                type(self).__name__,
-                self.split,
-                len(self),
-                size / 2**20,
-                self._kept_budget / 2**20,
-            )
+            log.info("%s split %r: %d decoded clips of ~%.1f MB would not fit in %.0f MB; decoding every epoch",
+                     type(self).__name__, self.split, len(self), size / 2**20, self._kept_budget / 2**20)
             self._kept = None
         elif self._kept_bytes + size <= self._kept_budget:
             self._kept[index] = clip  # type: ignore[index]
@@ -717,15 +690,9 @@ class VideoQADataset(Dataset):
                     exc.path,
                     f"{exc.reason} (record {index} of {self.annotation_file}, field 'video_id'={rec.video_id!r})",
                 ) from exc
-            log.debug(
-                "skipping record %d (video_id=%r) of split %r: %s", index, rec.video_id, self.split, exc
-            )
+            log.debug("skipping record %d (video_id=%r) of split %r: %s", index, rec.video_id, self.split, exc)
             return SkippedSample(
-                index=index,
-                video_id=rec.video_id,
-                path=exc.path,
-                reason=exc.reason,
-                cause=video_cause(exc.path),
+                index=index, video_id=rec.video_id, path=exc.path, reason=exc.reason, cause=video_cause(exc.path)
             )
         sample: dict[str, Any] = {
             "video": video,
@@ -752,9 +719,7 @@ class VideoQADataset(Dataset):
         :data:`DEFAULT_EXAMPLE_FRAME_SIZE` is assumed; with ``crop_size`` the frames are
         ``crop_size`` square, with ``resize_short`` alone they are assumed square.
         """
-        streams = normalize_streams(
-            kwargs.get("num_frames", 16), kwargs.get("frame_size"), kwargs.get("streams")
-        )
+        streams = normalize_streams(kwargs.get("num_frames", 16), kwargs.get("frame_size"), kwargs.get("streams"))
         resize, crop = kwargs.get("resize_short"), kwargs.get("crop_size")
         check_preprocessing(streams, resize, crop, kwargs.get("frame_sampling", "uniform"))
         vocab = kwargs.get("answer_vocab")
