@@ -100,9 +100,6 @@ class WebDatasetReader:
     def __init__(self, urls: list[str], decoder: Any, shuffle_buffer: int) -> None:
         self.urls, self.decoder, self.shuffle_buffer = urls, decoder, shuffle_buffer
 
-    def __len__(self) -> int:
-        return self.length
-
     def sample(self, record: dict[str, Any]) -> Any:
         return self.decoder({"video": record["mp4"], "meta": record["json"]})
 
@@ -138,7 +135,6 @@ def webdataset_shards(shards: Any, out: Path) -> tuple[WebDatasetReader, dict[st
                 )
     seconds = time.perf_counter() - start
     reader = WebDatasetReader(urls, shards.decoder, shuffle_buffer=per_tar)
-    reader.length = len(raw)
     mib = sum(os.path.getsize(u) for u in urls) / 2**20
     return reader, {"mib": round(mib, 2), "tars": len(urls), "records_per_tar": per_tar,
                     "seconds": round(seconds, 3), "from": "the LitData shards' records, copied (no decoding)"}  # fmt: skip
